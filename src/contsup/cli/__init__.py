@@ -1,0 +1,42 @@
+"""`contsup` command line: thin argument parsing over the library; each command lives in its own file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from contsup.errors import ContsupError
+
+# Each entry is a module of this package with `register(subparsers)`; the parser it adds sets `func`.
+COMMANDS = ["train", "data"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `contsup` argument parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="contsup",
+        description="Greedy local learning with Context Supply (arXiv 2312.07636).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"contsup.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `contsup` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ContsupError as err:
+        print(f"contsup: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("contsup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
