@@ -1,0 +1,140 @@
+"""`contsup train` and `contsup eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from contsup.errors import ContsupError
+from contsup.method.cuts import TABLES, parse_cut_list
+from contsup.method.heads import HEADS, LOSSES, parse_recon
+from contsup.method.network import LocalConfig
+from contsup.run import DataConfig, RunConfig, build_network, evaluate_checkpoint, load_data, run_training
+from contsup.train.trainer import TrainConfig
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose the dataset."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist", help="dataset name (see `contsup data list`)")
+    g.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    g.add_argument("--no-download", action="store_true", help="never download; fail if the data is missing")
+    g.add_argument("--val-split", type=int, default=0, help="training images held out for validation")
+    g.add_argument("--train-subset", type=int, default=0, help="train on this many images only (0: all)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Flags that build the network and its local learning."""
+    g = p.add_argument_group("network and local learning")
+    g.add_argument("--arch", default="resnet32", help="resnetN, N = 6n+2 (resnet20/32/56/110 ...)")
+    g.add_argument("--modules", "-K", type=int, default=4, help="number of gradient-isolated modules K (1: E2E)")
+    g.add_argument("--cuts", default="auto",
+                   help=f"a cut table ({', '.join(TABLES)}) or an explicit list: unit indices '3,7,11' "
+                        "or stage.block pairs '1.2,2.1,3.0'")
+    g.add_argument("--context", default="R1E", help="R0 (plain greedy), E, Rn or RnE")
+    g.add_argument("--head", default="1c2f", choices=HEADS, help="local head shape")
+    g.add_argument("--loss", default="softmax", choices=LOSSES, help="local loss")
+    g.add_argument("--width", type=int, default=128, help="hidden width of the local heads")
+    g.add_argument("--widen", type=float, default=1.0, help="multiplies the heads' widths")
+    g.add_argument("--recon", default="none",
+                   help="InfoPro reconstruction term: none, paper (the paper's weights for this net/data/K), "
+                        "or ixx1,ixy1,ixx2,ixy2")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the optimisation recipe."""
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=160)
+    g.add_argument("--batch-size", type=int, default=1024)
+    g.add_argument("--lr", type=float, default=0.8)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup-epochs", type=int, default=None, help="default: 10 per 160 epochs")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<data>-<arch>-K<K>-<context>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--dry-run", action="store_true", help="build everything, print the summary, exit")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A RunConfig from parsed `train` flags (validated later, when the network is built)."""
+    table, cuts = args.cuts, None
+    if args.cuts not in TABLES:
+        table, cuts = "auto", parse_cut_list(args.cuts)
+    balanced = table.startswith("balanced")
+    local = LocalConfig(
+        modules=args.modules, context=args.context, head=args.head, loss=args.loss, width=args.width,
+        widen=args.widen, cut_table=table, cuts=cuts,
+        recon=parse_recon(args.recon, args.arch.lower(), args.data, args.modules, balanced),
+    )
+    train = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
+        bf16=args.bf16, channels_last=args.channels_last, progress=not args.no_progress,
+    )
+    data = DataConfig(args.data, args.data_dir, not args.no_download, args.val_split, args.train_subset)
+    out = args.out or f"runs/{args.data}-{args.arch.lower()}-K{args.modules}-{args.context}"
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) <= 0:
+            raise ContsupError(f"--{name.replace('_', '-')} must be positive")
+    return RunConfig(data, args.arch.lower(), local, train, out)
+
+
+def format_summary(summary: dict) -> str:
+    """The closing lines of a training run."""
+    p = summary["params"]
+    return "\n".join([
+        f"final test error: {summary['final_test_error']:.2f}%   "
+        f"(best epoch {summary['best_epoch']}: {summary['best_test_error_selected_on_test']:.2f}%, "
+        "selected on the test set, for comparison only)",
+        f"training time: {summary['train_time_s']:.1f} s   {summary['images_per_s']:.0f} images/s   "
+        f"device {summary['device']}",
+        f"peak memory: {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})",
+        "parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items()),
+    ])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a network with local learning (or print its summary with --dry-run)."""
+    cfg = config_from_args(args)
+    if args.dry_run:
+        data = load_data(cfg)
+        info = data.info
+        net = build_network(cfg, info.channels, info.num_classes, info.size)
+        print(net.describe())
+        print(json.dumps(net.param_counts()))
+        return 0
+    if args.resume is False and cfg.out and (Path(cfg.out) / "checkpoint.pt").exists():
+        raise ContsupError(f"{cfg.out} already holds a run: pass --resume to continue it or choose another --out")
+    summary = run_training(cfg, resume=args.resume)
+    print(format_summary(summary))
+    print(f"run folder: {cfg.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on its dataset's test split."""
+    result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size)
+    print(f"{result['arch']} K={result['modules']} {result['context']} on {result['dataset']}, "
+          f"epoch {result['epoch']}: test error {result['test_error']:.2f}%  loss {result['test_loss']:.4f}")
+    print(json.dumps(result))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `train` and `eval` to the command line."""
+    p = sub.add_parser("train", help="train a network with greedy local learning and Context Supply")
+    add_data_args(p)
+    add_model_args(p)
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="test error of a saved checkpoint")
+    e.add_argument("checkpoint", help="checkpoint.pt or its run folder")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=1024)
+    e.set_defaults(func=cmd_eval)

@@ -1,0 +1,116 @@
+"""Context Supply (spec §2): tiny encoders that add earlier information to a cut's detached output.
+
+    h_k^c = h_k.detach() + sum_j M_kj(c_j.detach())
+
+Sources are numbered as in the paper: s_0 = x (the network input), s_j = h_j^c (module j+1's input).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contsup.errors import ContsupError
+from contsup.models.chain import Shape
+
+_MODE = re.compile(r"R(\d+)(E?)|E")
+
+
+@dataclass(frozen=True)
+class ContextMode:
+    """A parsed context mode: a window of n earlier module inputs, and/or the image encoder."""
+
+    window: int
+    image: bool
+
+    @property
+    def name(self) -> str:
+        """The paper's name: R0, E, Rn or RnE."""
+        if self.image and self.window == 0:
+            return "E"
+        return f"R{self.window}" + ("E" if self.image else "")
+
+    def sources(self, cut: int) -> list[int]:
+        """Indices j of the module inputs s_j that feed cut `cut` (1-based: after module `cut`)."""
+        lowest = max(cut - self.window, 1 if self.image else 0)
+        return list(range(cut - 1, lowest - 1, -1))
+
+
+def parse_mode(text: str, modules: int) -> ContextMode:
+    """Parse `R0`, `E`, `Rn` or `RnE` and check n <= K."""
+    match = _MODE.fullmatch(text.strip().upper())
+    if not match:
+        raise ContsupError(f"unknown context mode {text!r}; use R0, E, Rn or RnE (n >= 1), e.g. R1E")
+    if text.strip().upper() == "E":
+        return ContextMode(0, True)
+    n, image = int(match.group(1)), bool(match.group(2))
+    if n > modules:
+        raise ContsupError(f"context {text!r}: n = {n} is larger than the number of modules K = {modules}")
+    if n == 0 and image:
+        return ContextMode(0, True)
+    return ContextMode(n, image)
+
+
+def adaptive_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pool to `size`; no work when the size already matches."""
+    return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
+
+
+class ImageEncoder(nn.Module):
+    """Mode E: conv3x3(in -> 12) -> BN -> ReLU -> conv3x3(12 -> C) -> BN -> ReLU -> pool to h_k's size."""
+
+    def __init__(self, in_ch: int, target: Shape, hidden: int = 12) -> None:
+        super().__init__()
+        self.size = (target.height, target.width)
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, hidden, 3, 1, 1),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, target.channels, 3, 1, 1),
+            nn.BatchNorm2d(target.channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded image at h_k's shape."""
+        return adaptive_pool(self.net(x), self.size)
+
+
+class ResidualEncoder(nn.Module):
+    """Mode Rn: conv1x1(C_src -> C) -> BN -> ReLU -> pool to h_k's size."""
+
+    def __init__(self, in_ch: int, target: Shape) -> None:
+        super().__init__()
+        self.size = (target.height, target.width)
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, target.channels, 1), nn.BatchNorm2d(target.channels), nn.ReLU(inplace=True)
+        )
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """Encoded earlier module input at h_k's shape."""
+        return adaptive_pool(self.net(s), self.size)
+
+
+class CutContext(nn.Module):
+    """Every encoder at one cut, and the sum that supplies h_k with context."""
+
+    def __init__(self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape) -> None:
+        super().__init__()
+        self.cut = cut
+        self.source_ids = mode.sources(cut)
+        self.residual = nn.ModuleList(ResidualEncoder(source_shapes[j].channels, target) for j in self.source_ids)
+        self.image = ImageEncoder(source_shapes[0].channels, target) if mode.image else None
+
+    def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""
+        out = h.detach()
+        if self.image is not None:
+            out = out + self.image(sources[0].detach())
+        for j, enc in zip(self.source_ids, self.residual, strict=True):
+            out = out + enc(sources[j].detach())
+        return out

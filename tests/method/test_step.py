@@ -1,0 +1,150 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import tiny_net
+
+from contsup.method import LocalConfig, LocalNetwork, ReconWeights, local_step
+from contsup.models import resnet
+
+
+def grads(net):
+    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
+
+
+def changed(a, b):
+    out = set()
+    for n in a:
+        if (a[n] is None) != (b[n] is None) or (a[n] is not None and not torch.allclose(a[n], b[n], atol=0)):
+            out.add(n)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["R0", "E", "R1", "R2E", "R4"])
+def test_no_gradient_crosses_a_cut(mode, batch):
+    """Changing head j's loss changes only module j, head j and the encoders that feed module j."""
+    x, y = batch
+    net = tiny_net(4, mode)
+    local_step(net, x, y)
+    base = grads(net)
+    for j in range(3):
+        other = copy.deepcopy(net)
+        other.zero_grad()
+        with torch.no_grad():
+            for p in other.heads[j].parameters():
+                p.mul_(1.5)
+        local_step(other, x, y)
+        diff = changed(base, grads(other))
+        allowed = {n for n in diff if n.startswith((f"blocks.{j}.", f"heads.{j}.", f"context.{j - 1}."))}
+        assert diff == allowed, diff - allowed
+        assert any(n.startswith(f"blocks.{j}.") for n in diff)
+        if j > 0 and mode != "R0":
+            assert any(n.startswith(f"context.{j - 1}.") for n in diff)
+
+
+def test_encoders_get_gradient_only_from_next_module(batch):
+    x, y = batch
+    net = tiny_net(4, "R2E")
+    # Per cut k, the gradient of module k+1's loss alone reaches context k; with every later module's
+    # loss removed (by detaching their inputs) the encoder gradients are unchanged.
+    local_step(net, x, y)
+    full = grads(net)
+    for k in range(3):
+        net.zero_grad()
+        sources = {0: x}
+        h = net.blocks[0](x)
+        for i in range(k + 1):
+            h = net.supply(i, h, sources)
+            sources[i + 1] = h.detach()
+            h = net.blocks[i + 1](h if i == k else h.detach())
+        loss = net.classifier(h) if k == 2 else net.heads[k + 1](h)
+        F.cross_entropy(loss, y).backward()
+        for n, p in net.context[k].named_parameters():
+            assert torch.allclose(p.grad, full[f"context.{k}.{n}"], atol=1e-6)
+
+
+def test_k1_equals_end_to_end(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    plain = resnet(20, 3, 10)
+    local = LocalNetwork(copy.deepcopy(plain), LocalConfig(modules=1, context="R1E"), torch.zeros(1, 3, 16, 16))
+    assert local.param_counts()["heads"] == 0 and local.param_counts()["context"] == 0
+    opt_a = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    opt_b = torch.optim.SGD(local.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    for _ in range(3):
+        opt_a.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        opt_a.step()
+        opt_b.zero_grad()
+        local_step(local, x, y)
+        opt_b.step()
+    a = dict(plain.named_parameters())
+    b = {n.replace("blocks.0.", "units."): p for n, p in local.named_parameters()}
+    for n, p in a.items():
+        assert torch.allclose(p, b[n], atol=1e-6), n
+
+
+def test_inference_matches_training_path(batch):
+    x, y = batch
+    net = tiny_net(4, "R1E")
+    net.eval()
+    out = local_step(net, x, y)
+    assert torch.allclose(out.logits, net(x), atol=1e-5)
+
+
+def test_reconstruction_term_trains_decoders(batch):
+    x, y = batch
+    net = tiny_net(3, "R1E", recon=ReconWeights(5, 0, 1, 1))
+    local_step(net, x, y, pixels=torch.rand_like(x))
+    assert all(p.grad is not None for p in net.decoders.parameters())
+    with pytest.raises(ValueError):
+        local_step(net, x, y)
+
+
+def test_contrast_loss_step(batch):
+    x, y = batch
+    net = tiny_net(3, "E", loss="contrast")
+    out = local_step(net, x, y)
+    assert len(out.losses) == 3 and all(torch.isfinite(torch.tensor(out.losses)))
+    assert net.heads[0].fc[-1].out_features == 128
+
+
+# -- parameter counts for ResNet-32, K=16, written from the spec's layer shapes ---------------------
+CUT_CH = [16] * 6 + [32] * 5 + [64] * 4  # channels after each of the 15 cuts (ResNet-32, K=16)
+SRC_CH = [3] + CUT_CH  # channels of module inputs s_0 = x, s_1..s_15
+
+
+def head_1c2f(c: int, classes: int = 10, w: int = 128) -> int:
+    c2 = c if c == 64 else 2 * c
+    return c * c2 * 9 + 2 * c2 + c2 * w + w + w * classes + classes
+
+
+def image_enc(c: int, in_ch: int = 3) -> int:
+    return in_ch * 12 * 9 + 12 + 2 * 12 + 12 * c * 9 + c + 2 * c
+
+
+def res_enc(c_src: int, c: int) -> int:
+    return c_src * c + c + 2 * c
+
+
+def expected_context(window: int, image: bool) -> int:
+    total = 0
+    for k, c in enumerate(CUT_CH, start=1):
+        if image:
+            total += image_enc(c)
+        for j in range(k - 1, max(k - window, 1 if image else 0) - 1, -1):
+            total += res_enc(SRC_CH[j], c)
+    return total
+
+
+@pytest.mark.parametrize("mode,window,image", [("R0", 0, False), ("E", 0, True), ("R1", 1, False),
+                                               ("R1E", 1, True), ("R2", 2, False), ("R3E", 3, True)])
+def test_param_counts_resnet32_k16(mode, window, image):
+    net = LocalNetwork(resnet(32, 3, 10), LocalConfig(modules=16, context=mode), torch.zeros(1, 3, 32, 32))
+    counts = net.param_counts()
+    assert counts["backbone"] == 466_906
+    assert counts["heads"] == sum(head_1c2f(c) for c in CUT_CH)
+    assert counts["decoders"] == 0
+    assert counts["context"] == expected_context(window, image)
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
