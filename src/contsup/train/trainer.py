@@ -183,10 +183,11 @@ class Trainer:
             "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         }
 
-    def fit(self) -> dict[str, Any]:
-        """Train to `cfg.epochs`, evaluating, logging and checkpointing after every epoch."""
+    def fit(self, until: int | None = None) -> dict[str, Any]:
+        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch."""
         reset_peak(self.device)
-        while self.epoch < self.cfg.epochs:
+        stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
+        while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_loader is not None:
                 row["val_error"] = evaluate(self.net, self.val_loader, self.autocast)["error"]

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from contsup.cli import main
+
+TINY = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "--batch-size", "64",
+        "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--no-progress"]
+
+
+def test_dry_run_prints_param_groups(capsys, tmp_path):
+    assert main(["train", *TINY, "--modules", "4", "--context", "R1E", "--dry-run", "--out", str(tmp_path / "r")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    counts = json.loads(lines[-1])
+    assert set(counts) == {"backbone", "heads", "decoders", "context", "total"}
+    assert counts["context"] > 0 and counts["decoders"] == 0
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_then_eval(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--modules", "3", "--context", "R1E", "--recon", "5,1,0,1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "final test error" in text and "peak memory" in text and "images/s" in text
+    assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["params"]["decoders"] > 0
+    assert main(["eval", str(out / "checkpoint.pt"), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["test_error"] == pytest.approx(summary["final_test_error"])
+    # A finished run is not silently overwritten.
+    assert main(["train", *TINY, "--modules", "3", "--out", str(out)]) == 2
+
+
+def test_resume_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--modules", "2", "--context", "R1", "--out", str(out)]) == 0
+    assert main(["train", *TINY[:-4], "--epochs", "2", "--device", "cpu", "--no-progress", "--modules", "2",
+                 "--context", "R1", "--out", str(out), "--resume"]) == 0
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--modules", "11"], "between 1 and the number of units"),
+    (["--context", "R9", "--modules", "4"], "larger than the number of modules"),
+    (["--context", "Q2"], "unknown context mode"),
+    (["--modules", "3", "--cuts", "7,2"], "strictly increasing"),
+    (["--modules", "3", "--cuts", "2,9"], "out of range"),
+    (["--cuts", "1,x"], "cannot read --cuts"),
+    (["--recon", "paper"], "no reconstruction weights"),
+    (["--data", "imagenet"], "unknown dataset"),
+    (["--arch", "vgg"], "unknown architecture"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_eval_bad_checkpoints(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "none.pt")]) == 2
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    assert main(["eval", str(tmp_path / "foreign.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "not a contsup checkpoint" in err

@@ -1,0 +1,25 @@
+"""The Python API with a user's own chain of units and a plain torch DataLoader."""
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import contsup
+
+
+def test_user_model_and_dataloader(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(96, 3, 12, 12)
+    y = (x[:, 0].mean(dim=(1, 2)) > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    units = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+    )
+    backbone = contsup.Backbone.from_units(units, num_classes=2, sample=x[:1])
+    net = contsup.LocalNetwork(backbone, contsup.LocalConfig(modules=3, context="R1E", head="0c2f"), x[:1])
+    cfg = contsup.TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
+    summary = contsup.Trainer(net, loader, loader, cfg, tmp_path).fit()
+    assert summary["epochs"] == 3 and (tmp_path / "checkpoint.pt").exists()
+    assert summary["final_test_error"] < 50

@@ -1,0 +1,83 @@
+import json
+import math
+
+import pytest
+import torch
+
+from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
+from contsup.errors import ContsupError
+from contsup.train import Trainer, TrainConfig, evaluate, load_checkpoint, lr_at, save_checkpoint
+from contsup.train.schedule import default_warmup
+from tests.conftest import tiny_net
+
+OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
+
+
+def make_trainer(mode="R1E", modules=4, epochs=3, out=None, **kw):
+    data = load_dataset("synthetic", synthetic=OPTS)
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, warmup_epochs=0, device="cpu", progress=False, **kw)
+    train = DeviceLoader(data.train, data.info, cfg.batch_size, "cpu", train=True, seed=cfg.seed)
+    test = DeviceLoader(data.test, data.info, 128, "cpu")
+    return Trainer(tiny_net(modules, mode), train, test, cfg, out)
+
+
+def test_schedule():
+    assert lr_at(0, 160, 0.8, 10) == pytest.approx(0.01)
+    assert lr_at(10, 160, 0.8, 10) == pytest.approx(0.4 * (1 + math.cos(math.pi * 10 / 160)))
+    assert lr_at(5, 160, 0.8, 10) == pytest.approx((0.01 + lr_at(10, 160, 0.8, 10)) / 2)
+    assert lr_at(159, 160, 0.8, 10) < 0.001
+    assert lr_at(0, 2, 0.1, 0) == pytest.approx(0.1)
+    assert default_warmup(160) == 10 and default_warmup(8) == 0
+
+
+@pytest.mark.parametrize("mode,modules", [("R0", 4), ("E", 4), ("R1", 4), ("R1E", 4), ("R2E", 3), ("R0", 1)])
+def test_training_lowers_loss(mode, modules):
+    trainer = make_trainer(mode, modules, epochs=4)
+    x, y = next(iter(trainer.test_loader))
+    before = evaluate(trainer.net, trainer.test_loader)["loss"]
+    trainer.fit()
+    first, last = trainer.history[0], trainer.history[-1]
+    assert last["train_loss"] < first["train_loss"]
+    assert evaluate(trainer.net, trainer.test_loader)["loss"] < before
+    assert len(first["local_losses"]) == modules - 1
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = make_trainer(epochs=3, out=tmp_path / "a")
+    full.fit()
+    part = make_trainer(epochs=3, out=tmp_path / "b")
+    part.fit(until=2)
+    resumed = make_trainer(epochs=3, out=tmp_path / "b")
+    resumed.resume(tmp_path / "b" / "checkpoint.pt")
+    assert resumed.epoch == 2
+    resumed.fit()
+    a, b = full.net.state_dict(), resumed.net.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["test_error"] == full.history[-1]["test_error"]
+
+
+def test_summary_and_run_folder(tmp_path):
+    trainer = make_trainer(epochs=2, out=tmp_path)
+    summary = trainer.fit()
+    assert summary["final_test_error"] == trainer.history[-1]["test_error"]
+    assert summary["best_test_error_selected_on_test"] <= summary["final_test_error"]
+    assert summary["peak_memory_bytes"] > 0 and summary["images_per_s"] > 0
+    assert set(summary["params"]) == {"backbone", "heads", "decoders", "context", "total"}
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ContsupError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(ContsupError, match="not a contsup checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ContsupError, match="cannot read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"epoch": 3})
+    assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
