@@ -1,4 +1,4 @@
-"""Datasets for contsup: official formats, checksummed downloads, on-device batching/augmentation."""
+"""Datasets: official formats, checksummed downloads, on-device batching and augmentation."""
 
 from __future__ import annotations
 

@@ -22,8 +22,10 @@ def cache_dir() -> Path:
     return Path(base) / "contsup"
 
 
-def candidate_dirs(name: str, root: str | Path | None, system_dirs: tuple[str, ...] = ()) -> list[Path]:
-    """Folders searched for dataset `name`, in order; an explicit `root` is the only one searched."""
+def candidate_dirs(
+    name: str, root: str | Path | None, system_dirs: tuple[str, ...] = ()
+) -> list[Path]:
+    """Folders searched for dataset `name`, in order; an explicit `root` is searched alone."""
     if root is not None:
         return [Path(root).expanduser()]
     dirs = []
@@ -57,7 +59,7 @@ def verify_md5(path: str | Path, expected: str) -> None:
 
 
 def download(url: str, dest: str | Path, md5: str | None = None, progress: bool = True) -> Path:
-    """Stream `url` to `dest.part`, check its md5, then rename to `dest`; nothing is left on failure."""
+    """Stream `url` to `dest.part`, check its md5, rename to `dest`; nothing left on failure."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -82,7 +84,8 @@ def download(url: str, dest: str | Path, md5: str | None = None, progress: bool 
             got = md5sum(part)
             if got != md5.lower():
                 raise ContsupError(
-                    f"checksum mismatch for {url}: expected md5 {md5}, got {got} (download discarded)"
+                    f"checksum mismatch for {url}: expected md5 {md5}, got {got} "
+                    "(download discarded)"
                 )
         os.replace(part, dest)
     except BaseException:

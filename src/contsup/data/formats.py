@@ -1,4 +1,4 @@
-"""Parsers for the official on-disk formats: idx (.gz), CIFAR pickles in tar.gz, SVHN .mat, STL-10 .bin."""
+"""Parsers of the official formats: idx (.gz), CIFAR pickle tar.gz, SVHN .mat, STL-10 .bin."""
 
 from __future__ import annotations
 

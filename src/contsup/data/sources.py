@@ -132,9 +132,8 @@ def parse(name: str, folder: Path) -> tuple[Split, Split]:
     spec = get_spec(name)
     if name == "stl10":
         sub = _stl_dir(folder) or _extract_stl10(folder / spec.files[0].filename, folder)
-        return tuple(  # type: ignore[return-value]
-            formats.load_stl10_bin(sub / f"{s}_X.bin", sub / f"{s}_y.bin") for s in ("train", "test")
-        )
+        train = formats.load_stl10_bin(sub / "train_X.bin", sub / "train_y.bin")
+        return train, formats.load_stl10_bin(sub / "test_X.bin", sub / "test_y.bin")
     paths = [_file(folder, f.filename) for f in spec.files]
     if any(p is None for p in paths):
         raise ContsupError(f"{name}: incomplete copy in {folder}")

@@ -1,4 +1,4 @@
-"""Static description of every supported dataset: official files, checksums, shapes, augmentation."""
+"""Static description of each dataset: official files, checksums, shapes, augmentation."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from contsup.data.specs import DatasetInfo
@@ -38,8 +39,8 @@ class Dataset:
 
 def split_from_numpy(images, labels) -> Split:
     """Wrap numpy arrays (uint8 NCHW images, integer labels) as a contiguous Split."""
-    if not images.flags.writeable:  # np.frombuffer views: torch wants writable memory
-        images = images.copy()
+    images = np.require(images, requirements="W")  # np.frombuffer views are read-only
+    labels = np.require(labels, requirements="W")
     return Split(
         torch.from_numpy(images).to(torch.uint8).contiguous(),
         torch.from_numpy(labels).to(torch.int64).contiguous(),
