@@ -87,11 +87,14 @@ def fetch(name: str, root: str | Path | None = None, progress: bool = True) -> P
     if found is not None:
         return found
     folder = download_dir(name, root)
+    created = not folder.exists()
     for f in spec.files:
         if _file(folder, f.filename) is None:
             try:
                 download(f.url, folder / f.filename, f.md5, progress=progress)
             except ContsupError as err:
+                if created and folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
                 raise ContsupError(f"{err}; {_missing_message(spec, root)}") from err
     if name == "stl10":
         archive = folder / spec.files[0].filename
