@@ -3,7 +3,7 @@
 from contsup.errors import ContsupError
 from contsup.method import LocalConfig, LocalNetwork, ReconWeights, local_step
 from contsup.models import Backbone, resnet
-from contsup.train import Trainer, TrainConfig, evaluate
+from contsup.train import TrainConfig, Trainer, evaluate
 
 __version__ = "0.1.0"
 __all__ = [

@@ -5,8 +5,9 @@ import torch
 
 from contsup.cli import main
 
-TINY = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "--batch-size", "64",
-        "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--no-progress"]
+BASE = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "--batch-size", "64",
+        "--lr", "0.05", "--device", "cpu", "--no-progress"]
+TINY = [*BASE, "--epochs", "1"]
 
 
 def test_dry_run_prints_param_groups(capsys, tmp_path):
@@ -36,7 +37,7 @@ def test_train_then_eval(capsys, tmp_path):
 def test_resume_continues(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--modules", "2", "--context", "R1", "--out", str(out)]) == 0
-    assert main(["train", *TINY[:-4], "--epochs", "2", "--device", "cpu", "--no-progress", "--modules", "2",
+    assert main(["train", *BASE, "--epochs", "2", "--modules", "2",
                  "--context", "R1", "--out", str(out), "--resume"]) == 0
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]

@@ -66,9 +66,8 @@ def test_real_debian_fashion_mnist():
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    """Run the CLI with only the `data` command registered (other commands live elsewhere)."""
-    monkeypatch.setattr(contsup.cli, "COMMANDS", ["data"])
+def cli():
+    """The `contsup` command line."""
     return contsup.cli.main
 
 

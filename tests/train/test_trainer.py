@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from tests.conftest import tiny_net
 
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.errors import ContsupError
-from contsup.train import Trainer, TrainConfig, evaluate, load_checkpoint, lr_at, save_checkpoint
+from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, lr_at, save_checkpoint
 from contsup.train.schedule import default_warmup
-from tests.conftest import tiny_net
 
 OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
 

@@ -6,11 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from contsup.data import dataset_info
 from contsup.errors import ContsupError
 from contsup.method.cuts import TABLES, parse_cut_list
 from contsup.method.heads import HEADS, LOSSES, parse_recon
 from contsup.method.network import LocalConfig
-from contsup.run import DataConfig, RunConfig, build_network, evaluate_checkpoint, load_data, run_training
+from contsup.run import DataConfig, RunConfig, build_network, evaluate_checkpoint, run_training
 from contsup.train.trainer import TrainConfig
 
 
@@ -103,8 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a network with local learning (or print its summary with --dry-run)."""
     cfg = config_from_args(args)
     if args.dry_run:
-        data = load_data(cfg)
-        info = data.info
+        info = dataset_info(cfg.data.name)
         net = build_network(cfg, info.channels, info.num_classes, info.size)
         print(net.describe())
         print(json.dumps(net.param_counts()))
