@@ -14,6 +14,7 @@ install: $(BIN)/contsup
 
 # ResNet-32 cut into 16 gradient-isolated modules with Context Supply R1E, one short epoch.
 demo: install
+	rm -rf runs/demo
 	$(BIN)/contsup train --data fashion-mnist --arch resnet32 --modules 16 --context R1E \
 		--epochs 1 --train-subset 10000 --batch-size 128 --lr 0.1 --out runs/demo
 
