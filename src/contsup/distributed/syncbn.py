@@ -39,8 +39,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose training statistics span every replica of a process group."""
 
     def __init__(self, bn: nn.BatchNorm2d, group: dist.ProcessGroup) -> None:
+        like = next(iter(bn.state_dict().values()))
         super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                         device=bn.weight.device if bn.affine else None)
+                         device=like.device, dtype=like.dtype)
         self.load_state_dict(bn.state_dict())
         self.train(bn.training)
         self.group = group
@@ -53,8 +54,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
         dist.all_reduce(count, group=self.group)
         n = float(count.item())
-        mean = all_reduce_sum(x.float().sum(dims), self.group) / n
-        centred = x.float() - mean[None, :, None, None]
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean = all_reduce_sum(xf.sum(dims), self.group) / n
+        centred = xf - mean[None, :, None, None]
         var = all_reduce_sum(centred.square().sum(dims), self.group) / n
         out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
