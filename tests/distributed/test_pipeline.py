@@ -31,7 +31,7 @@ def reference(args):
         assert main(["train", *args]) == 0
 
 
-def assert_same_run(pipe_dir, ref_dir, atol):
+def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
     pipe, ref = load_checkpoint(pipe_dir / "checkpoint.pt"), load_checkpoint(ref_dir / "checkpoint.pt")
     assert pipe["model"].keys() == ref["model"].keys()
     for key, want in ref["model"].items():  # every weight and every BatchNorm buffer
@@ -39,7 +39,8 @@ def assert_same_run(pipe_dir, ref_dir, atol):
     got_opt, want_opt = pipe["optimizer"], ref["optimizer"]
     assert got_opt["state"].keys() == want_opt["state"].keys()
     for i, state in want_opt["state"].items():
-        torch.testing.assert_close(got_opt["state"][i]["momentum_buffer"], state["momentum_buffer"], atol=atol, rtol=0)
+        torch.testing.assert_close(got_opt["state"][i]["momentum_buffer"], state["momentum_buffer"],
+                                   atol=momentum_atol or atol, rtol=0)
     assert got_opt["param_groups"] == want_opt["param_groups"]
     assert pipe["epoch"] == ref["epoch"] == 2
     for got, want in zip(pipe["history"], ref["history"], strict=True):
@@ -78,4 +79,5 @@ def test_replicas_equal_single_process_with_the_whole_batch(ranks, tmp_path):
     reference([*flags, "--out", str(tmp_path / "ref")])
     for code, _, err in ranks.finish(timeout=90):
         assert code == 0, err
-    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5)
+    # Momentum buffers are (sums of) raw gradients, not scaled by the learning rate: looser in absolute terms.
+    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5, momentum_atol=2e-4)
