@@ -41,15 +41,17 @@ class Ranks:
         return self.procs[-world:]
 
     def finish(self, timeout: float) -> list[tuple[int, str, str]]:
-        """(exit code, stdout, stderr) of every rank; a rank still running after `timeout` s fails the test."""
+        """(exit code, stdout, stderr) of every rank started since the last call; one still running after
+        `timeout` s fails the test."""
         out = []
-        for p in self.procs:
+        for rank, p in enumerate(self.procs):
             try:
                 stdout, stderr = p.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.stop()
-                pytest.fail(f"rank {self.procs.index(p)} still running after {timeout} s")
+                pytest.fail(f"rank {rank} still running after {timeout} s")
             out.append((p.returncode, stdout, stderr))
+        self.procs = []
         return out
 
     def stop(self) -> None:

@@ -81,3 +81,17 @@ def test_replicas_equal_single_process_with_the_whole_batch(ranks, tmp_path):
         assert code == 0, err
     # Momentum buffers are (sums of) raw gradients, not scaled by the learning rate: looser in absolute terms.
     assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5, momentum_atol=2e-4)
+
+
+def test_pipeline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
+    flags = [*BASE, "--train-subset", "32", "--modules", "3", "--context", "R1", "--batch-size", "32"]
+    ranks.start(2, [*flags, "--epochs", "1", "--pipeline", "--out", str(tmp_path / "pipe")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    ranks.start(2, [*flags, "--pipeline", "--resume", "--out", str(tmp_path / "pipe")])
+    reference([*flags, "--out", str(tmp_path / "ref")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5)
+    rows = (tmp_path / "pipe" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]

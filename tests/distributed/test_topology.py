@@ -41,3 +41,16 @@ def test_stages_own_every_state_entry_once():
     assert boundary_sources(net, 2) == [0, 1]
     assert boundary_sources(net, 3) == [0, 1, 2]
     assert boundary_sources(tiny_net(4, "R0"), 2) == []
+
+
+def test_pipeline_outside_torchrun_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    from contsup.cli import main
+
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    args = ["train", "--data", "synthetic", "--arch", "resnet20", "--epochs", "1", "--pipeline", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs under torchrun" in err[0]
+    assert main([*args, "--stage-sizes", "2,x"]) == 2
+    assert "--stage-sizes" in capsys.readouterr().err

@@ -44,7 +44,8 @@ class Link:
         self.pixel_shape = dims(net.source_shapes[0]) if len(net.decoders) else None
         self.device, self.comm_device = device, comm_device
         self.inflight = max(1, inflight)
-        self.pending: deque[list[dist.Work]] = deque()
+        # Outstanding sends, with the buffers they read from (kept alive until the send completes).
+        self.pending: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
 
     def _shapes(self, kind: int) -> list[tuple[int, ...]]:
         """Per-sample shapes of the float tensors of a message of this kind (pixels only for training)."""
@@ -54,8 +55,7 @@ class Link:
     def send(self, msg: Message, dst: int) -> None:
         """Queue `msg` for rank `dst`; waits first while `inflight` earlier messages are still outstanding."""
         while len(self.pending) >= self.inflight:
-            for work in self.pending.popleft():
-                work.wait()
+            self._wait_oldest()
         header = torch.zeros(2 + len(self._shapes(TRAIN)), dtype=torch.int64)
         header[0] = msg.kind
         tensors: list[torch.Tensor] = []
@@ -69,10 +69,8 @@ class Link:
             for i, t in enumerate(floats):
                 header[2 + i] = _DTYPES.index(t.dtype)
             tensors = [*floats, msg.y]
-        works = [dist.isend(header.to(self.comm_device), dst, tag=0)]
-        for i, t in enumerate(tensors):
-            works.append(dist.isend(t.detach().to(self.comm_device).contiguous(), dst, tag=1 + i))
-        self.pending.append(works)
+        buffers = [header.to(self.comm_device), *(t.detach().to(self.comm_device).contiguous() for t in tensors)]
+        self.pending.append(([dist.isend(b, dst, tag=i) for i, b in enumerate(buffers)], buffers))
 
     def recv(self, src: int) -> Message:
         """The next message from rank `src` (blocks; the process group's timeout bounds the wait)."""
@@ -94,8 +92,12 @@ class Link:
         pixels = bufs[n] if len(shapes) > n else None
         return Message(kind, bufs[0], dict(zip(self.source_ids, bufs[1:n], strict=True)), bufs[-1], pixels)
 
+    def _wait_oldest(self) -> None:
+        works, _ = self.pending.popleft()
+        for work in works:
+            work.wait()
+
     def flush(self) -> None:
         """Wait for every outstanding send."""
         while self.pending:
-            for work in self.pending.popleft():
-                work.wait()
+            self._wait_oldest()
