@@ -140,7 +140,9 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}. "
         "Load: 1-minute load average before-after each measurement (P threads / pipeline / 1 thread); other "
         "jobs shared the machine when it is above ~0.5. The 1-process x 1-thread column tells how much the "
-        "second thread helps the single process.",
+        "second thread helps the single process; on a loaded machine two OpenMP threads of one process wait on "
+        "each other whenever a core is taken, so the speed-up against P threads then overstates the pipeline's "
+        "gain and the 1-thread column is the steadier reference.",
         "",
         f"| context | 1 process x {args.ranks} threads (img/s) | {args.ranks} ranks x 1 thread (img/s) | speed-up "
         "| speed-up / P | 1 process x 1 thread (img/s) | modules per stage | load |",
