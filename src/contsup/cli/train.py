@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from contsup.data import dataset_info
+from contsup.distributed import PipelineConfig, run_pipeline
 from contsup.errors import ContsupError
 from contsup.method.cuts import TABLES, parse_cut_list
 from contsup.method.heads import HEADS, LOSSES, parse_recon
@@ -62,6 +64,30 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dry-run", action="store_true", help="build everything, print the summary, exit")
 
 
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    """Flags of a pipelined run under torchrun (one rank per stage of modules)."""
+    g = p.add_argument_group("pipeline (torchrun --nproc-per-node N -m contsup train ... --pipeline)")
+    g.add_argument("--pipeline", action="store_true", help="run as a pipeline rank (implied by WORLD_SIZE > 1)")
+    g.add_argument("--replicas", type=int, default=1, help="data-parallel copies R of the pipeline (P = ranks / R)")
+    g.add_argument("--stage-sizes", default=None, help="modules per stage, e.g. 3,5,8 (default: balanced by cost)")
+    g.add_argument("--inflight", type=int, default=2, help="micro-batches a stage may send ahead of its successor")
+    g.add_argument("--dist-timeout", type=float, default=300.0, help="seconds before a silent peer counts as failed")
+    g.add_argument("--backend", default="auto", help="auto (nccl with CUDA, else gloo), gloo or nccl")
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """A PipelineConfig from parsed `train` flags."""
+    sizes = None
+    if args.stage_sizes:
+        try:
+            sizes = [int(v) for v in args.stage_sizes.split(",")]
+        except ValueError:
+            raise ContsupError(f"cannot read --stage-sizes {args.stage_sizes!r}: use counts like 3,5,8") from None
+    if args.inflight < 1 or args.dist_timeout <= 0:
+        raise ContsupError("--inflight and --dist-timeout must be positive")
+    return PipelineConfig(args.replicas, sizes, args.inflight, args.dist_timeout, args.backend)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A RunConfig from parsed `train` flags (validated later, when the network is built)."""
     table, cuts = args.cuts, None
@@ -111,7 +137,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.resume is False and cfg.out and (Path(cfg.out) / "checkpoint.pt").exists():
         raise ContsupError(f"{cfg.out} already holds a run: pass --resume to continue it or choose another --out")
-    summary = run_training(cfg, resume=args.resume)
+    if args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        summary = run_pipeline(cfg, pipeline_config(args), resume=args.resume)
+        if summary is None:  # not rank 0
+            return 0
+    else:
+        summary = run_training(cfg, resume=args.resume)
     print(format_summary(summary))
     print(f"run folder: {cfg.out}")
     return 0
@@ -132,6 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_model_args(p)
     add_train_args(p)
+    add_pipeline_args(p)
     p.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="test error of a saved checkpoint")
     e.add_argument("checkpoint", help="checkpoint.pt or its run folder")

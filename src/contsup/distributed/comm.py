@@ -1,0 +1,103 @@
+"""Point-to-point messages between neighbouring stages: a small header, then a fixed list of tensors.
+
+A message in front of module k carries module k-1's raw (detached) output, the earlier module inputs
+s_j that cut k or later cuts read, the labels, and the un-normalised image when reconstruction is on.
+Their shapes are known from the network except the batch size, which the header gives along with
+the message kind and each float tensor's dtype. Sends are non-blocking; at most `inflight` messages
+may be outstanding, so a fast stage cannot run unboundedly ahead of a slow one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from contsup.distributed.stage import boundary_sources, dims
+from contsup.method.network import LocalNetwork
+
+TRAIN, EVAL, END = 0, 1, 2
+_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@dataclass
+class Message:
+    """What crosses one boundary for one micro-batch."""
+
+    kind: int
+    h: torch.Tensor | None = None
+    sources: dict[int, torch.Tensor] | None = None
+    y: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+
+
+class Link:
+    """The boundary in front of module k: who sends, who receives, and what the tensors look like."""
+
+    def __init__(self, net: LocalNetwork, k: int, device: torch.device, comm_device: torch.device,
+                 inflight: int = 2) -> None:
+        self.source_ids = boundary_sources(net, k)
+        self.h_shape = dims(net.source_shapes[k])
+        self.source_shapes = [dims(net.source_shapes[j]) for j in self.source_ids]
+        self.pixel_shape = dims(net.source_shapes[0]) if len(net.decoders) else None
+        self.device, self.comm_device = device, comm_device
+        self.inflight = max(1, inflight)
+        # Outstanding sends, with the buffers they read from (kept alive until the send completes).
+        self.pending: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
+
+    def _shapes(self, kind: int) -> list[tuple[int, ...]]:
+        """Per-sample shapes of the float tensors of a message of this kind (pixels only for training)."""
+        pixels = [self.pixel_shape] if self.pixel_shape is not None and kind == TRAIN else []
+        return [self.h_shape, *self.source_shapes, *pixels]
+
+    def send(self, msg: Message, dst: int) -> None:
+        """Queue `msg` for rank `dst`; waits first while `inflight` earlier messages are still outstanding."""
+        while len(self.pending) >= self.inflight:
+            self._wait_oldest()
+        header = torch.zeros(2 + len(self._shapes(TRAIN)), dtype=torch.int64)
+        header[0] = msg.kind
+        tensors: list[torch.Tensor] = []
+        if msg.kind != END:
+            assert msg.h is not None and msg.sources is not None and msg.y is not None
+            floats = [msg.h, *(msg.sources[j] for j in self.source_ids)]
+            if len(self._shapes(msg.kind)) > len(floats):
+                assert msg.pixels is not None, "reconstruction needs the image's pixels in every training message"
+                floats.append(msg.pixels)
+            header[1] = msg.h.shape[0]
+            for i, t in enumerate(floats):
+                header[2 + i] = _DTYPES.index(t.dtype)
+            tensors = [*floats, msg.y]
+        buffers = [header.to(self.comm_device), *(t.detach().to(self.comm_device).contiguous() for t in tensors)]
+        self.pending.append(([dist.isend(b, dst, tag=i) for i, b in enumerate(buffers)], buffers))
+
+    def recv(self, src: int) -> Message:
+        """The next message from rank `src` (blocks; the process group's timeout bounds the wait)."""
+        header = torch.zeros(2 + len(self._shapes(TRAIN)), dtype=torch.int64, device=self.comm_device)
+        dist.irecv(header, src, tag=0).wait()
+        header = header.cpu()
+        kind, batch = int(header[0]), int(header[1])
+        if kind == END:
+            return Message(END)
+        shapes = self._shapes(kind)
+        bufs = [torch.empty((batch, *s), dtype=_DTYPES[int(header[2 + i])], device=self.comm_device)
+                for i, s in enumerate(shapes)]
+        bufs.append(torch.empty(batch, dtype=torch.int64, device=self.comm_device))
+        works = [dist.irecv(b, src, tag=1 + i) for i, b in enumerate(bufs)]
+        for work in works:
+            work.wait()
+        bufs = [b.to(self.device) for b in bufs]
+        n = 1 + len(self.source_ids)
+        pixels = bufs[n] if len(shapes) > n else None
+        return Message(kind, bufs[0], dict(zip(self.source_ids, bufs[1:n], strict=True)), bufs[-1], pixels)
+
+    def _wait_oldest(self) -> None:
+        works, _ = self.pending.popleft()
+        for work in works:
+            work.wait()
+
+    def flush(self) -> None:
+        """Wait for every outstanding send."""
+        while self.pending:
+            self._wait_oldest()

@@ -1,0 +1,147 @@
+"""Start a rank under torchrun: process groups, stage assignment, and failure handling.
+
+Every rank reads its place from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT). Every blocking exchange carries the process groups' timeout, so a peer that dies
+(its connections close) or hangs (nothing arrives) makes the waiting rank fail; that rank then
+prints one line and leaves at once with a non-zero status, which in turn closes its own connections,
+so the failure reaches every rank within a bounded time and no process is left waiting.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from contsup.distributed.pipeline import Groups, PipelineConfig, PipelineTrainer
+from contsup.distributed.stage import Stage, dims, measure_costs
+from contsup.distributed.syncbn import convert_sync_batchnorm
+from contsup.distributed.topology import Topology, from_sizes, partition
+from contsup.errors import ContsupError
+from contsup.method.network import LocalNetwork
+from contsup.run import RunConfig, build_network, load_data
+
+
+def env_rank() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; a clear error outside torchrun."""
+    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise ContsupError(
+            f"--pipeline runs under torchrun ({', '.join(missing)} not set): "
+            "torchrun --nproc-per-node P -m contsup train ... --pipeline"
+        )
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(cfg: RunConfig, backend: str, local_rank: int) -> tuple[str, torch.device, torch.device]:
+    """(backend, compute device, device that messages travel through) for this rank."""
+    name = cfg.train.device
+    cuda = torch.cuda.is_available() and (name == "auto" or name.startswith("cuda"))
+    if backend == "auto":
+        backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ContsupError(f"unknown --backend {backend!r}; use auto, gloo or nccl")
+    if backend == "nccl":
+        if not cuda:
+            raise ContsupError("--backend nccl needs CUDA devices")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return backend, device, device
+    if not cuda:
+        return backend, torch.device("cpu"), torch.device("cpu")
+    device = torch.device(name if ":" in name else f"cuda:{local_rank % torch.cuda.device_count()}")
+    return backend, device, torch.device("cpu")  # gloo moves messages through host memory
+
+
+def assign_modules(net: LocalNetwork, cfg: RunConfig, pcfg: PipelineConfig, topo: Topology,
+                   ctrl: dist.ProcessGroup, device: torch.device) -> list[range]:
+    """Modules of every stage: from --stage-sizes, or balanced by per-module step time (averaged over ranks)."""
+    k = net.num_modules
+    if pcfg.stage_sizes:
+        return from_sizes(pcfg.stage_sizes, k, topo.stages)
+    if topo.stages == 1:
+        return [range(k)]
+    shape = dims(net.source_shapes[0])
+    batch = max(1, min(cfg.train.batch_size // topo.replicas, 64))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *shape), generator=gen).to(device)
+    y = torch.randint(0, 2, (batch,), generator=gen).to(device)
+    pixels = torch.rand((batch, *shape), generator=gen).to(device) if len(net.decoders) else None
+    costs = torch.tensor(measure_costs(copy.deepcopy(net), x, y, pixels), dtype=torch.float64)
+    dist.all_reduce(costs, group=ctrl)
+    return partition((costs / topo.world).tolist(), topo.stages)
+
+
+def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> PipelineTrainer:
+    """Join the process group and set up this rank's stage (data, network part, optimizer, links)."""
+    rank, world, local_rank = env_rank()
+    backend, device, comm_device = pick_device(cfg, pcfg.backend, local_rank)
+    timeout = timedelta(seconds=pcfg.timeout_s)
+    topo = Topology.build(world, pcfg.replicas, rank)
+    if cfg.train.batch_size % topo.replicas:
+        raise ContsupError(f"--batch-size {cfg.train.batch_size} must divide into {topo.replicas} replicas")
+    dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world,
+                            device_id=device if backend == "nccl" else None)
+    ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+    stage_groups = [dist.new_group(topo.stage_ranks(s), timeout=timeout) for s in range(topo.stages)] \
+        if topo.replicas > 1 else None
+    data = load_data(cfg)
+    info = data.info
+    net = build_network(cfg, info.channels, info.num_classes, info.size).to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    ranges = assign_modules(net, cfg, pcfg, topo, ctrl, device)
+    stage = Stage(net, ranges[topo.stage])
+    group = stage_groups[topo.stage] if stage_groups else None
+    if group is not None:
+        for part in stage.parts.values():
+            convert_sync_batchnorm(part, group)
+    if rank == 0:
+        sizes = ",".join(str(len(r)) for r in ranges)
+        print(f"pipeline: {topo.replicas} replica(s) x {topo.stages} stage(s), backend {backend}, "
+              f"modules per stage {sizes}", flush=True)
+    return PipelineTrainer(cfg, pcfg, topo, Groups(ctrl, group), data, net, stage, device, comm_device)
+
+
+def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> dict[str, Any] | None:
+    """Run this rank's part of a pipelined training job; rank 0 returns the summary, others None.
+
+    Any failure (a bad setting, a dead or silent peer) prints one line naming the rank and ends the
+    process with a non-zero status (2 for a user error, 1 otherwise) without waiting on peers.
+    """
+    rank = os.environ.get("RANK", "?")
+    try:
+        if resume and (cfg.out is None or not (Path(cfg.out) / "checkpoint.pt").is_file()):
+            raise ContsupError(f"nothing to resume: no checkpoint.pt in {cfg.out}")
+        trainer = build_rank(cfg, pcfg)
+        if resume:
+            trainer.resume(Path(cfg.out) / "checkpoint.pt")  # type: ignore[arg-type]
+        summary = trainer.fit()
+        dist.barrier(group=trainer.groups.ctrl)
+        dist.destroy_process_group()
+        return summary
+    except ContsupError as err:
+        if not dist.is_initialized() and os.environ.get("RANK") is None:
+            raise  # not a distributed run at all: the CLI prints the line
+        _leave(f"contsup: error: rank {rank}: {err}", 2)
+    except BaseException as err:  # noqa: BLE001 - every failure must end this rank at once
+        if os.environ.get("CONTSUP_DEBUG"):
+            traceback.print_exc()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _leave(f"contsup: error: rank {rank}: pipeline stopped, a peer failed or timed out "
+               f"({type(err).__name__}: {first[:300]})", 1)
+    return None
+
+
+def _leave(message: str, code: int) -> None:
+    """Print one line and end the process now, without the interpreter's (possibly blocking) clean-up."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
