@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.method.balance import memory_model
 from contsup.method.context import ContextMode, CutContext, parse_mode
 from contsup.method.cuts import TABLES, resolve_cuts
 from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
@@ -25,7 +26,7 @@ class LocalConfig:
     loss: str = "softmax"  # softmax | contrast
     width: int = 128  # hidden width W of the heads
     widen: float = 1.0  # multiplies the heads' widths
-    cut_table: str = "auto"  # auto | equal-units | a paper table (equal, balanced-cifar10, balanced-stl10)
+    cut_table: str = "auto"  # auto | equal-units | balanced (rule) | a paper table (equal, balanced-cifar10, ...)
     cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
     recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
     extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
@@ -48,8 +49,15 @@ class LocalNetwork(nn.Module):
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
-        self.cuts = resolve_cuts(backbone.name, backbone.unit_names, config.modules, config.cut_table, config.cuts)
         self.unit_shapes = probe_shapes(units, sample)
+        self.cuts = resolve_cuts(
+            backbone.name, backbone.unit_names, config.modules, config.cut_table, config.cuts,
+            memory=lambda: memory_model(
+                units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
+                self._num_classes(backbone.classifier, self.unit_shapes), config.width, config.widen,
+                config.recon is not None,
+            ),
+        )
         x_shape = Shape(*sample.shape[-3:])
         bounds = [0, *(c + 1 for c in self.cuts), len(units)]
         self.blocks = nn.ModuleList(nn.Sequential(*units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
