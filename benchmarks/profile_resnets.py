@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -68,11 +68,13 @@ def sweep(args: argparse.Namespace) -> tuple[list[ProfileRow], str]:
                             steps=args.steps, device=args.device, channels_last=args.channels_last)
         rows.append(run(cfg, 1, E2E))
         rows += [run(cfg, k, m) for k in KS if k > 1 for m in MODES]
+        pooled = replace(cfg, local={"image_encoder": "pooled"})
+        rows += [run(pooled, 16, m) for m in ("E", "R1E")]
     lines = [format_table(rows, markdown=True), ""]
     for arch in ("resnet32", "resnet110"):
         mine = {(r.modules, r.context): r for r in rows if r.arch == arch}
         e2e = mine[(1, E2E)]
-        for m in MODES:
+        for m in (*MODES, "E (pooled)", "R1E (pooled)"):
             r = mine[(16, m)]
             lines.append(f"- {arch}: E2E peak / K=16 {m} peak = {e2e.peak_bytes / r.peak_bytes:.2f}x "
                          f"(with parameter and optimizer state added to both: "
@@ -81,6 +83,9 @@ def sweep(args: argparse.Namespace) -> tuple[list[ProfileRow], str]:
             over = [mine[(k, m)].peak_bytes / mine[(k, "R0")].peak_bytes - 1 for k in KS if k > 1]
             lines.append(f"- {arch}: {m} memory over R0 at the same K (K=2..16): "
                          + ", ".join(f"{100 * o:+.1f}%" for o in over))
+        for m in ("E (pooled)", "R1E (pooled)"):
+            lines.append(f"- {arch}: {m} memory over R0 at K=16: "
+                         f"{100 * (mine[(16, m)].peak_bytes / mine[(16, 'R0')].peak_bytes - 1):+.1f}%")
     return rows, "\n".join(lines)
 
 
@@ -100,6 +105,10 @@ def speed(args: argparse.Namespace) -> str:
         checks.append(f"- {name}: " + "; ".join(
             f"{m} {ratios[m]:.2f}x (target <= {t}x: {'met' if ratios[m] <= t else 'missed'})"
             for m, t in SPEED_TARGETS.items()))
+        pooled = [run(replace(cfg, local={"image_encoder": "pooled"}), 16, m) for m in ("E", "R1E")]
+        table.append(f"| {name}, pooled image encoder (not the paper's) | {rows[0].step_ms:.0f} ms | - | - | "
+                     + " | ".join(f"{r.step_ms:.0f} ms" for r in pooled) + " | "
+                     + ", ".join(f"{r.context} {r.step_ms / rows[0].step_ms:.2f}x" for r in pooled) + " |")
     return "\n".join(table) + "\n\n" + "\n".join(checks) + "\n\n" + top_ops(args)
 
 

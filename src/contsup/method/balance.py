@@ -55,6 +55,7 @@ def memory_model(
     width: int = 128,
     widen: float = 1.0,
     recon: bool = False,
+    image_encoder: str = "paper",
 ) -> tuple[list[float], list[float], list[float]]:
     """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`."""
     n = len(units)
@@ -87,7 +88,7 @@ def memory_model(
             end_bytes.append(cost)
     start_bytes.append(0.0)
     for s in shapes[:-1]:
-        ctx = CutContext(mode.window + 1, mode, [x_shape, *[s] * mode.window], s).train()
+        ctx = CutContext(mode.window + 1, mode, [x_shape, *[s] * mode.window], s, image_encoder).train()
         h = torch.randn(BATCH, s.channels, s.height, s.width)
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
         start_bytes.append(_counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))

@@ -10,7 +10,7 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.method.balance import memory_model
-from contsup.method.context import ContextMode, CutContext, parse_mode
+from contsup.method.context import IMAGE_ENCODERS, ContextMode, CutContext, parse_mode
 from contsup.method.cuts import TABLES, resolve_cuts
 from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
 from contsup.models.chain import Backbone, Shape, probe_shapes
@@ -29,6 +29,7 @@ class LocalConfig:
     cut_table: str = "auto"  # auto | equal-units | balanced (rule) | a paper table (equal, balanced-cifar10, ...)
     cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
     recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
+    image_encoder: str = "paper"  # paper | pooled (pool the image first: cheaper, not the paper's function)
     extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
 
     def validate(self) -> None:
@@ -38,6 +39,10 @@ class LocalConfig:
         LocalHead(8, self.head, 2)  # raises on an unknown head
         head_out_dim(self.loss, 2, self.width, self.widen)  # raises on an unknown loss
         parse_mode(self.context, self.modules)
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ContsupError(
+                f"unknown image encoder {self.image_encoder!r}; choose from {', '.join(IMAGE_ENCODERS)}"
+            )
 
 
 class LocalNetwork(nn.Module):
@@ -55,7 +60,7 @@ class LocalNetwork(nn.Module):
             memory=lambda: memory_model(
                 units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
                 self._num_classes(backbone.classifier, self.unit_shapes), config.width, config.widen,
-                config.recon is not None,
+                config.recon is not None, config.image_encoder,
             ),
         )
         x_shape = Shape(*sample.shape[-3:])
@@ -76,7 +81,7 @@ class LocalNetwork(nn.Module):
             Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)) for s in cut_shapes
         ) if config.recon is not None else nn.ModuleList()
         self.context = nn.ModuleList(
-            CutContext(k + 1, self.mode, self.source_shapes, s) for k, s in enumerate(cut_shapes)
+            CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
         )
         # Last cut that reads each source s_j: after it, the step may drop s_j.
         self.last_use = {j: 0 for j in range(len(self.source_shapes))}
