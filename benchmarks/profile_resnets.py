@@ -55,7 +55,7 @@ def log(msg: str) -> None:
 def run(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     """One configuration, logged."""
     row = profile_one(cfg, modules, context)
-    log(f"{cfg.arch} K={modules} {context} batch {cfg.batch_size}: peak {row.peak_bytes / MIB:.1f} MiB, "
+    log(f"{cfg.arch} K={modules} {row.context} batch {cfg.batch_size}: peak {row.peak_bytes / MIB:.1f} MiB, "
         f"{row.step_ms:.0f} ms")
     return row
 
