@@ -192,7 +192,8 @@ def main() -> None:
     parts = args.parts.split(",")
     sections = []
     command = "PYTHONPATH=src python benchmarks/profile_resnets.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("batch", "speed_batch", "threads"))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k in ("batch", "speed_batch", "threads", "warmup", "steps", "device"))
     if "sweep" in parts:
         rows, text = sweep(args)
         plot(rows, doc.parent / "profile_resnets.png", title=f"batch {args.batch}, 3x32x32, {args.threads} threads")
