@@ -10,6 +10,7 @@ from pathlib import Path
 from contsup.data import dataset_info
 from contsup.distributed import PipelineConfig, run_pipeline
 from contsup.errors import ContsupError
+from contsup.method.context import IMAGE_ENCODERS
 from contsup.method.cuts import TABLES, parse_cut_list
 from contsup.method.heads import HEADS, LOSSES, parse_recon
 from contsup.method.network import LocalConfig
@@ -40,6 +41,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", default="softmax", choices=LOSSES, help="local loss")
     g.add_argument("--width", type=int, default=128, help="hidden width of the local heads")
     g.add_argument("--widen", type=float, default=1.0, help="multiplies the heads' widths")
+    g.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
+                   help="paper: the image encoder runs at the image's resolution, then pools (default); "
+                        "pooled: pool the image to the cut's size first (cheaper; not the paper's function)")
     g.add_argument("--recon", default="none",
                    help="InfoPro reconstruction term: none, paper (the paper's weights for this net/data/K), "
                         "or ixx1,ixy1,ixx2,ixy2")
@@ -98,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         modules=args.modules, context=args.context, head=args.head, loss=args.loss, width=args.width,
         widen=args.widen, cut_table=table, cuts=cuts,
         recon=parse_recon(args.recon, args.arch.lower(), args.data, args.modules, balanced),
+        image_encoder=args.image_encoder,
     )
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,

@@ -61,12 +61,20 @@ def adaptive_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
 
 
-class ImageEncoder(nn.Module):
-    """Mode E: conv3x3(in -> 12) -> BN -> ReLU -> conv3x3(12 -> C) -> BN -> ReLU -> pool to h_k's size."""
+IMAGE_ENCODERS = ["paper", "pooled"]
 
-    def __init__(self, in_ch: int, target: Shape, hidden: int = 12) -> None:
+
+class ImageEncoder(nn.Module):
+    """Mode E: conv3x3(in -> 12) -> BN -> ReLU -> conv3x3(12 -> C) -> BN -> ReLU -> pool to h_k's size.
+
+    `pool_first` is a cheaper variant that is not the paper's: the image is pooled to h_k's size first,
+    so both convolutions run at the cut's resolution (same parameters, different function).
+    """
+
+    def __init__(self, in_ch: int, target: Shape, hidden: int = 12, pool_first: bool = False) -> None:
         super().__init__()
         self.size = (target.height, target.width)
+        self.pool_first = pool_first
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 3, 1, 1),
             nn.BatchNorm2d(hidden),
@@ -78,6 +86,8 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded image at h_k's shape."""
+        if self.pool_first:
+            return self.net(adaptive_pool(x, self.size))
         return adaptive_pool(self.net(x), self.size)
 
 
@@ -99,12 +109,17 @@ class ResidualEncoder(nn.Module):
 class CutContext(nn.Module):
     """Every encoder at one cut, and the sum that supplies h_k with context."""
 
-    def __init__(self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape) -> None:
+    def __init__(
+        self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper"
+    ) -> None:
         super().__init__()
+        if image_encoder not in IMAGE_ENCODERS:
+            raise ContsupError(f"unknown image encoder {image_encoder!r}; choose from {', '.join(IMAGE_ENCODERS)}")
         self.cut = cut
         self.source_ids = mode.sources(cut)
         self.residual = nn.ModuleList(ResidualEncoder(source_shapes[j].channels, target) for j in self.source_ids)
-        self.image = ImageEncoder(source_shapes[0].channels, target) if mode.image else None
+        pool_first = image_encoder == "pooled"
+        self.image = ImageEncoder(source_shapes[0].channels, target, pool_first=pool_first) if mode.image else None
 
     def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""

@@ -6,7 +6,7 @@ A cut is given as the index of the unit it follows (cut after unit i). The paper
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from contsup.errors import ContsupError
 
@@ -44,7 +44,57 @@ PAPER_CUTS: dict[str, dict[tuple[str, int], list[Named]]] = {
         ("resnet110", 4): [(1, 6), (1, 14), (2, 8)],
     },
 }
-TABLES = ["auto", "equal-units", *PAPER_CUTS]
+TABLES = ["auto", "equal-units", "balanced", *PAPER_CUTS]
+
+# (per-unit bytes, bytes charged to a module ending at unit j, bytes charged to a module starting at unit i)
+MemoryModel = tuple[Sequence[float], Sequence[float], Sequence[float]]
+
+
+def balanced_cuts(
+    unit_bytes: Sequence[float],
+    modules: int,
+    end_bytes: Sequence[float] | None = None,
+    start_bytes: Sequence[float] | None = None,
+) -> list[int]:
+    """K-1 cuts minimising the memory of the largest module (exact, by dynamic programming).
+
+    A module of units i..j costs sum(unit_bytes[i..j]) + end_bytes[j] (its local head, or the
+    classifier when j is the last unit) + start_bytes[i] (the context encoders in front of it).
+    Ties go to the partition with the smaller total, then to the earlier cuts.
+    """
+    n = len(unit_bytes)
+    check_modules(n, modules)
+    end = list(end_bytes) if end_bytes is not None else [0.0] * n
+    start = list(start_bytes) if start_bytes is not None else [0.0] * n
+    if len(end) != n or len(start) != n:
+        raise ValueError("end_bytes and start_bytes need one entry per unit")
+    prefix = [0.0]
+    for b in unit_bytes:
+        prefix.append(prefix[-1] + b)
+
+    def cost(i: int, j: int) -> float:
+        return prefix[j + 1] - prefix[i] + end[j] + start[i]
+
+    inf = (float("inf"), float("inf"))
+    # best[k][j]: (max, total) for units 0..j in k+1 modules; back[k][j]: first unit of the last module
+    best = [[inf] * n for _ in range(modules)]
+    back = [[0] * n for _ in range(modules)]
+    for j in range(n):
+        best[0][j] = (cost(0, j), cost(0, j))
+    for k in range(1, modules):
+        for j in range(k, n):
+            for i in range(k, j + 1):
+                prev = best[k - 1][i - 1]
+                c = cost(i, j)
+                cand = (max(prev[0], c), prev[1] + c)
+                if cand < best[k][j]:
+                    best[k][j], back[k][j] = cand, i
+    cuts, j = [], n - 1
+    for k in range(modules - 1, 0, -1):
+        i = back[k][j]
+        cuts.append(i - 1)
+        j = i - 1
+    return sorted(cuts)
 
 
 def equal_cuts(num_units: int, modules: int) -> list[int]:
@@ -102,10 +152,12 @@ def resolve_cuts(
     modules: int,
     table: str = "auto",
     explicit: Sequence[int] | Sequence[Named] | None = None,
+    memory: Callable[[], MemoryModel] | None = None,
 ) -> list[int]:
-    """The K-1 cut indices for a network: an explicit list, a paper table, or the equal-units rule.
+    """The K-1 cut indices for a network: an explicit list, a paper table, the equal-units or balanced rule.
 
     `table="auto"` takes the paper's equal-layer table where it covers (arch, K), else equal units.
+    `table="balanced"` calls `memory()` for the per-unit memory model and balances it (`balanced_cuts`).
     """
     num_units = len(unit_names)
     check_modules(num_units, modules)
@@ -118,6 +170,11 @@ def resolve_cuts(
         return validate_cuts(cuts, num_units)  # type: ignore[arg-type]
     if table == "equal-units":
         return equal_cuts(num_units, modules)
+    if table == "balanced":
+        if memory is None:
+            raise ContsupError("the balanced cut rule needs the network's memory model")
+        unit_bytes, end_bytes, start_bytes = memory()
+        return balanced_cuts(unit_bytes, modules, end_bytes, start_bytes)
     if table == "auto":
         named = PAPER_CUTS["equal"].get((arch, modules))
         return from_named(named, unit_names) if named else equal_cuts(num_units, modules)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from contsup.errors import ContsupError
-from contsup.method.context import ContextMode, CutContext, parse_mode
+from contsup.method.balance import memory_model
+from contsup.method.context import IMAGE_ENCODERS, ContextMode, CutContext, parse_mode
 from contsup.method.cuts import TABLES, resolve_cuts
 from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
 from contsup.models.chain import Backbone, Shape, probe_shapes
@@ -25,9 +26,10 @@ class LocalConfig:
     loss: str = "softmax"  # softmax | contrast
     width: int = 128  # hidden width W of the heads
     widen: float = 1.0  # multiplies the heads' widths
-    cut_table: str = "auto"  # auto | equal-units | a paper table (equal, balanced-cifar10, balanced-stl10)
+    cut_table: str = "auto"  # auto | equal-units | balanced (rule) | a paper table (equal, balanced-cifar10, ...)
     cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
     recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
+    image_encoder: str = "paper"  # paper | pooled (pool the image first: cheaper, not the paper's function)
     extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
 
     def validate(self) -> None:
@@ -37,6 +39,10 @@ class LocalConfig:
         LocalHead(8, self.head, 2)  # raises on an unknown head
         head_out_dim(self.loss, 2, self.width, self.widen)  # raises on an unknown loss
         parse_mode(self.context, self.modules)
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ContsupError(
+                f"unknown image encoder {self.image_encoder!r}; choose from {', '.join(IMAGE_ENCODERS)}"
+            )
 
 
 class LocalNetwork(nn.Module):
@@ -48,8 +54,15 @@ class LocalNetwork(nn.Module):
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
-        self.cuts = resolve_cuts(backbone.name, backbone.unit_names, config.modules, config.cut_table, config.cuts)
         self.unit_shapes = probe_shapes(units, sample)
+        self.cuts = resolve_cuts(
+            backbone.name, backbone.unit_names, config.modules, config.cut_table, config.cuts,
+            memory=lambda: memory_model(
+                units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
+                self._num_classes(backbone.classifier, self.unit_shapes), config.width, config.widen,
+                config.recon is not None, config.image_encoder,
+            ),
+        )
         x_shape = Shape(*sample.shape[-3:])
         bounds = [0, *(c + 1 for c in self.cuts), len(units)]
         self.blocks = nn.ModuleList(nn.Sequential(*units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
@@ -68,7 +81,7 @@ class LocalNetwork(nn.Module):
             Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)) for s in cut_shapes
         ) if config.recon is not None else nn.ModuleList()
         self.context = nn.ModuleList(
-            CutContext(k + 1, self.mode, self.source_shapes, s) for k, s in enumerate(cut_shapes)
+            CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
         )
         # Last cut that reads each source s_j: after it, the step may drop s_j.
         self.last_use = {j: 0 for j in range(len(self.source_shapes))}

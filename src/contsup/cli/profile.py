@@ -1,0 +1,94 @@
+"""`contsup profile`: measured memory, step time and FLOPs of training steps over K and context modes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from contsup.errors import ContsupError
+from contsup.method.context import IMAGE_ENCODERS
+from contsup.method.cuts import TABLES
+from contsup.method.heads import HEADS, LOSSES
+from contsup.profile.runner import ProfileConfig, ProfileRow, format_table, machine, run_profile, write_outputs
+
+
+def int_list(text: str) -> list[int]:
+    """Parse "1,2,4"."""
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ContsupError(f"expected a comma-separated list of integers, got {text!r}") from None
+
+
+def input_shape(text: str) -> tuple[int, int, int]:
+    """Parse "3x32x32" (channels x height x width)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        c, h, w = (int(p) for p in parts)
+    except ValueError:
+        raise ContsupError(f"--input takes CxHxW, e.g. 3x32x32; got {text!r}") from None
+    return c, h, w
+
+
+def config_from_args(args: argparse.Namespace) -> ProfileConfig:
+    """A ProfileConfig from parsed flags."""
+    if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
+        raise ContsupError("--batch-size and --steps must be positive, --warmup >= 0")
+    return ProfileConfig(
+        arch=args.arch.lower(), modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
+        batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
+        cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
+        device=args.device, channels_last=args.channels_last, seed=args.seed,
+        local={"image_encoder": args.image_encoder},
+    )
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Profile the configurations, print the table, write CSV/JSON/plot with --out."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    rows: list[ProfileRow] = []
+
+    def report(row: ProfileRow) -> None:
+        rows.append(row)
+        print(f"  {row.arch} K={row.modules} {row.context}: peak {row.peak_bytes / 2**20:.1f} MiB, "
+              f"{row.step_ms:.0f} ms/step", flush=True)
+
+    run_profile(cfg, report)
+    print(format_table(rows))
+    info = machine()
+    print(f"device {rows[0].device}, {info['torch_threads']} threads, load {info.get('loadavg')}; "
+          f"peak = {rows[0].peak_method}, above the bytes allocated when the step starts")
+    if args.out:
+        meta = {"config": vars(args) | {"func": None}, "machine": info,
+                "title": f"{cfg.arch}, batch {cfg.batch_size}, input {args.input}"}
+        for path in write_outputs(rows, args.out, meta):
+            print(f"wrote {os.fspath(path)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `profile` to the command line."""
+    p = sub.add_parser("profile", help="measure peak memory, step time and FLOPs of training steps over K")
+    p.add_argument("--arch", default="resnet32", help="resnetN, N = 6n+2")
+    p.add_argument("--modules", "-K", default="1,2,4,8,16", help="comma-separated K values (1: E2E)")
+    p.add_argument("--contexts", default="R0,E,R1,R1E", help="comma-separated context modes")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--input", default="3x32x32", help="input shape CxHxW")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
+    p.add_argument("--head", default="1c2f", choices=HEADS)
+    p.add_argument("--loss", default="softmax", choices=LOSSES)
+    p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
+                   help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for profile.csv, profile.json and profile.png")
+    p.set_defaults(func=cmd_profile)

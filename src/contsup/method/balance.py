@@ -1,0 +1,95 @@
+"""The memory model behind the `balanced` cut rule: what a local step holds, per unit and per cut.
+
+While module k runs its local step it holds the tensors autograd saved in its forward: those of its
+units, of its local head (and decoder) at its end, and of the context encoders in front of it. Each is
+counted with saved-tensor hooks on a batch of two (in training mode, on copies, so the network's BN
+statistics stay untouched), per sample:
+
+- unit u: the bytes first saved while unit u runs in the chain (a storage saved by two units counts once);
+- end of module at unit j < last: the local head (and decoder) on unit j's output, its input left out
+  (the unit already counted it); at the last unit: the classifier and its loss;
+- start of module at unit i > 0: the encoders of a cut after unit i - 1 with a full window, each source
+  taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller),
+  with their inputs left out (they are held as sources anyway).
+
+Backward temporaries and the gradients are not in the model; the balance compares modules, and those
+scale with the same activations.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contsup.method.context import ContextMode, CutContext
+from contsup.method.heads import Decoder, LocalHead, head_out_dim, task_loss
+from contsup.models.chain import Shape
+from contsup.profile.memory import SavedTensorCounter
+
+BATCH = 2
+
+
+def _counted(module: nn.Module, run: Callable[[], object], *inputs: torch.Tensor) -> float:
+    """Per-sample bytes saved for backward while `run()` runs, the inputs and module parameters left out."""
+    counter = SavedTensorCounter(exclude=module)
+    counter.ignore(*inputs)
+    with counter():
+        out = run()
+    del out
+    return counter.total / BATCH
+
+
+def memory_model(
+    units: Sequence[nn.Module],
+    classifier: nn.Module,
+    sample: torch.Tensor,
+    shapes: Sequence[Shape],
+    mode: ContextMode,
+    head: str,
+    loss: str,
+    num_classes: int,
+    width: int = 128,
+    widen: float = 1.0,
+    recon: bool = False,
+    image_encoder: str = "paper",
+) -> tuple[list[float], list[float], list[float]]:
+    """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`."""
+    n = len(units)
+    x = sample[:1].expand(BATCH, *sample.shape[-3:]).clone()
+    y = torch.zeros(BATCH, dtype=torch.long)
+    x_shape = Shape(*x.shape[1:])
+    chain = copy.deepcopy(nn.Sequential(*units)).train()
+    counter = SavedTensorCounter(exclude=chain)
+    unit_bytes = []
+    h = x
+    with counter():
+        for unit in chain:
+            before = counter.total
+            h = unit(h)
+            unit_bytes.append((counter.total - before) / BATCH)
+    del h
+    out_dim = head_out_dim(loss, num_classes, width, widen)
+    end_bytes, start_bytes = [], []
+    for j, s in enumerate(shapes):
+        h = torch.randn(BATCH, s.channels, s.height, s.width)
+        if j == n - 1:
+            cls = copy.deepcopy(classifier).train()
+            end_bytes.append(_counted(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
+        else:
+            local = LocalHead(s.channels, head, out_dim, width, widen).train()
+            cost = _counted(local, lambda m=local, h=h: task_loss(m(h), y, loss), h)
+            if recon:
+                dec = Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)).train()
+                cost += _counted(dec, lambda m=dec, h=h: m.loss(h, torch.rand_like(x)), h)
+            end_bytes.append(cost)
+    start_bytes.append(0.0)
+    for s in shapes[:-1]:
+        ctx = CutContext(mode.window + 1, mode, [x_shape, *[s] * mode.window], s, image_encoder).train()
+        h = torch.randn(BATCH, s.channels, s.height, s.width)
+        sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
+        start_bytes.append(_counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))
+    return unit_bytes, end_bytes, start_bytes

@@ -1,0 +1,258 @@
+"""`contsup profile`: real training steps per (K, context) configuration, measured memory, time and FLOPs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contsup.errors import ContsupError
+from contsup.method.network import LocalConfig, LocalNetwork
+from contsup.method.step import local_step
+from contsup.models import build_arch
+from contsup.profile.flops import count_flops
+from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
+from contsup.train.trainer import TrainConfig, make_optimizer, resolve_device
+
+E2E = "E2E"
+
+
+@dataclass
+class ProfileConfig:
+    """What to profile: one network, several K and context modes, one batch and input shape."""
+
+    arch: str = "resnet32"
+    modules: Sequence[int] = (1, 2, 4, 8, 16)
+    contexts: Sequence[str] = ("R0", "E", "R1", "R1E")
+    batch_size: int = 128
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    num_classes: int = 10
+    cut_table: str = "auto"
+    head: str = "1c2f"
+    loss: str = "softmax"
+    warmup: int = 2  # untimed steps first (optimizer state, allocator warm-up)
+    steps: int = 5  # timed steps; the median is reported
+    device: str = "auto"
+    channels_last: bool = False  # channels_last memory format for the network and the batch
+    memory: bool = True  # measure peak memory and saved tensors (one extra step each)
+    flops: bool = True  # count FLOPs (one extra step)
+    seed: int = 0
+    local: dict[str, Any] = field(default_factory=dict)  # further LocalConfig fields (e.g. recon)
+
+
+@dataclass
+class ProfileRow:
+    """Everything measured for one configuration."""
+
+    arch: str
+    modules: int
+    context: str  # "E2E" for K = 1; "(pooled)" added with the pooled image encoder
+    cuts: list[int]
+    batch_size: int
+    input_shape: list[int]
+    device: str
+    peak_bytes: int  # peak tensor memory allocated during a training step, above its start
+    peak_method: str
+    state_bytes: int  # parameters, buffers and optimizer state held between steps
+    saved_peak_bytes: int  # most bytes saved for backward alive at once during the step
+    saved_total_bytes: int  # bytes saved for backward over the whole step
+    step_ms: float  # median over the timed steps
+    step_ms_all: list[float]
+    images_per_s: float
+    params: dict[str, int]
+    flops: dict[str, int]
+
+
+def configurations(cfg: ProfileConfig) -> list[tuple[int, str]]:
+    """(K, context) pairs to run: K = 1 once, as E2E (context plays no part there), every mode otherwise."""
+    if not cfg.modules or not cfg.contexts:
+        raise ContsupError("give at least one K and one context mode")
+    out: list[tuple[int, str]] = []
+    for k in cfg.modules:
+        if k < 1:
+            raise ContsupError(f"K must be >= 1, got {k}")
+        out += [(1, E2E)] if k == 1 else [(k, c) for c in cfg.contexts]
+    return list(dict.fromkeys(out))
+
+
+def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device) -> LocalNetwork:
+    """The network for one configuration, on the device."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes)
+    local = LocalConfig(
+        modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
+        cut_table=cfg.cut_table, **cfg.local,
+    )
+    return LocalNetwork(backbone, local, torch.zeros(1, *cfg.input_shape)).to(device)
+
+
+def state_bytes(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of parameters, buffers and optimizer state (what lives between steps)."""
+    tensors = [*net.parameters(), *net.buffers()]
+    for state in optimizer.state.values():
+        tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
+    """Build one configuration and measure it with real training steps on a synthetic batch."""
+    device = resolve_device(cfg.device)
+    net = build(cfg, modules, context, device)
+    net.train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    optimizer = make_optimizer(net, TrainConfig(lr=0.01))
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
+    pixels = torch.rand_like(x) if len(net.decoders) else None
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        local_step(net, x, y, pixels)
+        optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(max(cfg.warmup, 1)):  # at least one: the optimizer's momentum exists from then on
+        step()
+    times = []
+    for _ in range(cfg.steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    optimizer.zero_grad(set_to_none=True)
+    peak, saved = PeakMemory(0, "not measured"), SavedTensorCounter()
+    if cfg.memory:
+        _, peak = measure_peak(step, device)
+        _, saved = saved_bytes(step, exclude=net)
+    flops = count_flops(net, step)[1] if cfg.flops else {}
+    median = statistics.median(times) if times else float("nan")
+    if net.mode.image and net.config.image_encoder != "paper":
+        context = f"{context} ({net.config.image_encoder})"
+    return ProfileRow(
+        arch=cfg.arch, modules=modules, context=context, cuts=list(net.cuts), batch_size=cfg.batch_size,
+        input_shape=list(cfg.input_shape), device=str(device), peak_bytes=peak.peak_bytes,
+        peak_method=peak.method, state_bytes=state_bytes(net, optimizer), saved_peak_bytes=saved.peak,
+        saved_total_bytes=saved.total, step_ms=median, step_ms_all=times,
+        images_per_s=1000 * cfg.batch_size / median if times else float("nan"),
+        params=net.param_counts(), flops=flops,
+    )
+
+
+def run_profile(cfg: ProfileConfig, report: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:
+    """Profile every configuration in turn (calling `report` after each)."""
+    rows = []
+    for modules, context in configurations(cfg):
+        row = profile_one(cfg, modules, context)
+        rows.append(row)
+        if report is not None:
+            report(row)
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers came from: CPU, threads, GPU, torch version, load."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    if hasattr(os, "getloadavg"):
+        info["loadavg"] = list(os.getloadavg())
+    return info
+
+
+MIB = 2**20
+HEADER = ["arch", "K", "context", "peak MiB", "saved MiB", "state MiB", "step ms", "img/s",
+          "params", "ctx params", "GFLOP", "ctx GFLOP", "head GFLOP"]
+
+
+def table_cells(row: ProfileRow) -> list[str]:
+    """One row of the terminal / markdown table."""
+    return [
+        row.arch, str(row.modules), row.context, f"{row.peak_bytes / MIB:.1f}", f"{row.saved_peak_bytes / MIB:.1f}",
+        f"{row.state_bytes / MIB:.1f}", f"{row.step_ms:.0f}", f"{row.images_per_s:.0f}",
+        f"{row.params['total']:,}", f"{row.params['context']:,}",
+        *(f"{row.flops[g] / 1e9:.2f}" if row.flops else "-" for g in ("total", "context", "heads")),
+    ]
+
+
+def format_table(rows: Sequence[ProfileRow], markdown: bool = False) -> str:
+    """The rows as an aligned text table, or as a markdown table."""
+    cells = [table_cells(r) for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*HEADER)] + [fmt.format(*c) for c in cells])
+
+
+def flat(row: ProfileRow) -> dict[str, Any]:
+    """A row as one flat record (nested groups become `params_<group>`, `flops_<group>`)."""
+    d = asdict(row)
+    out = {k: v for k, v in d.items() if k not in ("params", "flops", "cuts", "input_shape", "step_ms_all")}
+    out["cuts"] = " ".join(map(str, row.cuts))
+    out["input_shape"] = "x".join(map(str, row.input_shape))
+    out.update({f"params_{k}": v for k, v in row.params.items()})
+    out.update({f"flops_{k}": v for k, v in row.flops.items()})
+    return out
+
+
+def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
+    """Peak memory and step time against K, one line per context mode (E2E as a marker at K = 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arch in dict.fromkeys(r.arch for r in rows):
+        mine = [r for r in rows if r.arch == arch]
+        e2e = [r for r in mine if r.context == E2E]
+        for context in dict.fromkeys(r.context for r in mine if r.context != E2E):
+            line = e2e + sorted((r for r in mine if r.context == context), key=lambda r: r.modules)
+            label = f"{arch} {context}" if len({r.arch for r in rows}) > 1 else context
+            axes[0].plot([r.modules for r in line], [r.peak_bytes / MIB for r in line], "o-", label=label)
+            axes[1].plot([r.modules for r in line], [r.step_ms for r in line], "o-", label=label)
+    for ax, ylabel in zip(axes, ["peak step memory (MiB)", "median step time (ms)"], strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("K (modules; K = 1 is E2E)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(rows: Sequence[ProfileRow], out_dir: str | Path, meta: dict[str, Any]) -> list[Path]:
+    """profile.csv, profile.json (rows + machine + config) and profile.png in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = [flat(r) for r in rows]
+    csv_path, json_path, png_path = out / "profile.csv", out / "profile.json", out / "profile.png"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
+        writer.writeheader()
+        writer.writerows(records)
+    json_path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    plot(rows, png_path, title=meta.get("title", ""))
+    return [csv_path, json_path, png_path]

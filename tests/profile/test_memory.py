@@ -1,0 +1,64 @@
+import torch
+from torch import nn
+
+from contsup.profile.memory import cpu_peak_from_events, measure_peak, saved_bytes
+from contsup.profile.runner import ProfileConfig, profile_one
+
+CPU = torch.device("cpu")
+
+
+def test_peak_of_events_follows_time_order():
+    # Out of order on purpose: in time order the level goes 5, 2, 9, 0.
+    events = [(3, 7), (1, 5), (4, -9), (2, -3)]
+    assert cpu_peak_from_events(events) == 9
+
+
+def test_cpu_peak_sees_allocations_and_frees():
+    a = torch.randn(500, 500)  # 1 MB of float32
+
+    def work():
+        b = a * 2  # +1 MB
+        c = b + 1  # +1 MB (peak 2 MB)
+        del b  # -1 MB
+        d = c * 3  # +1 MB (2 MB again)
+        return d.sum()
+
+    _, peak = measure_peak(work, CPU)
+    mb = 500 * 500 * 4
+    assert 2 * mb <= peak.peak_bytes < 2 * mb + 64 * 1024
+
+
+def test_saved_tensors_match_hand_count():
+    """Linear -> ReLU -> Linear on (N, 4): autograd keeps x (N x 4) for the first weight's gradient and the
+    ReLU output (N x 8, saved by ReLU and by the second Linear: one storage); weights are parameters."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    loss, counter = saved_bytes(lambda: net(x).sum(), exclude=net)
+    assert counter.peak == counter.total == 5 * 4 * 4 + 5 * 8 * 4
+    assert counter.current == counter.peak
+    loss.backward()
+    assert counter.current == 0  # freed with the graph
+
+
+def test_k16_step_peak_below_k1():
+    cfg = ProfileConfig(arch="resnet32", batch_size=16, input_shape=(3, 16, 16), warmup=1, steps=0, device="cpu",
+                        flops=False)
+    e2e = profile_one(cfg, 1, "E2E")
+    local = profile_one(cfg, 16, "R1E")
+    assert local.peak_bytes < e2e.peak_bytes
+    assert local.saved_peak_bytes < e2e.saved_peak_bytes
+    # The counted saved activations are part of what the allocator held at the peak.
+    assert e2e.saved_peak_bytes <= e2e.peak_bytes
+
+
+def test_flops_split_into_groups():
+    cfg = ProfileConfig(arch="resnet20", batch_size=4, input_shape=(3, 8, 8), warmup=1, steps=1, device="cpu",
+                        memory=False)
+    e2e = profile_one(cfg, 1, "E2E")
+    local = profile_one(cfg, 4, "R1E")
+    assert e2e.flops["heads"] == e2e.flops["context"] == 0
+    assert local.flops["heads"] > 0 and local.flops["context"] > 0
+    assert local.flops["backbone"] == e2e.flops["backbone"]  # same backbone work, cut or not
+    for row in (e2e, local):
+        assert sum(row.flops[g] for g in ("backbone", "heads", "decoders", "context", "other")) == row.flops["total"]
