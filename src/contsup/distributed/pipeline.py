@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from contsup.data import Dataset, DeviceLoader
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
-from contsup.distributed.stage import Stage, infer_module, param_index, train_module
+from contsup.distributed.stage import Stage, infer_module, param_index
 from contsup.distributed.topology import Topology
 from contsup.method.network import LocalNetwork
+from contsup.method.step import module_step
 from contsup.run import RunConfig, make_loaders
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.memory import peak_memory, reset_peak
@@ -143,7 +144,7 @@ class PipelineTrainer:
             h, sources = msg.h, dict(msg.sources)
             losses = []
             for k in self.stage.modules:
-                h, loss = train_module(self.net, k, h, sources, msg.y, msg.pixels, self.autocast)
+                h, loss = module_step(self.net, k, h, sources, msg.y, msg.pixels, self.autocast)
                 losses.append(loss)
             self._send(Message(TRAIN, h, sources, msg.y, msg.pixels))
             self._all_reduce_grads()

@@ -1,25 +1,22 @@
 """One pipeline stage: a contiguous run of modules, their parameters, and the per-module local step.
 
-The per-module step below is the body of `contsup.method.step.local_step`'s loop, cut where the
-pipeline cuts: module k supplies context to module k-1's (detached) output with its own encoders
-(cut k-1 sits in front of module k, so module k's loss trains them), runs its block and its local
-loss, and back-propagates at once. Nothing else is computed, so a chain of stages computes exactly
-what `local_step` computes.
+Each module runs `contsup.method.step.module_step`, the same function the single-process
+`local_step` loops over: module k supplies context to module k-1's (detached) output with its own
+encoders (cut k-1 sits in front of module k, so module k's loss trains them), runs its block and its
+local loss, and back-propagates at once. So a chain of stages computes exactly what `local_step` does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from contsup.method.network import LocalNetwork
-from contsup.method.step import local_loss
+from contsup.method.step import module_step
 from contsup.models.chain import Shape
 
 Sources = dict[int, torch.Tensor]
@@ -35,40 +32,9 @@ def boundary_sources(net: LocalNetwork, k: int) -> list[int]:
     return [j for j in range(k) if net.last_use[j] >= k]
 
 
-def advance(net: LocalNetwork, k: int, h_prev: torch.Tensor, sources: Sources) -> torch.Tensor:
-    """Module k's input: x for k = 0, else module k-1's output supplied with context (sources updated)."""
-    if k == 0:
-        return h_prev
-    h_in = net.supply(k - 1, h_prev, sources)
-    sources[k] = h_in.detach()
-    for j in [j for j in sources if net.last_use[j] <= k]:
-        del sources[j]  # no later cut reads s_j
-    return h_in
-
-
-def train_module(
-    net: LocalNetwork, k: int, h_prev: torch.Tensor, sources: Sources, y: torch.Tensor,
-    pixels: torch.Tensor | None, autocast: torch.autocast | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Module k's local step (forward, local loss, backward): (detached output or logits, loss)."""
-    amp = autocast if autocast is not None else contextlib.nullcontext()
-    last = k == net.num_modules - 1
-    with amp:
-        h_in = advance(net, k, h_prev, sources)
-        h = net.blocks[k](h_in)
-        if last:
-            out = net.classifier(h)
-            loss = F.cross_entropy(out.float(), y)
-        else:
-            out = h
-            loss = local_loss(net, k, h, y, pixels)
-    loss.backward()
-    return out.detach(), loss.detach()
-
-
 def infer_module(net: LocalNetwork, k: int, h_prev: torch.Tensor, sources: Sources) -> torch.Tensor:
     """Module k of the inference pass (as `LocalNetwork.forward`): its output, or the logits if last."""
-    h = net.blocks[k](advance(net, k, h_prev, sources))
+    h = net.blocks[k](net.module_input(k, h_prev, sources))
     return net.classifier(h) if k == net.num_modules - 1 else h
 
 
@@ -126,7 +92,7 @@ def measure_costs(
         for k in range(net.num_modules):
             sync()
             start = time.perf_counter()
-            h, _ = train_module(net, k, h, sources, y, pixels)
+            h, _ = module_step(net, k, h, sources, y, pixels)
             sync()
             best[k] = min(best[k], time.perf_counter() - start)
     return best

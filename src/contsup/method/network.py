@@ -106,15 +106,25 @@ class LocalNetwork(nn.Module):
         """Module k's (0-based) output, detached and supplied with context, ready for module k+1."""
         return self.context[k](h, sources)
 
+    def module_input(self, k: int, h_prev: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Module k's input: x for k = 0, else module k-1's output supplied with context.
+
+        Records the input as source s_k and drops every source that no later cut reads.
+        """
+        if k == 0:
+            return h_prev
+        h_in = self.supply(k - 1, h_prev, sources)
+        sources[k] = h_in.detach()
+        for j in [j for j in sources if self.last_use[j] <= k]:
+            del sources[j]
+        return h_in
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every module in turn, context supplied at each cut, then the classifier."""
         sources = {0: x}
         h = x
         for k, block in enumerate(self.blocks):
-            h = block(h)
-            if k < len(self.context):
-                h = self.supply(k, h, sources)
-                sources[k + 1] = h
+            h = block(self.module_input(k, h, sources))
         return self.classifier(h)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

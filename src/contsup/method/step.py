@@ -1,8 +1,9 @@
 """The local-learning step: per batch, each module learns from its own loss; nothing crosses a cut.
 
-Per module k: forward its input, backward its local loss at once (freeing its activations), then
-detach its output and supply it with context for module k+1. Context encoders at cut k sit in front
-of module k+1, so module k+1's loss trains them. The optimizer steps all modules together afterwards.
+Per module k: supply module k-1's detached output with context, forward, backward the local loss at
+once (freeing module k's activations). Context encoders at cut k sit in front of module k+1, so module
+k+1's loss trains them. The optimizer steps all modules together afterwards. A pipeline stage runs the
+same `module_step` for the modules it owns.
 """
 
 from __future__ import annotations
@@ -38,6 +39,32 @@ def local_loss(
     return lambda_x * net.decoders[k].loss(h, pixels) + lambda_y * task
 
 
+def module_step(
+    net: LocalNetwork,
+    k: int,
+    h_prev: torch.Tensor,
+    sources: dict[int, torch.Tensor],
+    y: torch.Tensor,
+    pixels: torch.Tensor | None = None,
+    autocast: torch.autocast | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Module k's local step: supply its input, forward, local loss, backward at once.
+
+    Returns (module k's detached output, or the logits for the last module; the detached loss).
+    The encoders of cut k-1 run here, in front of module k, so module k's loss trains them.
+    """
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+    with amp:
+        h = net.blocks[k](net.module_input(k, h_prev, sources))
+        if k == net.num_modules - 1:
+            h = net.classifier(h)
+            loss = F.cross_entropy(h.float(), y)
+        else:
+            loss = local_loss(net, k, h, y, pixels)
+    loss.backward()
+    return h.detach(), loss.detach()
+
+
 def local_step(
     net: LocalNetwork,
     x: torch.Tensor,
@@ -46,27 +73,10 @@ def local_step(
     autocast: torch.autocast | None = None,
 ) -> StepOutput:
     """Forward and backward every module on one batch (gradients accumulate; no optimizer step)."""
-    amp = autocast if autocast is not None else contextlib.nullcontext()
-    last = net.num_modules - 1
     sources: dict[int, torch.Tensor] = {0: x}
     losses: list[torch.Tensor] = []
-    h_in = x
-    for k, block in enumerate(net.blocks):
-        with amp:
-            h = block(h_in)
-            if k == last:
-                logits = net.classifier(h)
-                loss = F.cross_entropy(logits.float(), y)
-            else:
-                loss = local_loss(net, k, h, y, pixels)
-        loss.backward()
-        losses.append(loss.detach())
-        if k == last:
-            return StepOutput(torch.stack(losses).tolist(), logits.detach())
-        with amp:
-            h_in = net.supply(k, h, sources)
-        del h
-        sources[k + 1] = h_in.detach()
-        for j in [j for j in sources if net.last_use[j] <= k + 1]:
-            del sources[j]  # no later cut reads s_j
-    raise AssertionError("unreachable")
+    h = x
+    for k in range(net.num_modules):
+        h, loss = module_step(net, k, h, sources, y, pixels, autocast)
+        losses.append(loss)
+    return StepOutput(torch.stack(losses).tolist(), h)
