@@ -57,7 +57,7 @@ def test_analyze_units_labels_and_mlp(runs, tmp_path, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--labels", "a,b"], "2 names for 1 runs"),
     (["--units", "2,1"], "strictly increasing"),
-    (["--train-size", "100000"], "from a split of"),
+    (["--train-size", "100000"], "the training split has"),
     (["--pool", "-1"], "--pool and --probe-wd must be"),
     (["--units", "1,5"], "out of range"),
     (["RUN14"], "different units"),

@@ -74,9 +74,9 @@ def probe_data(data: Dataset, cfg: AnalyzeConfig, device: torch.device) -> Probe
     """Seeded subsets: `train_size` training images, then `test_size` test images."""
     gen = torch.Generator().manual_seed(cfg.seed)
     parts: list[Split] = []
-    for split, n in ((data.train, cfg.train_size), (data.test, cfg.test_size)):
+    for which, split, n in (("training", data.train, cfg.train_size), ("test", data.test, cfg.test_size)):
         if not 0 < n <= len(split):
-            raise ContsupError(f"asked for {n} examples from a split of {len(split)}")
+            raise ContsupError(f"asked for {n} {which} images to probe with; the {which} split has {len(split)}")
         parts.append(split.subset(torch.randperm(len(split), generator=gen)[:n]))
     images = torch.cat([p.images for p in parts])
     loader = DeviceLoader(Split(images, torch.cat([p.labels for p in parts])), data.info, cfg.batch_size, device)
