@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,19 +28,22 @@ TRAIN = ["train", "--data", "fashion-mnist", "--arch", "resnet32", "--epochs", "
          "--batch-size", "128", "--lr", "0.1", "--seed", "0", "--device", "cpu", "--no-progress"]
 MODELS = {"r0": ["--modules", "16", "--context", "R0"], "r1e": ["--modules", "16", "--context", "R1E"],
           "e2e": ["--modules", "1", "--context", "R0"]}
-ANALYZE = ["analyze", *(str(RUNS / m) for m in MODELS), "--labels", "R0 K=16,R1E K=16,E2E", "--recon-steps", "100",
+ANALYZE = ["analyze", *(str(RUNS / m) for m in MODELS), "--labels", "R0 K=16,R1E K=16,E2E",
+           "--train-size", "3000", "--test-size", "1000", "--recon-size", "1000", "--recon-steps", "100",
            "--title", "ResNet-32, Fashion-MNIST: what is left at each cut (K=16 cuts; E2E at the same units)",
            "--out", str(OUT)]
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/analysis.py writes this part) -->", "<!-- RESULTS:END -->"
 
 
-def contsup(args: list[str]) -> tuple[float, tuple[float, ...]]:
-    """Run `python -m contsup ARGS` single-threaded from the repository root; (wall seconds, load after)."""
+def contsup(args: list[str]) -> tuple[float, float, tuple[float, ...]]:
+    """Run `python -m contsup ARGS` single-threaded from the repo root; (wall s, CPU s, load average after)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     print("$ " + command_line(args), flush=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "contsup", *args], cwd=ROOT, env=env, check=True)
-    return time.perf_counter() - start, os.getloadavg()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+    return time.perf_counter() - start, used, os.getloadavg()
 
 
 def command_line(args: list[str]) -> str:
@@ -71,24 +76,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="train all three runs again")
     args = parser.parse_args()
-    log = []
+    log = ["| run | final test error % | training time (s) | images/s | parameters (backbone / heads / context) |",
+           "|---|---|---|---|---|"]
     for name, flags in MODELS.items():
         folder = ROOT / RUNS / name
         if args.retrain and folder.exists():
             shutil.rmtree(folder)
         if not (folder / "checkpoint.pt").exists():
-            wall, load = contsup([*TRAIN, *flags, "--out", str(RUNS / name)])
-            log.append(f"- train {name}: {wall:.0f} s wall, load average after {load[0]:.2f} / {load[1]:.2f} / "
-                       f"{load[2]:.2f}")
-    wall, load = contsup(ANALYZE)
-    log.append(f"- analyze (3 runs x 15 cuts): {wall:.0f} s wall, load average after {load[0]:.2f} / {load[1]:.2f} / "
-               f"{load[2]:.2f}")
+            contsup([*TRAIN, *flags, "--out", str(RUNS / name)])
+        s = json.loads((folder / "summary.json").read_text())
+        p = s["params"]
+        log.append(f"| {name} | {s['final_test_error']:.2f} | {s['train_time_s']:.0f} | {s['images_per_s']:.1f} | "
+                   f"{p['backbone']:,} / {p['heads']:,} / {p['context']:,} |")
+    log.append("")
+    wall, cpu, load = contsup(ANALYZE)
+    log.append(f"`analyze` of the 3 runs x 15 cuts: {wall:.0f} s wall, {cpu:.0f} s CPU; load average after it "
+               f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min).")
     commands = [command_line([*TRAIN, *f, "--out", str(RUNS / n)]) for n, f in MODELS.items()]
     commands.append(command_line(ANALYZE))
     section = "\n".join([
         BEGIN, "", "Commands (run by `benchmarks/analysis.py`, from the repository root with `PYTHONPATH=src`):", "",
         "```", *commands, "```", "",
-        "Timings of this run (2-core shared CPU, no GPU, one thread per job):", "", *log, "",
+        "The three runs (2-core CPU shared with other jobs, no GPU, one thread per job; training times "
+        "depend on that load):", "", *log, "",
         table(ROOT / OUT / "analysis.csv"), "", "![probe accuracy, CE and PSNR per cut](analysis/analysis.png)", "",
         END,
     ])
