@@ -1,0 +1,113 @@
+"""Features at unit boundaries of a frozen LocalNetwork: h (a module's output) and h^c (what comes next).
+
+Boundaries are named like cuts: "after unit u". At a cut of the network, h = h_k (the module's output)
+and h^c = h_k^c (h_k supplied with context, what module k+1 reads). Anywhere else (inside a module,
+e.g. every boundary of an end-to-end network) nothing is added, so h^c is h.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from contsup.errors import ContsupError
+from contsup.method.cuts import from_named, parse_cut_list, validate_cuts
+from contsup.method.network import LocalNetwork
+
+
+@dataclass
+class CutFeatures:
+    """Features of every example after one unit: h, h^c (the same tensor where no context is added)."""
+
+    unit: int
+    name: str  # "stage.block"
+    h: torch.Tensor
+    hc: torch.Tensor
+
+    @property
+    def supplied(self) -> bool:
+        """Whether context was added here (else h^c is h itself)."""
+        return self.hc is not self.h
+
+
+def unit_label(name: tuple[int, int]) -> str:
+    """A unit's (stage, block) name as "stage.block"."""
+    return f"{name[0]}.{name[1]}"
+
+
+def parse_units(text: str, unit_names: Sequence[tuple[int, int]]) -> list[int]:
+    """`--units`: "all" (every boundary but the last unit's) or unit indices / stage.block pairs."""
+    if text.strip().lower() == "all":
+        return list(range(len(unit_names) - 1))
+    items = parse_cut_list(text)
+    if not items:
+        raise ContsupError("--units names no unit boundary")
+    units = from_named(items, unit_names) if isinstance(items[0], tuple) else list(items)  # type: ignore[arg-type]
+    return validate_cuts(units, len(unit_names))  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def walk_boundaries(
+    net: LocalNetwork, x: torch.Tensor, units: Sequence[int], batch_size: int = 500
+) -> Iterator[CutFeatures]:
+    """Yield CutFeatures after each unit in `units` (ascending) for all of `x`, the network frozen in eval mode.
+
+    The walk keeps the whole set's activation at the current unit (and the context sources that later
+    cuts still read), so each unit runs once per example and no boundary's features outlive its turn.
+    """
+    wanted = set(units)
+    if any(u < 0 or u >= len(net.unit_names) for u in wanted):
+        raise ContsupError(f"unit boundaries must lie in 0..{len(net.unit_names) - 1}, got {sorted(wanted)}")
+    was_training = net.training
+    net.eval()
+    try:
+        yield from _walk(net, x, wanted, batch_size)
+    finally:
+        net.train(was_training)
+
+
+def _walk(net: LocalNetwork, x: torch.Tensor, wanted: set[int], batch_size: int) -> Iterator[CutFeatures]:
+    """The walk of `walk_boundaries` (network already in eval mode)."""
+    last = max(wanted)
+    sources: dict[int, torch.Tensor] = {0: x}
+    h = x
+    u = -1
+    for k, block in enumerate(net.blocks):
+        for unit in block:
+            u += 1
+            h = _batched(unit, h, batch_size)
+            is_cut = k < len(net.cuts) and u == net.cuts[k]
+            hc = _supply(net, k, h, sources, batch_size) if is_cut and has_context(net, k) else h
+            if u in wanted:
+                yield CutFeatures(u, unit_label(net.unit_names[u]), h, hc)
+            if u == last:
+                return
+            if is_cut:
+                sources[k + 1] = hc
+                for j in [j for j in sources if net.last_use[j] <= k + 1]:
+                    del sources[j]
+                h = hc
+
+
+def has_context(net: LocalNetwork, k: int) -> bool:
+    """Whether cut k (0-based) adds any context to h_k."""
+    ctx = net.context[k]
+    return ctx.image is not None or len(ctx.residual) > 0
+
+
+def _batched(unit: torch.nn.Module, h: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A unit applied to `h` in slices of `batch_size`."""
+    return torch.cat([unit(h[i:i + batch_size]) for i in range(0, h.shape[0], batch_size)])
+
+
+def _supply(
+    net: LocalNetwork, k: int, h: torch.Tensor, sources: dict[int, torch.Tensor], batch_size: int
+) -> torch.Tensor:
+    """h_k^c for all of `h`, sliced like `_batched`."""
+    out = []
+    for i in range(0, h.shape[0], batch_size):
+        sl = slice(i, i + batch_size)
+        out.append(net.supply(k, h[sl], {j: s[sl] for j, s in sources.items()}))
+    return torch.cat(out)

@@ -1,0 +1,58 @@
+"""How much of the input is left in a feature map: the spec's (InfoPro) decoder trained to rebuild x from it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from contsup.method.heads import Decoder
+
+
+@dataclass
+class ReconConfig:
+    """Fixed budget of the reconstruction decoder (two runs with the same config and seed agree)."""
+
+    train_size: int = 2000  # the first this many probe-training examples train the decoder
+    steps: int = 200  # Adam steps
+    batch_size: int = 64
+    lr: float = 5e-3
+
+
+@dataclass
+class ReconResult:
+    """Held-out reconstruction error: MSE and BCE of pixels in [0, 1], and PSNR (dB, peak 1)."""
+
+    mse: float
+    bce: float
+    psnr: float
+
+
+def decoder_probe(
+    train_h: torch.Tensor, train_pixels: torch.Tensor, test_h: torch.Tensor, test_pixels: torch.Tensor,
+    cfg: ReconConfig, seed: int, eval_batch: int = 500,
+) -> ReconResult:
+    """Train a fresh Decoder on frozen features with BCE to the pixels; score it on held-out features."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the decoder's initial weights
+    decoder = Decoder(train_h.shape[1], train_pixels.shape[1], tuple(train_pixels.shape[-2:]))
+    opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr)
+    n = train_h.shape[0]
+    decoder.train()
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        opt.zero_grad()
+        decoder.loss(train_h[idx], train_pixels[idx]).backward()
+        opt.step()
+    decoder.eval()
+    mse = bce = 0.0
+    with torch.no_grad():
+        for i in range(0, test_h.shape[0], eval_batch):
+            out, target = decoder(test_h[i:i + eval_batch]).float(), test_pixels[i:i + eval_batch].float()
+            mse += float(F.mse_loss(out, target, reduction="sum"))
+            bce += float(F.binary_cross_entropy(out, target, reduction="sum"))
+    count = test_pixels.numel()
+    mse, bce = mse / count, bce / count
+    return ReconResult(mse, bce, 10 * math.log10(1 / max(mse, 1e-12)))
