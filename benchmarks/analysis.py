@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from docregion import write_region
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/analysis")
 OUT = Path("docs/analysis")
@@ -32,7 +34,6 @@ ANALYZE = ["analyze", *(str(RUNS / m) for m in MODELS), "--labels", "R0 K=16,R1E
            "--train-size", "3000", "--test-size", "1000", "--recon-size", "1000", "--recon-steps", "100",
            "--title", "ResNet-32, Fashion-MNIST: what is left at each cut (K=16 cuts; E2E at the same units)",
            "--out", str(OUT)]
-BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/analysis.py writes this part) -->", "<!-- RESULTS:END -->"
 
 
 def contsup(args: list[str]) -> tuple[float, float, tuple[float, ...]]:
@@ -95,16 +96,13 @@ def main() -> None:
     commands = [command_line([*TRAIN, *f, "--out", str(RUNS / n)]) for n, f in MODELS.items()]
     commands.append(command_line(ANALYZE))
     section = "\n".join([
-        BEGIN, "", "Commands (run by `benchmarks/analysis.py`, from the repository root with `PYTHONPATH=src`):", "",
+        "Commands (run by `benchmarks/analysis.py`, from the repository root with `PYTHONPATH=src`):", "",
         "```", *commands, "```", "",
         "The three runs (2-core CPU shared with other jobs, no GPU, one thread per job; training times "
         "depend on that load):", "", *log, "",
         table(ROOT / OUT / "analysis.csv"), "", "![probe accuracy, CE and PSNR per cut](analysis/analysis.png)", "",
-        END,
     ])
-    text = DOC.read_text() if DOC.exists() else f"# Information diagnostics\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    DOC.write_text(head + section + rest.split(END, 1)[1])
+    write_region(DOC, "analysis", section, title="# Information diagnostics")
     print(f"wrote {DOC.relative_to(ROOT)}")
 
 

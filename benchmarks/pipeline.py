@@ -26,9 +26,9 @@ import torch
 from contsup.method.network import LocalConfig
 from contsup.run import DataConfig, RunConfig, build_network, load_data, make_trainer
 from contsup.train.trainer import TrainConfig
+from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- pipeline:begin -->", "<!-- pipeline:end -->"
 
 
 def run_config(context: str, steps: int, batch: int) -> RunConfig:
@@ -83,17 +83,6 @@ def launch(args: argparse.Namespace, role: str, context: str, threads: int, rank
         result = json.loads(out.read_text())
         result["load"] = (before, os.getloadavg()[0])
         return result
-
-
-def write_doc(text: str) -> None:
-    """Replace the pipeline region of docs/benchmarks.md (creating the file and markers if missing)."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    DOC.write_text(f"{head}{BEGIN}\n{text.rstrip()}\n{END}{tail}")
 
 
 def main() -> None:
@@ -151,7 +140,7 @@ def main() -> None:
     ])
     print(text)
     if not args.no_doc:
-        write_doc(text)
+        write_region(DOC, "pipeline", text)
 
 
 if __name__ == "__main__":

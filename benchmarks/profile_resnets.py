@@ -27,24 +27,12 @@ from contsup.method.context import parse_mode
 from contsup.method.cuts import PAPER_CUTS, balanced_cuts, from_named
 from contsup.models import probe_shapes, resnet
 from contsup.profile.runner import E2E, MIB, ProfileConfig, ProfileRow, format_table, machine, plot, profile_one
+from docregion import write_region
 
-BEGIN, END = "<!-- profile:begin -->", "<!-- profile:end -->"
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("R0", "E", "R1", "R1E")
 KS = (1, 2, 4, 8, 16)
 SPEED_TARGETS = {"R0": 1.25, "R1": 1.45, "R1E": 2.3}
-
-
-def write_region(path: Path, body: str) -> None:
-    """Replace the text between the profile markers of `path` (creating the file or markers if missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def log(msg: str) -> None:
@@ -221,7 +209,7 @@ def main() -> None:
               f"(other jobs shared the CPU; timings are noisy when it is above the core count). "
               f"Whole script: {time.perf_counter() - start:.0f} s.\n\nCommand: `{command}`"
               + (" --channels-last" if args.channels_last else "") + "\n")
-    write_region(doc, "\n\n".join([header, *sections]))
+    write_region(doc, "profile", "\n\n".join([header, *sections]))
     log(f"wrote {doc}")
 
 
