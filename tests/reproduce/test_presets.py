@@ -81,3 +81,10 @@ def test_bad_presets_and_filters_raise(tmp_path):
     bad.write_text('[grid]\ncontext = ["R9"]\nmodules = [4]\n[recipe.cpu]\nepochs = 1\n')
     with pytest.raises(ContsupError, match="larger than the number of modules"):
         jobs(load_preset(bad), "cpu", tmp_path)
+
+
+def test_unknown_top_level_table_raises(tmp_path):
+    bad = tmp_path / "typo.toml"
+    bad.write_text('[recipes.cpu]\nepochs = 1\n[recipe.cpu]\nepochs = 1\n')
+    with pytest.raises(ContsupError, match="recipes"):
+        load_preset(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+from pathlib import Path
 
 from contsup.data import dataset_info
 from contsup.errors import ContsupError
@@ -43,15 +44,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             counts = net.param_counts()
             print(f"  {job.name:48s} {job_state(job):7s} params {counts['total']:,} (context {counts['context']:,})")
         return 0
+    failed = 0
     if not args.collect:
         print(f"{preset.title}: {len(todo)} configurations, recipe {args.recipe}, folder {out}")
         report = run_sweep(todo, isolate=not args.in_process)
+        failed = len(report.failed)
         print(f"done earlier {len(report.done)}, trained {len(report.trained)}, resumed {len(report.resumed)}, "
-              f"failed {len(report.failed)}")
-    result = collect(todo, f"{out}/results", stem, preset.title)
+              f"failed {failed}")
+    result = collect(todo, args.results or Path(out) / "results", stem, preset.title)
     print(json.dumps(result, indent=2))
-    print(open(result["markdown"]).read())
-    return 1 if not args.collect and report.failed else 0
+    print(Path(result["markdown"]).read_text())
+    return 1 if failed else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=textwrap.dedent("""\
             Run a preset's grid of configurations, one run folder each under --out; finished runs are
             skipped and interrupted ones resumed, so rerunning the same command continues a killed sweep.
-            Results (CSV, markdown table, plots) go to <out>/results/<preset>-<recipe>.*"""),
+            Results (CSV, markdown table, plots) go to <out>/results/<preset>-<recipe>.* (or --results).
+            Example: contsup reproduce table1 --recipe cpu --out runs/results"""),
     )
     p.add_argument("preset", nargs="?", help="preset name (see --list) or a path to a preset .toml file")
     p.add_argument("--list", action="store_true", help="list the presets")
@@ -73,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep configurations whose setting KEY is one of the values; repeatable")
     p.add_argument("--dry-run", action="store_true", help="list the configurations, build each network, exit")
     p.add_argument("--collect", action="store_true", help="only gather finished runs into CSV, table and plots")
+    p.add_argument("--results", default=None, help="where collect writes its files (default <out>/results)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's, auto)")
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     p.add_argument("--progress", action="store_true", help="show a progress bar per epoch")

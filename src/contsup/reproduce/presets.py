@@ -64,7 +64,6 @@ class Preset:
     grids: list[dict[str, list[Any]]]
     recipes: dict[str, dict[str, Any]]
     path: Path | None = None
-    notes: str = ""
 
 
 @dataclass
@@ -105,6 +104,9 @@ def load_preset(name_or_path: str | Path) -> Preset:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ContsupError(f"{path}: invalid TOML: {err}") from None
+    unknown = sorted(set(doc) - {"title", "description", "base", "grid", "recipe"})
+    if unknown:
+        raise ContsupError(f"{path.name}: unknown table(s) or key(s) {', '.join(unknown)}")
     base = doc.get("base", {})
     _check_keys(f"{path.name} [base]", base)
     raw_grids = doc.get("grid", [{}])
@@ -122,8 +124,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         _check_keys(f"{path.name} [recipe.{rname}]", (k for k in recipe if k != "per_dataset"))
         for ds, over in per.items():
             _check_keys(f"{path.name} [recipe.{rname}.per_dataset.{ds}]", over)
-    return Preset(path.stem, doc.get("title", path.stem), doc.get("description", ""), base, grids, recipes, path,
-                  doc.get("notes", ""))
+    return Preset(path.stem, doc.get("title", path.stem), doc.get("description", ""), base, grids, recipes, path)
 
 
 def _grid_points(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
