@@ -81,6 +81,9 @@ def test_bad_presets_and_filters_raise(tmp_path):
     bad.write_text('[grid]\ncontext = ["R9"]\nmodules = [4]\n[recipe.cpu]\nepochs = 1\n')
     with pytest.raises(ContsupError, match="larger than the number of modules"):
         jobs(load_preset(bad), "cpu", tmp_path)
+    bad.write_text('[grid]\nlr = [0.1, 0.2]\n[recipe.cpu]\nepochs = 1\n')
+    with pytest.raises(ContsupError, match="differ only in lr"):
+        expand(load_preset(bad), "cpu")
 
 
 def test_unknown_top_level_table_raises(tmp_path):

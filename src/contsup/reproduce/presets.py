@@ -175,7 +175,12 @@ def expand(preset: Preset, recipe: str, seeds: Sequence[int] | None = None,
                 s = normalize(s)
                 if only and not _matches(s, only):
                     continue
-                out.setdefault(run_name(s), s)
+                name = run_name(s)
+                if name in out and out[name] != s:
+                    differ = sorted(k for k in s if s[k] != out[name][k])
+                    raise ContsupError(f"two configurations of {preset.name} differ only in {', '.join(differ)}, "
+                                       f"which run folder names leave out ({name}); vary them in separate sweeps")
+                out.setdefault(name, s)
     return list(out.values())
 
 
