@@ -79,7 +79,13 @@ def label(agg: dict[str, Any], varying: Sequence[str]) -> str:
 
 
 def _varying(aggs: Sequence[dict[str, Any]]) -> list[str]:
-    return [k for k in KEY_COLUMNS if len({str(a[k]) for a in aggs}) > 1]
+    """Settings that differ between the local-learning rows (E2E has no cuts, heads or reconstruction)."""
+    local = [a for a in aggs if a["context"] != "E2E"] or list(aggs)
+
+    def differs(rows: Sequence[dict[str, Any]], key: str) -> bool:
+        return len({str(a[key]) for a in rows}) > 1
+
+    return [k for k in KEY_COLUMNS if differs(local, k) or (k in ("arch", "dataset") and differs(aggs, k))]
 
 
 def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
@@ -88,7 +94,9 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     fixed = [k for k in KEY_COLUMNS if k not in varying and k not in ("modules", "context")]
     lines = [f"### {title}", ""] if title else []
     if aggs:
-        lines += ["Common settings: " + ", ".join(f"{k} = {aggs[0][k]}" for k in fixed), ""]
+        ref = next((a for a in aggs if a["context"] != "E2E"), aggs[0])
+        lines += ["Common settings: " + ", ".join(f"{k} = {ref[k]}" for k in fixed)
+                  + " (E2E: one module, no cuts or local heads)", ""]
     head = ["K", "method", *varying, "seeds", "final test error %", "best epoch's test error % (selected on test)",
             "train time s", "images/s", "peak memory MiB", "params", "context params"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -102,7 +110,8 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path, title: str = "") -> None:
+def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path, title: str = "",
+         memory_kind: str = "") -> None:
     """Two PNGs: test error against K (one line per method, E2E dashed) and error against peak memory."""
     import matplotlib
 
@@ -141,7 +150,7 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
         for a in members:
             ax.annotate(f"K={a['modules']}", (a["peak_memory_mib"], a["final_test_error"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("peak memory (MiB)")
+    ax.set_xlabel(f"peak memory (MiB{', ' + memory_kind if memory_kind else ''})")
     ax.set_ylabel("final test error (%)")
     ax.set_title((title + ": " if title else "") + "error against peak memory")
     ax.grid(alpha=0.3)
@@ -165,5 +174,5 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
     text += (f"\nPeak memory: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
     paths["markdown"].write_text(text)
     if aggs:
-        plot(aggs, paths["error_vs_k"], paths["error_vs_memory"], title)
+        plot(aggs, paths["error_vs_k"], paths["error_vs_memory"], title, ", ".join(kinds))
     return {"runs": len(rows), "configurations": len(jobs), **{k: str(v) for k, v in paths.items()}}
