@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K (number of modules)")
     ax.set_ylabel("final test error (%)")
-    ax.set_title(title or "test error against K")
+    ax.set_title(textwrap.fill(title or "test error against K", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -152,7 +153,7 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"peak memory (MiB{', ' + memory_kind if memory_kind else ''})")
     ax.set_ylabel("final test error (%)")
-    ax.set_title((title + ": " if title else "") + "error against peak memory")
+    ax.set_title(textwrap.fill((title + ": " if title else "") + "error against peak memory", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
