@@ -1,0 +1,179 @@
+"""Gather a sweep's finished runs into one CSV, a markdown table (mean ± std over seeds) and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from contsup.reproduce.presets import Job
+
+# Settings shown as columns (seed is averaged over); the others are listed once above the table.
+KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
+METRICS = ["final_test_error", "best_test_error_selected_on_test", "train_time_s", "images_per_s",
+           "peak_memory_mib", "params_total", "params_context"]
+
+
+def _flat(value: Any) -> Any:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+
+def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """One row per finished run: its settings and final metrics (unfinished runs are left out)."""
+    rows = []
+    for job in jobs:
+        path = Path(job.config.out or "") / "summary.json"
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        rows.append({
+            "run": job.name, **{k: _flat(v) for k, v in job.settings.items()},
+            "final_test_error": s["final_test_error"],
+            "best_test_error_selected_on_test": s["best_test_error_selected_on_test"],
+            "epochs_done": s["epochs"], "train_time_s": s["train_time_s"], "images_per_s": s["images_per_s"],
+            "peak_memory_mib": s["peak_memory_bytes"] / 2**20, "peak_memory_kind": s["peak_memory_kind"],
+            "params_total": s["params"]["total"], "params_context": s["params"]["context"], "device": s["device"],
+        })
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Every run's row, one line each."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return tuple(row[k] for k in KEY_COLUMNS)
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped over seeds: each metric's mean and standard deviation (0 for one seed), and n."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_key(r), []).append(r)
+    out = []
+    for members in groups.values():
+        agg = {k: members[0][k] for k in KEY_COLUMNS}
+        agg["n"] = len(members)
+        agg["seeds"] = ",".join(str(m["seed"]) for m in members)
+        for m in METRICS:
+            values = [float(r[m]) for r in members]
+            agg[m] = statistics.fmean(values)
+            agg[m + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(agg)
+    return sorted(out, key=lambda a: (a["arch"], a["dataset"], a["modules"], a["context"], a["loss"], str(a["recon"])))
+
+
+def label(agg: dict[str, Any], varying: Sequence[str]) -> str:
+    """A method's name in plots and tables: its context mode plus the settings that vary in this sweep."""
+    parts = [str(agg["context"])]
+    parts += [f"{k}={agg[k]}" for k in varying if k not in ("modules", "context")]
+    return " ".join(parts)
+
+
+def _varying(aggs: Sequence[dict[str, Any]]) -> list[str]:
+    """Settings that differ between the local-learning rows (E2E has no cuts, heads or reconstruction)."""
+    local = [a for a in aggs if a["context"] != "E2E"] or list(aggs)
+
+    def differs(rows: Sequence[dict[str, Any]], key: str) -> bool:
+        return len({str(a[key]) for a in rows}) > 1
+
+    return [k for k in KEY_COLUMNS if differs(local, k) or (k in ("arch", "dataset") and differs(aggs, k))]
+
+
+def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
+    """The aggregated table in markdown: settings that vary as columns, errors as mean ± std."""
+    varying = [k for k in _varying(aggs) if k not in ("modules", "context")]
+    fixed = [k for k in KEY_COLUMNS if k not in varying and k not in ("modules", "context")]
+    lines = [f"### {title}", ""] if title else []
+    if aggs:
+        ref = next((a for a in aggs if a["context"] != "E2E"), aggs[0])
+        lines += ["Common settings: " + ", ".join(f"{k} = {ref[k]}" for k in fixed)
+                  + " (E2E: one module, no cuts or local heads)", ""]
+    head = ["K", "method", *varying, "seeds", "final test error %", "best epoch's test error % (selected on test)",
+            "train time s", "images/s", "peak memory MiB", "params", "context params"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in aggs:
+        err = f"{a['final_test_error']:.2f}" + (f" ± {a['final_test_error_std']:.2f}" if a["n"] > 1 else "")
+        best = f"{a['best_test_error_selected_on_test']:.2f}"
+        cells = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], err, best,
+                 f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}", f"{a['peak_memory_mib']:.0f}",
+                 f"{a['params_total']:,.0f}", f"{a['params_context']:,.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path, title: str = "",
+         memory_kind: str = "") -> None:
+    """Two PNGs: test error against K (one line per method, E2E dashed) and error against peak memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    varying = _varying(aggs)
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for a in aggs:
+        methods.setdefault(label(a, varying), []).append(a)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ks = sorted({a["modules"] for a in aggs if a["context"] != "E2E"}) or [1]
+    for name, members in methods.items():
+        members = sorted(members, key=lambda a: a["modules"])
+        if all(a["context"] == "E2E" for a in members):
+            for a in members:
+                ax.axhline(a["final_test_error"], ls="--", color="gray", label=name)
+            continue
+        ax.errorbar([a["modules"] for a in members], [a["final_test_error"] for a in members],
+                    yerr=[a["final_test_error_std"] for a in members], marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("K (number of modules)")
+    ax.set_ylabel("final test error (%)")
+    ax.set_title(textwrap.fill(title or "test error against K", 70), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(error_vs_k, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, members in methods.items():
+        ax.errorbar([a["peak_memory_mib"] for a in members], [a["final_test_error"] for a in members],
+                    yerr=[a["final_test_error_std"] for a in members], marker="o", ls="", capsize=3, label=name)
+        for a in members:
+            ax.annotate(f"K={a['modules']}", (a["peak_memory_mib"], a["final_test_error"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"peak memory (MiB{', ' + memory_kind if memory_kind else ''})")
+    ax.set_ylabel("final test error (%)")
+    ax.set_title(textwrap.fill((title + ": " if title else "") + "error against peak memory", 70), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(error_vs_memory, dpi=120)
+    plt.close(fig)
+
+
+def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = "") -> dict[str, Any]:
+    """Write <stem>.csv, <stem>.md and the two plots into `out_dir`; returns paths and counts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect_rows(jobs)
+    paths = {"csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md",
+             "error_vs_k": out / f"{stem}-error-vs-K.png", "error_vs_memory": out / f"{stem}-error-vs-memory.png"}
+    write_csv(rows, paths["csv"])
+    aggs = aggregate(rows)
+    text = markdown(aggs, title)
+    kinds = sorted({r["peak_memory_kind"] for r in rows})
+    text += (f"\nPeak memory: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
+    paths["markdown"].write_text(text)
+    if aggs:
+        plot(aggs, paths["error_vs_k"], paths["error_vs_memory"], title, ", ".join(kinds))
+    return {"runs": len(rows), "configurations": len(jobs), **{k: str(v) for k, v in paths.items()}}

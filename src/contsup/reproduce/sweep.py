@@ -1,0 +1,101 @@
+"""Run a grid of configurations, one run folder each: finished runs are skipped, interrupted ones resumed."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contsup.errors import ContsupError
+from contsup.reproduce.presets import SETTINGS, Job
+from contsup.run import RunConfig, run_training
+
+SETTINGS_FILE = "settings.json"
+# Settings that say where or how a run executes, not what it computes: a run folder is reused across them.
+_PLACE = ("device", "data_root")
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did with each configuration."""
+
+    done: list[str] = field(default_factory=list)  # finished earlier: skipped
+    trained: list[str] = field(default_factory=list)  # trained from scratch now
+    resumed: list[str] = field(default_factory=list)  # continued from a checkpoint now
+    failed: list[str] = field(default_factory=list)
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as stored in JSON, defaults filled in (so settings added later match old runs), place left out."""
+    full = {**SETTINGS, **settings}
+    return json.loads(json.dumps({k: v for k, v in full.items() if k not in _PLACE}))
+
+
+def job_state(job: Job) -> str:
+    """`done` (summary of every epoch), `resume` (checkpoint only) or `new`; a folder of another config raises."""
+    folder = Path(job.config.out or "")
+    stored = folder / SETTINGS_FILE
+    has_ckpt, has_summary = (folder / "checkpoint.pt").is_file(), (folder / "summary.json").is_file()
+    if not (has_ckpt or has_summary):
+        return "new"
+    if not stored.is_file():
+        raise ContsupError(f"{folder} holds a run that no sweep started; move it or choose another --out")
+    if _comparable(json.loads(stored.read_text())) != _comparable(job.settings):
+        raise ContsupError(f"{folder} holds a run with other settings (another recipe?); choose another --out")
+    if has_summary and json.loads((folder / "summary.json").read_text())["epochs"] >= job.config.train.epochs:
+        return "done"
+    return "resume"  # killed mid-run, or stopped early on purpose (Trainer.fit(until=...))
+
+
+def _train(cfg: dict[str, Any], resume: bool) -> None:
+    """Child-process entry: train one configuration (its summary lands in the run folder)."""
+    run_training(RunConfig.from_dict(cfg), resume=resume)
+
+
+def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
+    """Train one configuration (in a fresh process with `isolate`, so peak memory is its own); its summary."""
+    folder = Path(job.config.out or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SETTINGS_FILE).write_text(json.dumps(job.settings, indent=2) + "\n")
+    if not isolate:
+        run_training(job.config, resume=resume)
+    else:
+        proc = multiprocessing.get_context("spawn").Process(target=_train, args=(job.config.to_dict(), resume))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise ContsupError(f"run {job.name} failed (exit code {proc.exitcode}); its output is above")
+    return json.loads((folder / "summary.json").read_text())
+
+
+def run_sweep(jobs: Sequence[Job], isolate: bool = True, log: Callable[[str], None] = print,
+              keep_going: bool = True) -> SweepReport:
+    """Run every job not finished yet, in order; a failure is logged and the sweep goes on (`keep_going`)."""
+    report = SweepReport()
+    states = [job_state(j) for j in jobs]  # check every folder before training anything
+    for i, (job, state) in enumerate(zip(jobs, states, strict=True), 1):
+        tag = f"[{i}/{len(jobs)}] {job.name}"
+        if state == "done":
+            report.done.append(job.name)
+            log(f"{tag}: finished earlier, skipped")
+            continue
+        log(f"{tag}: {'resuming' if state == 'resume' else 'training'}")
+        start = time.perf_counter()
+        try:
+            summary = run_job(job, resume=state == "resume", isolate=isolate)
+        except ContsupError as err:
+            report.failed.append(job.name)
+            log(f"{tag}: FAILED: {err}")
+            if not keep_going:
+                raise
+            continue
+        (report.resumed if state == "resume" else report.trained).append(job.name)
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        log(f"{tag}: final test error {summary['final_test_error']:.2f}%  ({time.perf_counter() - start:.0f} s, "
+            f"peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB, load average {load})")
+    return report

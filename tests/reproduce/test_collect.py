@@ -1,0 +1,67 @@
+import csv
+import json
+
+import matplotlib.image as mpimg
+import pytest
+
+from contsup.reproduce.collect import aggregate, collect, collect_rows
+from contsup.reproduce.presets import jobs, load_preset
+
+
+def fake_summary(error: float, memory_mib: float) -> dict:
+    """A summary.json as the trainer writes it, with chosen numbers."""
+    return {"final_test_error": error, "best_test_error_selected_on_test": error - 1, "epochs": 2,
+            "train_time_s": 10.0, "images_per_s": 100.0, "peak_memory_bytes": memory_mib * 2**20,
+            "peak_memory_kind": "process peak RSS", "device": "cpu",
+            "params": {"backbone": 1, "heads": 1, "decoders": 0, "context": 5, "total": 7}}
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """table2's cpu runs for K = 2, 16 with E2E, two seeds, with made-up summaries (one run unfinished)."""
+    todo = jobs(load_preset("ablation"), "cpu", tmp_path, seeds=[0, 1],
+                only={"context": ["E2E", "R0", "R1E"], "modules": ["1", "2", "16"]})
+    for i, job in enumerate(todo):
+        if job.name.startswith("resnet32-fashion-mnist-K16-R1E") and job.settings["seed"] == 1:
+            continue  # unfinished
+        folder = tmp_path / job.name
+        folder.mkdir()
+        error = {"E2E": 10.0, "R0": 20.0, "R1E": 12.0}[job.settings["context"]] + job.settings["seed"]
+        (folder / "summary.json").write_text(json.dumps(fake_summary(error, 100.0 + i)))
+    return todo
+
+
+def test_rows_and_mean_over_seeds(finished):
+    rows = collect_rows(finished)
+    assert len(rows) == len(finished) - 1
+    aggs = {(a["modules"], a["context"]): a for a in aggregate(rows)}
+    assert set(aggs) == {(1, "E2E"), (2, "R0"), (2, "R1E"), (16, "R0"), (16, "R1E")}
+    assert aggs[(2, "R0")]["n"] == 2
+    assert aggs[(2, "R0")]["final_test_error"] == pytest.approx(20.5)
+    assert aggs[(2, "R0")]["final_test_error_std"] == pytest.approx(0.7071, abs=1e-3)
+    assert aggs[(16, "R1E")]["n"] == 1 and aggs[(16, "R1E")]["final_test_error_std"] == 0.0
+
+
+def test_collect_writes_csv_markdown_and_plots(finished, tmp_path):
+    result = collect(finished, tmp_path / "results", "ablation-cpu", "Ablation")
+    assert result["runs"] == len(finished) - 1
+    with open(result["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result["runs"]
+    assert {"run", "context", "modules", "seed", "final_test_error", "peak_memory_mib"} <= set(rows[0])
+    text = open(result["markdown"]).read()
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 5  # header, rule, five configurations
+    assert "20.50 ± 0.71" in text and "process peak RSS" in text
+    for key in ("error_vs_k", "error_vs_memory"):
+        image = mpimg.imread(result[key])
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_collect_with_nothing_finished(tmp_path):
+    todo = jobs(load_preset("table1"), "cpu", tmp_path)
+    result = collect(todo, tmp_path / "results", "table1-cpu")
+    assert result["runs"] == 0
+    with open(result["csv"]) as f:
+        assert list(csv.DictReader(f)) == []
+    assert "0 of 5 runs finished" in open(result["markdown"]).read()

@@ -1,0 +1,93 @@
+import pytest
+
+from contsup.data import dataset_info
+from contsup.errors import ContsupError
+from contsup.method.heads import RECON_PRESETS
+from contsup.reproduce.presets import available_presets, expand, jobs, load_preset, parse_only, run_name
+from contsup.run import build_network
+
+PAPER_EXPERIMENTS = {"table1", "table2", "table3", "table4", "memory_balanced", "ablation"}
+
+
+def test_every_paper_experiment_is_shipped():
+    assert PAPER_EXPERIMENTS <= set(available_presets())
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_EXPERIMENTS))
+@pytest.mark.parametrize("recipe", ["cpu", "paper"])
+def test_presets_expand_to_valid_configs(name, recipe, tmp_path):
+    todo = jobs(load_preset(name), recipe, tmp_path)
+    assert todo
+    names = [j.name for j in todo]
+    assert len(set(names)) == len(names)
+    for job in todo:
+        assert job.config.out == str(tmp_path / job.name)
+        job.config.local.validate()  # bad context / head / loss / cut table would raise
+        if recipe == "cpu":
+            assert job.config.data.name == "fashion-mnist" and job.config.train.epochs <= 3
+        else:
+            assert job.config.train.epochs == 160 and job.config.data.name in ("cifar10", "svhn", "stl10")
+
+
+def test_paper_recipes_follow_the_spec(tmp_path):
+    table3 = {j.config.data.name: j.config for j in jobs(load_preset("table3"), "paper", tmp_path)}
+    assert (table3["stl10"].train.batch_size, table3["stl10"].train.lr) == (128, 0.1)
+    assert (table3["svhn"].train.batch_size, table3["svhn"].train.lr) == (1024, 0.8)
+    recon = {(j.config.data.name, j.config.local.modules): j.config.local.recon
+             for j in jobs(load_preset("table3"), "paper", tmp_path) if j.settings["context"] != "E2E"}
+    for (data, k), weights in recon.items():
+        assert tuple(weights.__dict__.values()) == RECON_PRESETS[("resnet110", data, k)]
+
+
+def test_table1_cpu_networks_build(tmp_path):
+    todo = jobs(load_preset("table1"), "cpu", tmp_path)
+    assert [j.settings["context"] for j in todo] == ["E2E", "R0", "E", "R1", "R1E"]
+    info = dataset_info("fashion-mnist")
+    for job in todo:
+        net = build_network(job.config, info.channels, info.num_classes, info.size)
+        assert net.num_modules == job.config.local.modules
+        assert (net.param_counts()["context"] > 0) == (job.settings["context"] not in ("E2E", "R0"))
+
+
+def test_cpu_twin_of_table3_uses_cifar10_recon_weights(tmp_path):
+    for job in jobs(load_preset("table3"), "cpu", tmp_path):
+        if job.settings["context"] != "E2E":
+            k = job.config.local.modules
+            assert tuple(job.config.local.recon.__dict__.values()) == RECON_PRESETS[("resnet110", "cifar10", k)]
+
+
+def test_e2e_is_one_configuration_and_only_filters():
+    preset = load_preset("table2")
+    settings = expand(preset, "cpu")
+    e2e = [s for s in settings if s["context"] == "E2E"]
+    assert len(e2e) == 1 and e2e[0]["modules"] == 1 and e2e[0]["loss"] == "softmax"
+    picked = expand(preset, "cpu", seeds=[1, 2], only=parse_only(["context=R1E", "modules=2,16"]))
+    assert {(s["modules"], s["loss"], s["seed"]) for s in picked} == {
+        (k, loss, seed) for k in (2, 16) for loss in ("softmax", "contrast") for seed in (1, 2)}
+    assert len({run_name(s) for s in picked}) == len(picked)
+
+
+def test_bad_presets_and_filters_raise(tmp_path):
+    with pytest.raises(ContsupError, match="unknown preset"):
+        load_preset("table99")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[base]\narch = "resnet32"\nbogus = 1\n[recipe.cpu]\nepochs = 1\n')
+    with pytest.raises(ContsupError, match="bogus"):
+        load_preset(bad)
+    with pytest.raises(ContsupError, match="no recipe"):
+        expand(load_preset("table1"), "gpu")
+    with pytest.raises(ContsupError, match="KEY=VALUE"):
+        parse_only(["context"])
+    bad.write_text('[grid]\ncontext = ["R9"]\nmodules = [4]\n[recipe.cpu]\nepochs = 1\n')
+    with pytest.raises(ContsupError, match="larger than the number of modules"):
+        jobs(load_preset(bad), "cpu", tmp_path)
+    bad.write_text('[grid]\nlr = [0.1, 0.2]\n[recipe.cpu]\nepochs = 1\n')
+    with pytest.raises(ContsupError, match="differ only in lr"):
+        expand(load_preset(bad), "cpu")
+
+
+def test_unknown_top_level_table_raises(tmp_path):
+    bad = tmp_path / "typo.toml"
+    bad.write_text('[recipes.cpu]\nepochs = 1\n[recipe.cpu]\nepochs = 1\n')
+    with pytest.raises(ContsupError, match="recipes"):
+        load_preset(bad)
