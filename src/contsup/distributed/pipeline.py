@@ -29,7 +29,7 @@ from contsup.run import RunConfig, make_loaders
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.memory import peak_memory, reset_peak
 from contsup.train.schedule import default_warmup, lr_at
-from contsup.train.trainer import make_optimizer
+from contsup.train.trainer import make_optimizer, rewrite_metrics, run_summary
 
 
 @dataclass
@@ -282,26 +282,14 @@ class PipelineTrainer:
         self.epoch, self.history = payload["epoch"], payload["history"]
         self.train_time, self.images = payload["train_time"], payload["images"]
         if self.out_dir is not None and self.topo.rank == 0:
-            lines = "".join(json.dumps(row) + "\n" for row in self.history)
-            (self.out_dir / "metrics.jsonl").write_text(lines)
+            rewrite_metrics(self.out_dir, self.history)
 
     def summary(self) -> dict[str, Any]:
         """The same summary as the single-process Trainer's, plus the pipeline's shape."""
-        best = min(self.history, key=lambda r: r["test_error"]) if self.history else None
-        out = {
-            "final_test_error": self.history[-1]["test_error"] if self.history else None,
-            "best_test_error_selected_on_test": best["test_error"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "epochs": self.epoch,
-            "train_time_s": self.train_time,
-            "images_per_s": self.images / self.train_time if self.train_time else 0.0,
-            "peak_memory_bytes": self.history[-1]["peak_memory_bytes"] if self.history else 0.0,
-            "peak_memory_kind": peak_memory(self.device)[1] + ", largest rank",
-            "device": f"{self.device} x {self.topo.world} ranks ({self.topo.replicas} x {self.topo.stages} stages)",
-            "params": self.net.param_counts(),
-        }
-        if self.history and "val_error" in self.history[-1]:
-            out["final_val_error"] = self.history[-1]["val_error"]
+        peak = self.history[-1]["peak_memory_bytes"] if self.history else 0.0
+        device = f"{self.device} x {self.topo.world} ranks ({self.topo.replicas} x {self.topo.stages} stages)"
+        out = run_summary(self.history, self.epoch, self.train_time, self.images, peak,
+                          peak_memory(self.device)[1] + ", largest rank", device, self.net.param_counts())
         if self.out_dir is not None:
             meta = {"run": self.cfg.to_dict(), "pipeline": asdict(self.pcfg)}
             (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": meta}, indent=2) + "\n")

@@ -128,10 +128,8 @@ class Trainer:
         self.history = payload["history"]
         self.train_time = payload["train_time"]
         self.images = payload["images"]
-        if self.out_dir is not None:  # metrics past the checkpoint belong to the lost epoch: rewrite
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            lines = "".join(json.dumps(row) + "\n" for row in self.history)
-            (self.out_dir / "metrics.jsonl").write_text(lines)
+        if self.out_dir is not None:
+            rewrite_metrics(self.out_dir, self.history)
 
     # -- loop -------------------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,21 +212,37 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
         peak, how = peak_memory(self.device)
-        best = min(self.history, key=lambda r: r["test_error"]) if self.history else None
-        out = {
-            "final_test_error": self.history[-1]["test_error"] if self.history else None,
-            "best_test_error_selected_on_test": best["test_error"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "epochs": self.epoch,
-            "train_time_s": self.train_time,
-            "images_per_s": self.images / self.train_time if self.train_time else 0.0,
-            "peak_memory_bytes": peak,
-            "peak_memory_kind": how,
-            "device": str(self.device),
-            "params": self.net.param_counts(),
-        }
-        if self.history and "val_error" in self.history[-1]:
-            out["final_val_error"] = self.history[-1]["val_error"]
+        out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, how, str(self.device),
+                          self.net.param_counts())
         if self.out_dir is not None:
             (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": self.meta}, indent=2) + "\n")
         return out
+
+
+def run_summary(
+    history: list[dict[str, Any]], epochs: int, train_time: float, images: int, peak: float, peak_kind: str,
+    device: str, params: dict[str, int],
+) -> dict[str, Any]:
+    """The summary of a run from its per-epoch history: final-epoch test error first, best epoch labelled."""
+    best = min(history, key=lambda r: r["test_error"]) if history else None
+    out = {
+        "final_test_error": history[-1]["test_error"] if history else None,
+        "best_test_error_selected_on_test": best["test_error"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "epochs": epochs,
+        "train_time_s": train_time,
+        "images_per_s": images / train_time if train_time else 0.0,
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "device": device,
+        "params": params,
+    }
+    if history and "val_error" in history[-1]:
+        out["final_val_error"] = history[-1]["val_error"]
+    return out
+
+
+def rewrite_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as the checkpoint's history (rows past the checkpoint belong to a lost epoch)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
