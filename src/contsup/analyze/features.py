@@ -85,9 +85,7 @@ def _walk(net: LocalNetwork, x: torch.Tensor, wanted: set[int], batch_size: int)
             if u == last:
                 return
             if is_cut:
-                sources[k + 1] = hc
-                for j in [j for j in sources if net.last_use[j] <= k + 1]:
-                    del sources[j]
+                net.keep_source(k + 1, hc, sources)
                 h = hc
 
 

@@ -64,6 +64,12 @@ def adaptive_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 IMAGE_ENCODERS = ["paper", "pooled"]
 
 
+def check_image_encoder(name: str) -> None:
+    """An image encoder variant must be one of IMAGE_ENCODERS."""
+    if name not in IMAGE_ENCODERS:
+        raise ContsupError(f"unknown image encoder {name!r}; choose from {', '.join(IMAGE_ENCODERS)}")
+
+
 class ImageEncoder(nn.Module):
     """Mode E: conv3x3(in -> 12) -> BN -> ReLU -> conv3x3(12 -> C) -> BN -> ReLU -> pool to h_k's size.
 
@@ -113,8 +119,7 @@ class CutContext(nn.Module):
         self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper"
     ) -> None:
         super().__init__()
-        if image_encoder not in IMAGE_ENCODERS:
-            raise ContsupError(f"unknown image encoder {image_encoder!r}; choose from {', '.join(IMAGE_ENCODERS)}")
+        check_image_encoder(image_encoder)
         self.cut = cut
         self.source_ids = mode.sources(cut)
         self.residual = nn.ModuleList(ResidualEncoder(source_shapes[j].channels, target) for j in self.source_ids)

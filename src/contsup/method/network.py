@@ -10,7 +10,7 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.method.balance import memory_model
-from contsup.method.context import IMAGE_ENCODERS, ContextMode, CutContext, parse_mode
+from contsup.method.context import ContextMode, CutContext, check_image_encoder, parse_mode
 from contsup.method.cuts import TABLES, resolve_cuts
 from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
 from contsup.models.chain import Backbone, Shape, probe_shapes
@@ -39,10 +39,7 @@ class LocalConfig:
         LocalHead(8, self.head, 2)  # raises on an unknown head
         head_out_dim(self.loss, 2, self.width, self.widen)  # raises on an unknown loss
         parse_mode(self.context, self.modules)
-        if self.image_encoder not in IMAGE_ENCODERS:
-            raise ContsupError(
-                f"unknown image encoder {self.image_encoder!r}; choose from {', '.join(IMAGE_ENCODERS)}"
-            )
+        check_image_encoder(self.image_encoder)
 
 
 class LocalNetwork(nn.Module):
@@ -114,10 +111,14 @@ class LocalNetwork(nn.Module):
         if k == 0:
             return h_prev
         h_in = self.supply(k - 1, h_prev, sources)
-        sources[k] = h_in.detach()
+        self.keep_source(k, h_in, sources)
+        return h_in
+
+    def keep_source(self, k: int, s: torch.Tensor, sources: dict[int, torch.Tensor]) -> None:
+        """Record module k's input as source s_k (detached) and drop every source no later cut reads."""
+        sources[k] = s.detach()
         for j in [j for j in sources if self.last_use[j] <= k]:
             del sources[j]
-        return h_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every module in turn, context supplied at each cut, then the classifier."""
