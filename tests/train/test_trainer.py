@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 import torch
@@ -7,8 +6,7 @@ from tests.conftest import tiny_net
 
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.errors import ContsupError
-from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, lr_at, save_checkpoint
-from contsup.train.schedule import default_warmup
+from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, save_checkpoint
 
 OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
 
@@ -19,15 +17,6 @@ def make_trainer(mode="R1E", modules=4, epochs=3, out=None, **kw):
     train = DeviceLoader(data.train, data.info, cfg.batch_size, "cpu", train=True, seed=cfg.seed)
     test = DeviceLoader(data.test, data.info, 128, "cpu")
     return Trainer(tiny_net(modules, mode), train, test, cfg, out)
-
-
-def test_schedule():
-    assert lr_at(0, 160, 0.8, 10) == pytest.approx(0.01)
-    assert lr_at(10, 160, 0.8, 10) == pytest.approx(0.4 * (1 + math.cos(math.pi * 10 / 160)))
-    assert lr_at(5, 160, 0.8, 10) == pytest.approx((0.01 + lr_at(10, 160, 0.8, 10)) / 2)
-    assert lr_at(159, 160, 0.8, 10) < 0.001
-    assert lr_at(0, 2, 0.1, 0) == pytest.approx(0.1)
-    assert default_warmup(160) == 10 and default_warmup(8) == 0
 
 
 @pytest.mark.parametrize("mode,modules", [("R0", 4), ("E", 4), ("R1", 4), ("R1E", 4), ("R2E", 3), ("R0", 1)])

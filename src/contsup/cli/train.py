@@ -15,6 +15,7 @@ from contsup.method.cuts import TABLES, parse_cut_list
 from contsup.method.heads import HEADS, LOSSES, parse_recon
 from contsup.method.network import LocalConfig
 from contsup.run import DataConfig, RunConfig, build_network, evaluate_checkpoint, run_training
+from contsup.train.schedule import SCHEDULES
 from contsup.train.trainer import TrainConfig
 
 
@@ -57,7 +58,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.8)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup-epochs", type=int, default=None, help="default: 10 per 160 epochs")
+    g.add_argument("--schedule", default="step", choices=SCHEDULES,
+                   help="step: warm-up then cosine, set every step (default); epoch: set per epoch (the paper's code)")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warm-up length in epochs, fractions allowed (default: 10 per 160 epochs; per step "
+                        "at least min(1, epochs/4))")
+    g.add_argument("--warmup-steps", type=int, default=None, help="the warm-up in steps instead (per-step schedule)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
@@ -106,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        warmup_steps=args.warmup_steps, seed=args.seed, device=args.device,
         bf16=args.bf16, channels_last=args.channels_last, progress=not args.no_progress,
     )
     data = DataConfig(args.data, args.data_dir, not args.no_download, args.val_split, args.train_subset)

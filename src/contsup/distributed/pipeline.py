@@ -28,7 +28,7 @@ from contsup.method.step import module_step
 from contsup.run import RunConfig, make_loaders
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.memory import peak_memory, reset_peak
-from contsup.train.schedule import default_warmup, lr_at
+from contsup.train.schedule import make_schedule
 from contsup.train.trainer import make_optimizer, rewrite_metrics, run_summary
 
 
@@ -59,8 +59,9 @@ class PipelineTrainer:
         self.cfg, self.pcfg, self.topo, self.groups = cfg, pcfg, topo, groups
         self.data, self.net, self.stage, self.device = data, net, stage, device
         self.optimizer = make_optimizer(stage.module(), cfg.train)
-        self.warmup = cfg.train.warmup_epochs if cfg.train.warmup_epochs is not None else default_warmup(
-            cfg.train.epochs)
+        tc = cfg.train  # every rank counts the training batches (drop_last) for the per-step schedule
+        self.schedule = make_schedule(tc.schedule, tc.lr, tc.epochs, len(data.train) // tc.batch_size,
+                                      tc.warmup_epochs, tc.warmup_steps, tc.warmup_start_lr)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else None
         self.loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None}
         mods = stage.modules
@@ -124,11 +125,9 @@ class PipelineTrainer:
             offset += g.numel()
 
     def train_epoch(self) -> dict[str, Any]:
-        """One epoch of this stage's local steps at the epoch's learning rate; metrics over all ranks."""
+        """One epoch of this stage's local steps, the rate set by the schedule before each; metrics over all ranks."""
         tc = self.cfg.train
-        lr = lr_at(self.epoch, tc.epochs, tc.lr, self.warmup, tc.warmup_start_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self.schedule.lr(self.epoch, 0)
         loader = self.loaders["train"]
         if loader is not None:
             loader.set_epoch(self.epoch)
@@ -138,8 +137,9 @@ class PipelineTrainer:
         # [loss sum per module..., correct, seen, batches]; each rank fills its own entries.
         stats = torch.zeros(k_total + 3, dtype=torch.float64)
         start = time.perf_counter()
-        for msg in self._batches(loader, TRAIN):
+        for i, msg in enumerate(self._batches(loader, TRAIN)):
             assert msg.h is not None and msg.sources is not None and msg.y is not None
+            lr = self.schedule.apply(self.optimizer, self.epoch, i)
             self.optimizer.zero_grad(set_to_none=True)
             h, sources = msg.h, dict(msg.sources)
             losses = []

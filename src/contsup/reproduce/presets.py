@@ -44,7 +44,9 @@ SETTINGS: dict[str, Any] = {
     "lr": 0.8,
     "momentum": 0.9,
     "weight_decay": 1e-4,
+    "schedule": "step",  # step | epoch (the paper's per-epoch rate)
     "warmup_epochs": None,
+    "warmup_steps": None,
     "seed": 0,
     "device": "auto",
     "bf16": False,
@@ -233,7 +235,8 @@ def to_config(s: Mapping[str, Any], out: str | Path | None = None, progress: boo
     local.validate()
     train = TrainConfig(
         epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], momentum=s["momentum"],
-        weight_decay=s["weight_decay"], warmup_epochs=s["warmup_epochs"], seed=s["seed"], device=s["device"],
+        weight_decay=s["weight_decay"], schedule=s["schedule"], warmup_epochs=s["warmup_epochs"],
+        warmup_steps=s["warmup_steps"], seed=s["seed"], device=s["device"],
         bf16=s["bf16"], channels_last=s["channels_last"], progress=progress,
     )
     data = DataConfig(s["dataset"], s["data_root"], True, s["val_split"], s["train_subset"])

@@ -18,7 +18,7 @@ from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.memory import peak_memory, reset_peak
-from contsup.train.schedule import default_warmup, lr_at
+from contsup.train.schedule import make_schedule
 
 
 @dataclass
@@ -30,7 +30,9 @@ class TrainConfig:
     lr: float = 0.8
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 1e-4
-    warmup_epochs: int | None = None  # None: 10 of every 160 epochs, as in the paper
+    schedule: str = "step"  # step: warm-up and cosine set every step | epoch: set per epoch (the paper's code)
+    warmup_epochs: float | None = None  # None: 10 of every 160 epochs (per step: at least min(1, epochs/4))
+    warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)
     warmup_start_lr: float = 0.01
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -96,7 +98,8 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
         self.optimizer = make_optimizer(self.net, cfg)
-        self.warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else default_warmup(cfg.epochs)
+        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, len(train_loader),  # type: ignore[arg-type]
+                                      cfg.warmup_epochs, cfg.warmup_steps, cfg.warmup_start_lr)
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else None
         )
@@ -139,10 +142,8 @@ class Trainer:
         return x, y.to(self.device, non_blocking=True)
 
     def train_epoch(self) -> dict[str, Any]:
-        """One epoch of local steps at this epoch's learning rate."""
-        lr = lr_at(self.epoch, self.cfg.epochs, self.cfg.lr, self.warmup, self.cfg.warmup_start_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        """One epoch of local steps, the learning rate set by the schedule before each."""
+        lr = self.schedule.lr(self.epoch, 0)
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(self.epoch)
         torch.manual_seed(self.cfg.seed * 1000 + self.epoch)
@@ -155,7 +156,8 @@ class Trainer:
             disable=not self.cfg.progress, dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar):
+            lr = self.schedule.apply(self.optimizer, self.epoch, i)
             x, y = self._to_device(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             out = local_step(self.net, x, y, self.pixels(x) if needs_pixels else None, self.autocast)
