@@ -6,7 +6,7 @@ from contsup.method.heads import RECON_PRESETS
 from contsup.reproduce.presets import available_presets, expand, jobs, load_preset, parse_only, run_name
 from contsup.run import build_network
 
-PAPER_EXPERIMENTS = {"table1", "table2", "table3", "table4", "memory_balanced", "ablation"}
+PAPER_EXPERIMENTS = {"table1", "table2", "table3", "table4", "memory_balanced", "ablation", "protocol"}
 
 
 def test_every_paper_experiment_is_shipped():

@@ -61,3 +61,12 @@ def test_failed_run_is_reported_and_sweep_goes_on(tiny_preset, tmp_path):
     first.config.data.name = "no-such-data"
     report = run_sweep([first, second], isolate=False, log=quiet)
     assert report.failed == [first.name] and report.trained == [second.name]
+
+
+def test_two_workers_run_every_job_once(tiny_preset, tmp_path):
+    todo = jobs(load_preset(tiny_preset), "cpu", tmp_path)
+    report = run_sweep(todo, isolate=True, log=quiet, workers=2)  # two runs at a time, each its own process
+    assert sorted(report.trained) == sorted(j.name for j in todo) and not report.failed
+    assert all(job_state(j) == "done" for j in todo)
+    with pytest.raises(ContsupError):
+        run_sweep(todo, isolate=False, log=quiet, workers=2)

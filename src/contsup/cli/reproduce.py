@@ -47,7 +47,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     failed = 0
     if not args.collect:
         print(f"{preset.title}: {len(todo)} configurations, recipe {args.recipe}, folder {out}")
-        report = run_sweep(todo, isolate=not args.in_process)
+        report = run_sweep(todo, isolate=not args.in_process, workers=args.workers)
         failed = len(report.failed)
         print(f"done earlier {len(report.done)}, trained {len(report.trained)}, resumed {len(report.resumed)}, "
               f"failed {failed}")
@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's, auto)")
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     p.add_argument("--progress", action="store_true", help="show a progress bar per epoch")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at a time, each its own process (set OMP_NUM_THREADS to share the cores); default 1")
     p.add_argument("--in-process", action="store_true",
                    help="train in this process (faster start; peak memory then accumulates across runs)")
     p.set_defaults(func=cmd_reproduce)

@@ -10,7 +10,7 @@ from pathlib import Path
 from contsup.data import dataset_info
 from contsup.distributed import PipelineConfig, run_pipeline
 from contsup.errors import ContsupError
-from contsup.method.context import IMAGE_ENCODERS
+from contsup.method.context import IMAGE_ENCODERS, LOCAL_INITS
 from contsup.method.cuts import TABLES, parse_cut_list
 from contsup.method.heads import HEADS, LOSSES, parse_recon
 from contsup.method.network import LocalConfig
@@ -45,6 +45,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper: the image encoder runs at the image's resolution, then pools (default); "
                         "pooled: pool the image to the cut's size first (cheaper; not the paper's function)")
+    g.add_argument("--local-init", default="torch", choices=LOCAL_INITS,
+                   help="heads and context encoders: torch (PyTorch's defaults) or kaiming (Kaiming normal fan-out "
+                        "on every conv, as the paper's reference code)")
+    g.add_argument("--context-scale", type=float, default=1.0,
+                   help="initial weight of each context encoder's last BatchNorm (1.0: as in the paper)")
     g.add_argument("--recon", default="none",
                    help="InfoPro reconstruction term: none, paper (the paper's weights for this net/data/K), "
                         "or ixx1,ixy1,ixx2,ixy2")
@@ -64,6 +69,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="linear warm-up length in epochs, fractions allowed (default: 10 per 160 epochs; per step "
                         "at least min(1, epochs/4))")
     g.add_argument("--warmup-steps", type=int, default=None, help="the warm-up in steps instead (per-step schedule)")
+    g.add_argument("--context-lr-scale", type=float, default=1.0,
+                   help="the context encoders' learning rate relative to the rest (1.0: as in the paper)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
@@ -108,12 +115,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         modules=args.modules, context=args.context, head=args.head, loss=args.loss, width=args.width,
         widen=args.widen, cut_table=table, cuts=cuts,
         recon=parse_recon(args.recon, args.arch.lower(), args.data, args.modules, balanced),
-        image_encoder=args.image_encoder,
+        image_encoder=args.image_encoder, local_init=args.local_init, context_scale=args.context_scale,
     )
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-        warmup_steps=args.warmup_steps, seed=args.seed, device=args.device,
+        warmup_steps=args.warmup_steps, context_lr_scale=args.context_lr_scale, seed=args.seed, device=args.device,
         bf16=args.bf16, channels_last=args.channels_last, progress=not args.no_progress,
     )
     data = DataConfig(args.data, args.data_dir, not args.no_download, args.val_split, args.train_subset)

@@ -112,6 +112,29 @@ class ResidualEncoder(nn.Module):
         return adaptive_pool(self.net(s), self.size)
 
 
+LOCAL_INITS = ["torch", "kaiming"]
+
+
+def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_init: str, context_scale: float) -> None:
+    """Optional initialisations of the heads and encoders (both off by default: nothing is touched then).
+
+    `local_init = "kaiming"`: Kaiming normal (fan-out) on every convolution of the heads and the context
+    encoders, as the paper's reference code does (ours otherwise keeps PyTorch's defaults there).
+    `context_scale`: initial weight of each encoder's last BatchNorm, so that context starts small and grows.
+    """
+    if local_init not in LOCAL_INITS:
+        raise ContsupError(f"unknown local init {local_init!r}; choose from {', '.join(LOCAL_INITS)}")
+    if local_init == "kaiming":
+        for m in [*heads.modules(), *(m for ctx in context for m in ctx.modules())]:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if context_scale != 1.0:
+        for ctx in context:
+            for enc in [*ctx.residual, *([ctx.image] if ctx.image is not None else [])]:
+                last_bn = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+                nn.init.constant_(last_bn.weight, context_scale)
+
+
 class CutContext(nn.Module):
     """Every encoder at one cut, and the sum that supplies h_k with context."""
 

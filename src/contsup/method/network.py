@@ -10,7 +10,14 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.method.balance import memory_model
-from contsup.method.context import ContextMode, CutContext, check_image_encoder, parse_mode
+from contsup.method.context import (
+    LOCAL_INITS,
+    ContextMode,
+    CutContext,
+    check_image_encoder,
+    init_local_modules,
+    parse_mode,
+)
 from contsup.method.cuts import TABLES, resolve_cuts
 from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
 from contsup.models.chain import Backbone, Shape, probe_shapes
@@ -30,6 +37,8 @@ class LocalConfig:
     cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
     recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
     image_encoder: str = "paper"  # paper | pooled (pool the image first: cheaper, not the paper's function)
+    local_init: str = "torch"  # heads and encoders: torch (PyTorch defaults) | kaiming (the reference code's)
+    context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)
     extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
 
     def validate(self) -> None:
@@ -40,6 +49,9 @@ class LocalConfig:
         head_out_dim(self.loss, 2, self.width, self.widen)  # raises on an unknown loss
         parse_mode(self.context, self.modules)
         check_image_encoder(self.image_encoder)
+        if self.local_init not in LOCAL_INITS or self.context_scale <= 0:
+            raise ContsupError(f"local_init must be one of {', '.join(LOCAL_INITS)} and context_scale > 0 "
+                               "(a zero scale would leave the encoders' ReLU dead for good)")
 
 
 class LocalNetwork(nn.Module):
@@ -80,6 +92,7 @@ class LocalNetwork(nn.Module):
         self.context = nn.ModuleList(
             CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
         )
+        init_local_modules(self.heads, self.context, config.local_init, config.context_scale)
         # Last cut that reads each source s_j: after it, the step may drop s_j.
         self.last_use = {j: 0 for j in range(len(self.source_shapes))}
         for ctx in self.context:

@@ -37,6 +37,8 @@ SETTINGS: dict[str, Any] = {
     "widen": 1.0,
     "cut_table": "auto",
     "cuts": None,
+    "local_init": "torch",  # torch | kaiming (the reference code's init of heads and encoders)
+    "context_scale": 1.0,  # initial weight of each context encoder's last BatchNorm
     "recon": "none",  # none | paper | [ixx1, ixy1, ixx2, ixy2]
     "recon_dataset": None,  # with recon = "paper": take the paper's weights for this dataset instead
     "epochs": 160,
@@ -47,6 +49,7 @@ SETTINGS: dict[str, Any] = {
     "schedule": "step",  # step | epoch (the paper's per-epoch rate)
     "warmup_epochs": None,
     "warmup_steps": None,
+    "context_lr_scale": 1.0,  # the context encoders' rate relative to the rest
     "seed": 0,
     "device": "auto",
     "bf16": False,
@@ -231,12 +234,13 @@ def to_config(s: Mapping[str, Any], out: str | Path | None = None, progress: boo
     local = LocalConfig(
         modules=s["modules"], context="R0" if e2e else s["context"], head=s["head"], loss=s["loss"],
         width=s["width"], widen=s["widen"], cut_table=s["cut_table"], cuts=cuts, recon=resolve_recon(s),
+        local_init=s["local_init"], context_scale=s["context_scale"],
     )
     local.validate()
     train = TrainConfig(
         epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], momentum=s["momentum"],
         weight_decay=s["weight_decay"], schedule=s["schedule"], warmup_epochs=s["warmup_epochs"],
-        warmup_steps=s["warmup_steps"], seed=s["seed"], device=s["device"],
+        warmup_steps=s["warmup_steps"], context_lr_scale=s["context_lr_scale"], seed=s["seed"], device=s["device"],
         bf16=s["bf16"], channels_last=s["channels_last"], progress=progress,
     )
     data = DataConfig(s["dataset"], s["data_root"], True, s["val_split"], s["train_subset"])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,28 +76,43 @@ def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
 
 
 def run_sweep(jobs: Sequence[Job], isolate: bool = True, log: Callable[[str], None] = print,
-              keep_going: bool = True) -> SweepReport:
-    """Run every job not finished yet, in order; a failure is logged and the sweep goes on (`keep_going`)."""
+              keep_going: bool = True, workers: int = 1) -> SweepReport:
+    """Run every job not finished yet, in order, `workers` at a time; a failure is logged and the sweep goes on."""
+    if workers < 1 or (workers > 1 and not isolate):
+        raise ContsupError("workers must be >= 1, and more than one needs each run in its own process")
     report = SweepReport()
     states = [job_state(j) for j in jobs]  # check every folder before training anything
-    for i, (job, state) in enumerate(zip(jobs, states, strict=True), 1):
+    lock, stop = threading.Lock(), threading.Event()
+
+    def one(i: int, job: Job, state: str) -> None:
+        if stop.is_set():  # an earlier run failed and keep_going is off
+            return
         tag = f"[{i}/{len(jobs)}] {job.name}"
         if state == "done":
             report.done.append(job.name)
             log(f"{tag}: finished earlier, skipped")
-            continue
+            return
         log(f"{tag}: {'resuming' if state == 'resume' else 'training'}")
         start = time.perf_counter()
         try:
             summary = run_job(job, resume=state == "resume", isolate=isolate)
         except ContsupError as err:
-            report.failed.append(job.name)
+            with lock:
+                report.failed.append(job.name)
             log(f"{tag}: FAILED: {err}")
             if not keep_going:
+                stop.set()
                 raise
-            continue
-        (report.resumed if state == "resume" else report.trained).append(job.name)
+            return
+        with lock:
+            (report.resumed if state == "resume" else report.trained).append(job.name)
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         log(f"{tag}: final test error {summary['final_test_error']:.2f}%  ({time.perf_counter() - start:.0f} s, "
             f"peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB, load average {load})")
+
+    # Each run is its own process; the threads only start them and wait, in the jobs' order.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, i, job, state) for i, (job, state) in enumerate(zip(jobs, states, strict=True), 1)]
+        for f in futures:
+            f.result()
     return report

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from contsup.method.context import CutContext
 from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
@@ -34,6 +35,7 @@ class TrainConfig:
     warmup_epochs: float | None = None  # None: 10 of every 160 epochs (per step: at least min(1, epochs/4))
     warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)
     warmup_start_lr: float = 0.01
+    context_lr_scale: float = 1.0  # the context encoders' rate relative to the rest (1.0: as in the paper)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bf16 autocast (CUDA)
@@ -49,10 +51,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay over every parameter of the network."""
-    return torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
-    )
+    """SGD with Nesterov momentum and weight decay; the context encoders' rate scaled by `context_lr_scale`."""
+    params: Any = net.parameters()
+    if cfg.context_lr_scale != 1.0:
+        ctx = {id(p) for m in net.modules() if isinstance(m, CutContext) for p in m.parameters()}
+        params = [{"params": [p for p in net.parameters() if id(p) not in ctx]},
+                  {"params": [p for p in net.parameters() if id(p) in ctx], "lr_scale": cfg.context_lr_scale}]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
 @torch.no_grad()

@@ -1,0 +1,59 @@
+import pytest
+import torch
+from tests.conftest import tiny_net
+from torch import nn
+
+import contsup.method.network as network
+from contsup.errors import ContsupError
+from contsup.method.step import local_step
+from contsup.train.trainer import TrainConfig, make_optimizer
+
+
+def one_step(net, optimizer, batch):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    local_step(net, x, y)
+    optimizer.step()
+    return net.state_dict()
+
+
+def test_options_off_give_todays_step_bit_for_bit(batch, monkeypatch):
+    cfg = TrainConfig(lr=0.1, device="cpu")
+    net = tiny_net(4, "R1E", local_init="torch", context_scale=1.0)
+    after = one_step(net, make_optimizer(net, cfg), batch)
+    monkeypatch.setattr(network, "init_local_modules", lambda *a: None)  # today's network: no init pass at all
+    old = tiny_net(4, "R1E")
+    sgd = torch.optim.SGD(old.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    before = one_step(old, sgd, batch)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_context_scale_sets_each_encoders_last_bn():
+    net = tiny_net(4, "R1E", context_scale=0.1)
+    for ctx in net.context:
+        for enc in [*ctx.residual, ctx.image]:
+            bns = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]
+            assert torch.all(bns[-1].weight == 0.1)
+            assert all(torch.all(b.weight == 1.0) for b in bns[:-1])
+
+
+def test_kaiming_init_touches_heads_and_encoders_only():
+    plain, ref = tiny_net(4, "R1E"), tiny_net(4, "R1E", local_init="kaiming")
+    for name, p in plain.state_dict().items():
+        changed = not torch.equal(p, ref.state_dict()[name])
+        is_local_conv = name.startswith(("heads.", "context.")) and p.dim() == 4
+        assert changed == is_local_conv, name
+
+
+def test_context_lr_scale_puts_encoders_in_their_own_group():
+    net = tiny_net(4, "R1E")
+    opt = make_optimizer(net, TrainConfig(lr=0.1, context_lr_scale=0.1))
+    assert [g.get("lr_scale", 1.0) for g in opt.param_groups] == [1.0, 0.1]
+    assert len(opt.param_groups[1]["params"]) == len(list(net.context.parameters()))
+
+
+@pytest.mark.parametrize("kw", [dict(local_init="xavier"), dict(context_scale=0.0)])
+def test_bad_init_options_raise(kw):
+    with pytest.raises(ContsupError):
+        tiny_net(4, "R1E", **kw)
