@@ -25,7 +25,7 @@ from contsup.method.network import LocalConfig
 from contsup.method.step import local_step
 from contsup.run import DataConfig, RunConfig, build_network, load_data, make_loaders
 from contsup.train.schedule import make_schedule
-from contsup.train.trainer import TrainConfig, make_optimizer
+from contsup.train.trainer import TrainConfig, evaluate, make_optimizer
 
 
 def rms(t: torch.Tensor) -> float:
@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--context-scale", type=float, default=1.0, help="initial weight of each encoder's last BN")
     p.add_argument("--context-lr-scale", type=float, default=1.0, help="the encoders' rate relative to the rest")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: the whole run)")
-    p.add_argument("--out", default=None, help="JSONL file for the per-step rows")
+    p.add_argument("--val-split", type=int, default=0,
+                   help="hold out this many training images and print the final validation error (0: none)")
+    p.add_argument("--out", default=None, help="JSONL file for the per-step rows (written as they come)")
     a = p.parse_args()
 
     local = LocalConfig(modules=a.modules, context=a.context, cut_table="equal", local_init=a.local_init,
@@ -74,16 +76,21 @@ def main() -> None:
     train = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, schedule=a.schedule,
                         warmup_steps=a.warmup_steps, seed=a.seed, device="cpu", progress=False,
                         context_lr_scale=a.context_lr_scale)
-    cfg = RunConfig(DataConfig("fashion-mnist", train_subset=a.train_subset), "resnet32", local, train)
+    cfg = RunConfig(DataConfig("fashion-mnist", val_split=a.val_split, train_subset=a.train_subset), "resnet32",
+                    local, train)
     data = load_data(cfg)
     net = build_network(cfg, data.info.channels, data.info.num_classes, data.info.size)
-    loader = make_loaders(cfg, data, torch.device("cpu"))["train"]
+    loaders = make_loaders(cfg, data, torch.device("cpu"))
+    loader = loaders["train"]
     assert loader is not None
     opt = make_optimizer(net, train)
     sched = make_schedule(train.schedule, train.lr, train.epochs, len(loader), None, train.warmup_steps)
     row: dict[str, Any] = {}
     attach_probes(net, row)
     rows = []
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    log = open(a.out, "w") if a.out else None  # noqa: SIM115 (closed below)
     step, start = 0, time.perf_counter()
     net.train()
     for epoch in range(a.epochs):
@@ -96,15 +103,23 @@ def main() -> None:
             out = local_step(net, x, y)
             opt.step()
             rows.append({"step": step, "lr": lr, "loss": out.losses, **json.loads(json.dumps(row))})
+            if log:
+                log.write(json.dumps(rows[-1]) + "\n")
+                log.flush()
+            if step % 20 == 0:
+                print(f"step {step} loss last {out.losses[-1]:.2f} max {max(out.losses):.2f} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
             step += 1
             if a.steps and step >= a.steps:
                 break
         if a.steps and step >= a.steps:
             break
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if log:
+        log.close()
     summarize(rows, a, time.perf_counter() - start)
+    if loaders["val"] is not None:
+        print(f"final validation error {evaluate(net, loaders['val'])['error']:.2f}% "
+              f"({len(data.val)} held-out training images)")
 
 
 def summarize(rows: list[dict[str, Any]], a: argparse.Namespace, seconds: float) -> None:

@@ -53,6 +53,8 @@ def test_collect_writes_csv_markdown_and_plots(finished, tmp_path):
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 5  # header, rule, five configurations
     assert "20.50 ± 0.71" in text and "process peak RSS" in text
+    assert "Budget of every run: dataset = fashion-mnist" in text and "epochs = 2" in text
+    assert "final val error" not in text  # no run held out a validation split
     for key in ("error_vs_k", "error_vs_memory"):
         image = mpimg.imread(result[key])
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -65,3 +67,14 @@ def test_collect_with_nothing_finished(tmp_path):
     with open(result["csv"]) as f:
         assert list(csv.DictReader(f)) == []
     assert "0 of 5 runs finished" in open(result["markdown"]).read()
+
+
+def test_val_error_is_collected_and_averaged(finished, tmp_path):
+    for job in finished:
+        path = tmp_path / job.name / "summary.json"
+        if path.is_file():
+            path.write_text(json.dumps({**json.loads(path.read_text()), "final_val_error": 30.0 + job.settings["seed"]}))
+    result = collect(finished, tmp_path / "results", "ablation-cpu")
+    with open(result["csv"]) as f:
+        assert {float(r["final_val_error"]) for r in csv.DictReader(f)} == {30.0, 31.0}
+    assert "final val error %" in open(result["markdown"]).read() and "30.50 ± 0.71" in open(result["markdown"]).read()

@@ -14,7 +14,10 @@ from contsup.reproduce.presets import Job
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
-METRICS = ["final_test_error", "best_test_error_selected_on_test", "train_time_s", "images_per_s",
+# The budget every run of a sweep shares, written next to its table.
+BUDGET = ["dataset", "train_subset", "val_split", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
+          "warmup_steps", "local_init", "context_scale", "context_lr_scale"]
+METRICS = ["final_test_error", "final_val_error", "best_test_error_selected_on_test", "train_time_s", "images_per_s",
            "peak_memory_mib", "params_total", "params_context"]
 
 
@@ -32,7 +35,7 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         s = json.loads(path.read_text())
         rows.append({
             "run": job.name, **{k: _flat(v) for k, v in job.settings.items()},
-            "final_test_error": s["final_test_error"],
+            "final_test_error": s["final_test_error"], "final_val_error": s.get("final_val_error"),
             "best_test_error_selected_on_test": s["best_test_error_selected_on_test"],
             "epochs_done": s["epochs"], "train_time_s": s["train_time_s"], "images_per_s": s["images_per_s"],
             "peak_memory_mib": s["peak_memory_bytes"] / 2**20, "peak_memory_kind": s["peak_memory_kind"],
@@ -65,8 +68,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         agg["n"] = len(members)
         agg["seeds"] = ",".join(str(m["seed"]) for m in members)
         for m in METRICS:
-            values = [float(r[m]) for r in members]
-            agg[m] = statistics.fmean(values)
+            values = [float(r[m]) for r in members if r.get(m) is not None]  # no val error without a val split
+            agg[m] = statistics.fmean(values) if values else None
             agg[m + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out.append(agg)
     return sorted(out, key=lambda a: (a["arch"], a["dataset"], a["modules"], a["context"], a["loss"], str(a["recon"])))
@@ -89,6 +92,21 @@ def _varying(aggs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in KEY_COLUMNS if differs(local, k) or (k in ("arch", "dataset") and differs(aggs, k))]
 
 
+def _mean_std(agg: dict[str, Any], metric: str) -> str:
+    if agg[metric] is None:
+        return "-"
+    return f"{agg[metric]:.2f}" + (f" ± {agg[metric + '_std']:.2f}" if agg["n"] > 1 else "")
+
+
+def budget(rows: Sequence[dict[str, Any]]) -> str:
+    """The recipe settings of the runs, one line ("varies" where runs differ)."""
+    parts = []
+    for k in BUDGET:
+        values = {str(r.get(k)) for r in rows}
+        parts.append(f"{k} = {values.pop() if len(values) == 1 else 'varies'}")
+    return "Budget of every run: " + ", ".join(parts)
+
+
 def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     """The aggregated table in markdown: settings that vary as columns, errors as mean ± std."""
     varying = [k for k in _varying(aggs) if k not in ("modules", "context")]
@@ -98,13 +116,16 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
         ref = next((a for a in aggs if a["context"] != "E2E"), aggs[0])
         lines += ["Common settings: " + ", ".join(f"{k} = {ref[k]}" for k in fixed)
                   + " (E2E: one module, no cuts or local heads)", ""]
-    head = ["K", "method", *varying, "seeds", "final test error %", "best epoch's test error % (selected on test)",
-            "train time s", "images/s", "peak memory MiB", "params", "context params"]
+    val = any(a["final_val_error"] is not None for a in aggs)
+    head = ["K", "method", *varying, "seeds", "final test error %", *(["final val error %"] if val else []),
+            "best epoch's test error % (selected on test)", "train time s", "images/s", "peak memory MiB", "params",
+            "context params"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in aggs:
-        err = f"{a['final_test_error']:.2f}" + (f" ± {a['final_test_error_std']:.2f}" if a["n"] > 1 else "")
+        err = _mean_std(a, "final_test_error")
         best = f"{a['best_test_error_selected_on_test']:.2f}"
-        cells = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], err, best,
+        cells = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], err,
+                 *([_mean_std(a, "final_val_error")] if val else []), best,
                  f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}", f"{a['peak_memory_mib']:.0f}",
                  f"{a['params_total']:,.0f}", f"{a['params_context']:,.0f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -171,6 +192,8 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
     write_csv(rows, paths["csv"])
     aggs = aggregate(rows)
     text = markdown(aggs, title)
+    if rows:
+        text += "\n" + budget(rows) + ".\n"
     kinds = sorted({r["peak_memory_kind"] for r in rows})
     text += (f"\nPeak memory: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
     paths["markdown"].write_text(text)
