@@ -69,3 +69,17 @@ def test_eval_bad_checkpoints(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "foreign.pt")]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "not a contsup checkpoint" in err
+
+
+def test_schedule_and_init_flags_reach_the_config():
+    from contsup.cli import build_parser
+    from contsup.cli.train import config_from_args
+
+    def cfg(*flags):
+        return config_from_args(build_parser().parse_args(["train", *TINY, *flags]))
+
+    default = cfg()
+    assert (default.train.schedule, default.local.local_init, default.local.context_scale) == ("step", "torch", 1.0)
+    paper = cfg("--paper-init", "--schedule", "epoch", "--warmup-epochs", "0")
+    assert (paper.train.schedule, paper.local.local_init, paper.local.context_scale) == ("epoch", "kaiming", 1.0)
+    assert cfg("--warmup-epochs", "0.5", "--context-lr-scale", "0.1").train.warmup_epochs == 0.5

@@ -73,7 +73,8 @@ def test_val_error_is_collected_and_averaged(finished, tmp_path):
     for job in finished:
         path = tmp_path / job.name / "summary.json"
         if path.is_file():
-            path.write_text(json.dumps({**json.loads(path.read_text()), "final_val_error": 30.0 + job.settings["seed"]}))
+            summary = json.loads(path.read_text())
+            path.write_text(json.dumps({**summary, "final_val_error": 30.0 + job.settings["seed"]}))
     result = collect(finished, tmp_path / "results", "ablation-cpu")
     with open(result["csv"]) as f:
         assert {float(r["final_val_error"]) for r in csv.DictReader(f)} == {30.0, 31.0}

@@ -15,7 +15,9 @@ def test_protocol_grid_and_budget(tmp_path):
                 j.config.data.val_split, j.config.train.schedule) for j in todo}
     assert len(budgets) == 1  # one budget for every method
     assert todo[0].settings["context"] == "E2E" and todo[3].settings["context"] == "R0"  # the headline runs first
-    assert {j.config.train.schedule for j in jobs(load_preset("protocol"), "paper", tmp_path)} == {"epoch"}
+    paper = jobs(load_preset("protocol"), "paper", tmp_path)  # the paper's code: schedule and initialisation
+    assert {(j.config.train.schedule, j.config.local.local_init, j.config.local.context_scale) for j in paper} == {
+        ("epoch", "kaiming", 1.0)}
 
 
 def test_one_tiny_protocol_config_runs(tmp_path):

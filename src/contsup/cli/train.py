@@ -49,7 +49,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="heads and context encoders: torch (PyTorch's defaults) or kaiming (Kaiming normal fan-out "
                         "on every conv, as the paper's reference code)")
     g.add_argument("--context-scale", type=float, default=1.0,
-                   help="initial weight of each context encoder's last BatchNorm (1.0: as in the paper)")
+                   help="initial weight of each context encoder's last BatchNorm (default 1.0, as in the paper; "
+                        "smaller: context starts small)")
+    g.add_argument("--paper-init", action="store_true",
+                   help="the paper's code's initialisation: --local-init kaiming --context-scale 1.0")
     g.add_argument("--recon", default="none",
                    help="InfoPro reconstruction term: none, paper (the paper's weights for this net/data/K), "
                         "or ixx1,ixy1,ixx2,ixy2")
@@ -115,7 +118,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         modules=args.modules, context=args.context, head=args.head, loss=args.loss, width=args.width,
         widen=args.widen, cut_table=table, cuts=cuts,
         recon=parse_recon(args.recon, args.arch.lower(), args.data, args.modules, balanced),
-        image_encoder=args.image_encoder, local_init=args.local_init, context_scale=args.context_scale,
+        image_encoder=args.image_encoder, local_init="kaiming" if args.paper_init else args.local_init,
+        context_scale=1.0 if args.paper_init else args.context_scale,
     )
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
