@@ -11,9 +11,15 @@ import tempfile
 
 import torch
 
-from contsup.method import LocalConfig
-from contsup.run import DataConfig, RunConfig, run_training
-from contsup.train import TrainConfig, load_checkpoint
+from contsup.run import run_training
+from contsup.train import load_checkpoint
+
+try:
+    from contsup.config import DataConfig, LocalConfig, RunConfig, TrainConfig
+except ImportError:  # the code before the one configuration schema (88ad408), to compare against
+    from contsup.method import LocalConfig
+    from contsup.run import DataConfig, RunConfig
+    from contsup.train import TrainConfig
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:

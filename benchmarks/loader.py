@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from contsup.config import TrainConfig
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.method import LocalConfig, LocalNetwork, local_step
 from contsup.models import resnet
-from contsup.train.trainer import TrainConfig, make_optimizer
+from contsup.train.trainer import make_optimizer
 from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from contsup.method.network import LocalConfig
-from contsup.run import DataConfig, RunConfig, build_network, load_data, make_trainer
-from contsup.train.trainer import TrainConfig
+from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
+from contsup.run import build_network, load_data, make_trainer
 from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -36,7 +35,7 @@ def run_config(context: str, steps: int, batch: int) -> RunConfig:
     return RunConfig(
         DataConfig("fashion-mnist", download=False, train_subset=steps * batch), "resnet32",
         LocalConfig(modules=16, context=context), TrainConfig(epochs=2, batch_size=batch, lr=0.1, device="cpu",
-                                                              progress=False), out=None,
+                                                              progress=False), PipelineConfig(backend="gloo"),
     )
 
 
@@ -54,9 +53,7 @@ def pipeline_rank(cfg: RunConfig) -> dict | None:
     import torch.distributed as dist
 
     from contsup.distributed.launch import build_rank
-    from contsup.distributed.pipeline import PipelineConfig
-
-    trainer, step = build_rank(cfg, PipelineConfig(backend="gloo"))
+    trainer, step = build_rank(cfg)
     trainer.train_epoch()
     trainer.epoch += 1
     row = trainer.train_epoch()

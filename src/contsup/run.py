@@ -1,56 +1,25 @@
-"""A whole job from one typed config: data, network, trainer. Used by the CLI, presets and sweeps."""
+"""A whole job from one RunConfig (see `contsup.config`): data, network, trainer. Used by the CLI and sweeps."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
 from contsup.data import Dataset, DeviceLoader, load_dataset
 from contsup.errors import ContsupError
-from contsup.method.heads import ReconWeights
-from contsup.method.network import LocalConfig, LocalNetwork
+from contsup.method.network import LocalNetwork
 from contsup.models import build_arch
 from contsup.train.checkpoint import load_checkpoint
-from contsup.train.trainer import TrainConfig, Trainer, evaluate, resolve_device
+from contsup.train.trainer import Trainer, evaluate, resolve_device
 
-
-@dataclass
-class DataConfig:
-    """Which dataset and how much of it."""
-
-    name: str = "fashion-mnist"
-    root: str | None = None  # a directory holding the dataset's files; None: the default places
-    download: bool = True
-    val_split: int = 0  # training images held out for validation
-    train_subset: int = 0  # keep only this many training images (0: all)
-
-
-@dataclass
-class RunConfig:
-    """One training job."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    arch: str = "resnet32"
-    local: LocalConfig = field(default_factory=LocalConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    out: str | None = None  # run folder: checkpoint.pt, metrics.jsonl, summary.json
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, stored in checkpoints."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Inverse of `to_dict`."""
-        local = dict(d["local"])
-        if local.get("recon") is not None:
-            local["recon"] = ReconWeights(**local["recon"])
-        if local.get("cuts") is not None:
-            local["cuts"] = [tuple(c) if isinstance(c, list) else c for c in local["cuts"]]
-        return cls(DataConfig(**d["data"]), d["arch"], LocalConfig(**local), TrainConfig(**d["train"]), d.get("out"))
+__all__ = [
+    "DataConfig", "LocalConfig", "PipelineConfig", "RunConfig", "TrainConfig", "build_network", "evaluate_checkpoint",
+    "load_data", "load_run", "make_loaders", "make_trainer", "run_training",
+]
 
 
 def load_data(cfg: RunConfig) -> Dataset:
@@ -110,7 +79,10 @@ def load_run(checkpoint: str | Path, device: str = "cpu") -> tuple[RunConfig, Lo
     run = payload.get("meta", {}).get("run")
     if run is None:
         raise ContsupError(f"{checkpoint} holds no run configuration (trained through the Python API?)")
-    cfg = RunConfig.from_dict(run)
+    try:
+        cfg = RunConfig.from_dict(run)
+    except ContsupError as err:
+        raise ContsupError(f"{checkpoint}: its run configuration does not fit this contsup: {err}") from None
     info = payload["meta"]["dataset"]
     net = build_network(cfg, info["channels"], info["num_classes"], info["size"])
     net.load_state_dict(payload["model"])

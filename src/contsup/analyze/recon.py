@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from contsup.method.heads import Decoder
+from contsup.method.recon import Decoder
 
 
 @dataclass

@@ -10,7 +10,9 @@ import torch
 from contsup.errors import ContsupError
 from contsup.method.context import IMAGE_ENCODERS
 from contsup.method.cuts import TABLES
-from contsup.method.heads import HEADS, LOSSES
+from contsup.method.heads import HEADS
+from contsup.method.losses import LOSSES
+from contsup.models import BACKBONES
 from contsup.profile.runner import ProfileConfig, ProfileRow, format_table, machine, run_profile, write_outputs
 
 
@@ -73,7 +75,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `profile` to the command line."""
     p = sub.add_parser("profile", help="measure peak memory, step time and FLOPs of training steps over K")
-    p.add_argument("--arch", default="resnet32", help="resnetN, N = 6n+2")
+    p.add_argument("--arch", default="resnet32", help=BACKBONES.describe())
     p.add_argument("--modules", "-K", default="1,2,4,8,16", help="comma-separated K values (1: E2E)")
     p.add_argument("--contexts", default="R0,E,R1,R1E", help="comma-separated context modes")
     p.add_argument("--batch-size", type=int, default=128)
@@ -81,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
     p.add_argument("--head", default="1c2f", choices=HEADS)
-    p.add_argument("--loss", default="softmax", choices=LOSSES)
+    p.add_argument("--loss", default="softmax", choices=LOSSES.names())
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from contsup.distributed.pipeline import Groups, PipelineConfig, PipelineStep
+from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage, dims, measure_costs
 from contsup.distributed.syncbn import convert_sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
@@ -62,12 +62,12 @@ def pick_device(cfg: RunConfig, backend: str, local_rank: int) -> tuple[str, tor
     return backend, device, torch.device("cpu")  # gloo moves messages through host memory
 
 
-def assign_modules(net: LocalNetwork, cfg: RunConfig, pcfg: PipelineConfig, topo: Topology,
-                   ctrl: dist.ProcessGroup, device: torch.device) -> list[range]:
+def assign_modules(net: LocalNetwork, cfg: RunConfig, topo: Topology, ctrl: dist.ProcessGroup,
+                   device: torch.device) -> list[range]:
     """Modules of every stage: from --stage-sizes, or balanced by per-module step time (averaged over ranks)."""
     k = net.num_modules
-    if pcfg.stage_sizes:
-        return from_sizes(pcfg.stage_sizes, k, topo.stages)
+    if cfg.pipeline.stage_sizes:
+        return from_sizes(cfg.pipeline.stage_sizes, k, topo.stages)
     if topo.stages == 1:
         return [range(k)]
     shape = dims(net.source_shapes[0])
@@ -81,9 +81,10 @@ def assign_modules(net: LocalNetwork, cfg: RunConfig, pcfg: PipelineConfig, topo
     return partition((costs / topo.world).tolist(), topo.stages)
 
 
-def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> tuple[Trainer, PipelineStep]:
+def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
     """Join the process group and set up this rank's stage (data, network part, links) in the one Trainer."""
     rank, world, local_rank = env_rank()
+    pcfg = cfg.pipeline
     backend, device, comm_device = pick_device(cfg, pcfg.backend, local_rank)
     timeout = timedelta(seconds=pcfg.timeout_s)
     topo = Topology.build(world, pcfg.replicas, rank)
@@ -99,7 +100,7 @@ def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> tuple[Trainer, PipelineS
     net = build_network(cfg, info.channels, info.num_classes, info.size).to(device)
     if cfg.train.channels_last and device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    ranges = assign_modules(net, cfg, pcfg, topo, ctrl, device)
+    ranges = assign_modules(net, cfg, topo, ctrl, device)
     stage = Stage(net, ranges[topo.stage])
     group = stage_groups[topo.stage] if stage_groups else None
     if group is not None:
@@ -113,8 +114,8 @@ def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> tuple[Trainer, PipelineS
     step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, autocast,
                         cfg.train.channels_last)
     loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None}
-    meta = {"run": cfg.to_dict(), "dataset": asdict(data.info), "pipeline": asdict(pcfg),
-            "stages": topo.stages, "replicas": topo.replicas}
+    meta = {"run": cfg.to_dict(), "dataset": asdict(data.info),
+            "pipeline": {"stages": topo.stages, "replicas": topo.replicas}}
     return Trainer(
         net, step.loader(loaders["train"], train=True), step.loader(loaders["test"], train=False), cfg.train,
         cfg.out, val_loader=step.loader(loaders["val"], train=False) if data.val is not None else None,
@@ -122,7 +123,7 @@ def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> tuple[Trainer, PipelineS
     ), step
 
 
-def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> dict[str, Any] | None:
+def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     """Run this rank's part of a pipelined training job; rank 0 returns the summary, others None.
 
     Any failure (a bad setting, a dead or silent peer) prints one line naming the rank and ends the
@@ -132,7 +133,7 @@ def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> 
     try:
         if resume and (cfg.out is None or not (Path(cfg.out) / "checkpoint.pt").is_file()):
             raise ContsupError(f"nothing to resume: no checkpoint.pt in {cfg.out}")
-        trainer, step = build_rank(cfg, pcfg)
+        trainer, step = build_rank(cfg)
         if resume:
             trainer.resume(Path(cfg.out) / "checkpoint.pt")  # type: ignore[arg-type]
         summary = trainer.fit()

@@ -18,25 +18,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from contsup.config import PipelineConfig
 from contsup.data import DeviceLoader
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
 from contsup.distributed.stage import Stage, param_index
 from contsup.distributed.topology import Topology
 from contsup.method.network import LocalNetwork
+
+__all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]
 from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.memory import peak_memory
-
-
-@dataclass
-class PipelineConfig:
-    """How the ranks split the work: replicas, stage sizes, in-flight bound, failure timeout."""
-
-    replicas: int = 1  # R data-parallel copies of the pipeline; P = world size / R stages each
-    stage_sizes: list[int] | None = None  # modules per stage; None: balanced by measured cost
-    inflight: int = 2  # outstanding micro-batches a stage may have sent but not yet delivered
-    timeout_s: float = 300.0  # a peer silent for this long is taken as failed
-    backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
 
 
 @dataclass

@@ -27,8 +27,8 @@ def dims(shape: Shape) -> tuple[int, int, int]:
 
 
 def boundary_sources(net: LocalNetwork, k: int) -> list[int]:
-    """Module inputs s_j that must cross the boundary in front of module k (cuts k and later read them)."""
-    return [j for j in range(k) if net.last_use[j] >= k]
+    """Module inputs s_j that must cross the boundary in front of module k (cuts k-1 and later read them)."""
+    return [j for j in range(k) if net.last_use[j] >= k - 1]
 
 
 def module_parts(net: LocalNetwork, k: int) -> dict[str, nn.Module]:

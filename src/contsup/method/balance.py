@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.method.context import ContextMode, CutContext
-from contsup.method.heads import Decoder, LocalHead, head_out_dim, task_loss
+from contsup.method.heads import LocalHead
+from contsup.method.losses import LOSSES
+from contsup.method.recon import Decoder
 from contsup.models.chain import Shape
 from contsup.profile.memory import SavedTensorCounter
 
@@ -72,7 +74,7 @@ def memory_model(
             h = unit(h)
             unit_bytes.append((counter.total - before) / BATCH)
     del h
-    out_dim = head_out_dim(loss, num_classes, width, widen)
+    objective = LOSSES[loss](num_classes, int(width * widen))
     end_bytes, start_bytes = [], []
     for j, s in enumerate(shapes):
         h = torch.randn(BATCH, s.channels, s.height, s.width)
@@ -80,15 +82,15 @@ def memory_model(
             cls = copy.deepcopy(classifier).train()
             end_bytes.append(_counted(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
         else:
-            local = LocalHead(s.channels, head, out_dim, width, widen).train()
-            cost = _counted(local, lambda m=local, h=h: task_loss(m(h), y, loss), h)
+            local = LocalHead(s.channels, head, objective.out_dim, width, widen).train()
+            cost = _counted(local, lambda m=local, h=h: objective.fn(m(h), y), h)
             if recon:
                 dec = Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)).train()
                 cost += _counted(dec, lambda m=dec, h=h: m.loss(h, torch.rand_like(x)), h)
             end_bytes.append(cost)
     start_bytes.append(0.0)
     for s in shapes[:-1]:
-        ctx = CutContext(mode.window + 1, mode, [x_shape, *[s] * mode.window], s, image_encoder).train()
+        ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder).train()
         h = torch.randn(BATCH, s.channels, s.height, s.width)
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
         start_bytes.append(_counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))

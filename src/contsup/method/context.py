@@ -1,14 +1,14 @@
-"""Context Supply (spec §2): tiny encoders that add earlier information to a cut's detached output.
+"""Context Supply (docs/method.md, context): tiny encoders that add earlier information to a cut's detached output.
 
     h_k^c = h_k.detach() + sum_j M_kj(c_j.detach())
 
-Sources are numbered as in the paper: s_0 = x (the network input), s_j = h_j^c (module j+1's input).
+Indices are 0-based as everywhere (see `contsup.method.network`): s_j is module j's input (s_0 = x),
+and cut k, after module k, turns h_k into s_{k+1} = h_k^c.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,13 +17,12 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.models.chain import Shape
-
-_MODE = re.compile(r"R(\d+)(E?)|E")
+from contsup.registry import Registry
 
 
 @dataclass(frozen=True)
 class ContextMode:
-    """A parsed context mode: a window of n earlier module inputs, and/or the image encoder."""
+    """A context mode: a window of n earlier module inputs, and/or the image encoder."""
 
     window: int
     image: bool
@@ -36,24 +35,48 @@ class ContextMode:
         return f"R{self.window}" + ("E" if self.image else "")
 
     def sources(self, cut: int) -> list[int]:
-        """Indices j of the module inputs s_j that feed cut `cut` (1-based: after module `cut`)."""
-        lowest = max(cut - self.window, 1 if self.image else 0)
-        return list(range(cut - 1, lowest - 1, -1))
+        """Indices j of the module inputs s_j that cut `cut` (after module `cut`) reads, newest first.
+
+        s_cut (module `cut`'s own input) back to s_{cut-n+1}; RnE leaves s_0 = x to the image encoder.
+        """
+        lowest = max(cut + 1 - self.window, 1 if self.image else 0)
+        return list(range(cut, lowest - 1, -1))
+
+
+# Context modes by name: each returns the ContextMode (docs/method.md, context modes).
+CONTEXT_MODES: Registry[Callable[..., ContextMode]] = Registry("context mode")
+
+
+@CONTEXT_MODES.register("R0")
+def plain() -> ContextMode:
+    """No context: plain greedy local learning."""
+    return ContextMode(0, False)
+
+
+@CONTEXT_MODES.register("E")
+def image() -> ContextMode:
+    """The network input x through the image encoder."""
+    return ContextMode(0, True)
+
+
+@CONTEXT_MODES.register("R1", pattern=r"R(\d+)", help="Rn")
+def residual(n: str) -> ContextMode:
+    """The last n module inputs, each through a residual encoder."""
+    return ContextMode(int(n), False)
+
+
+@CONTEXT_MODES.register("R1E", pattern=r"R(\d+)E", help="RnE (n >= 1, e.g. R1E)")
+def residual_image(n: str) -> ContextMode:
+    """Rn and E summed (s_0 = x comes through the image encoder only)."""
+    return ContextMode(int(n), True)
 
 
 def parse_mode(text: str, modules: int) -> ContextMode:
-    """Parse `R0`, `E`, `Rn` or `RnE` and check n <= K."""
-    match = _MODE.fullmatch(text.strip().upper())
-    if not match:
-        raise ContsupError(f"unknown context mode {text!r}; use R0, E, Rn or RnE (n >= 1), e.g. R1E")
-    if text.strip().upper() == "E":
-        return ContextMode(0, True)
-    n, image = int(match.group(1)), bool(match.group(2))
-    if n > modules:
-        raise ContsupError(f"context {text!r}: n = {n} is larger than the number of modules K = {modules}")
-    if n == 0 and image:
-        return ContextMode(0, True)
-    return ContextMode(n, image)
+    """The registered context mode named `text` (any case), checking n <= K."""
+    mode = CONTEXT_MODES[text.strip().upper()]()
+    if mode.window > modules:
+        raise ContsupError(f"context {text!r}: n = {mode.window} is larger than the number of modules K = {modules}")
+    return mode
 
 
 def adaptive_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,49 +1,46 @@
-"""A backbone cut into K modules, with a local head (and decoder) and Context Supply at each cut."""
+"""A backbone cut into K modules, with a local head (and decoder) and Context Supply at each cut.
+
+Indices are 0-based throughout the package:
+- module k (0 <= k < K) is `blocks[k]`; it reads s_k (s_0 = x) and outputs h_k;
+- cut k (0 <= k < K-1) sits after module k (after unit `cuts[k]`): its head `heads[k]` (and decoder
+  `decoders[k]`) read h_k and give module k's local loss; its encoders `context[k]` turn h_k into
+  s_{k+1} = h_k^c. They run in front of module k+1, so module k+1's loss trains them;
+- `last_use[j]` is the last cut that reads s_j (-1: none), so s_j can be dropped once module
+  `last_use[j] + 1` has its input.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
 
 import torch
 from torch import nn
 
+from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method.balance import memory_model
 from contsup.method.context import ContextMode, CutContext, check_image_encoder, parse_mode
 from contsup.method.cuts import TABLES, resolve_cuts
-from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
+from contsup.method.heads import LocalHead
+from contsup.method.losses import LOSSES
+from contsup.method.recon import Decoder
 from contsup.models.chain import Backbone, Shape, probe_shapes
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
 Supply = Callable[[int, torch.Tensor, Sources], torch.Tensor]  # (cut k, h_k, sources) -> h_k^c
 
 
-@dataclass
-class LocalConfig:
-    """How to cut a network and train it locally (defaults: the paper's ContSup setting)."""
-
-    modules: int = 4  # K; 1 is end-to-end training
-    context: str = "R1E"  # R0 (plain greedy local learning), E, Rn, RnE
-    head: str = "1c2f"  # local head shape <a>c<b>f (spec §3)
-    loss: str = "softmax"  # softmax | contrast
-    width: int = 128  # hidden width W of the heads
-    widen: float = 1.0  # multiplies the heads' widths
-    cut_table: str = "auto"  # auto | equal-units | balanced (rule) | a paper table (equal, balanced-cifar10, ...)
-    cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
-    recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
-    image_encoder: str = "paper"  # paper | pooled (pool the image first: cheaper, not the paper's function)
-    extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
-
-    def validate(self) -> None:
-        """Fail early with one clear message on a bad setting."""
-        if self.cut_table not in TABLES:
-            raise ContsupError(f"unknown cut table {self.cut_table!r}; choose from {', '.join(TABLES)}")
-        LocalHead(8, self.head, 2)  # raises on an unknown head
-        head_out_dim(self.loss, 2, self.width, self.widen)  # raises on an unknown loss
-        parse_mode(self.context, self.modules)
-        check_image_encoder(self.image_encoder)
+def check_config(config: LocalConfig) -> None:
+    """Fail early with one clear message on a bad local-learning setting."""
+    if config.cut_table not in TABLES:
+        raise ContsupError(f"unknown cut table {config.cut_table!r}; choose from {', '.join(TABLES)}")
+    if isinstance(config.recon, str):
+        raise ContsupError(f"recon {config.recon!r} needs the network and dataset: set it through RunConfig")
+    LocalHead(8, config.head, 2)  # raises on an unknown head
+    LOSSES[config.loss]  # raises on an unknown loss
+    parse_mode(config.context, config.modules)
+    check_image_encoder(config.image_encoder)
 
 
 class LocalNetwork(nn.Module):
@@ -51,7 +48,7 @@ class LocalNetwork(nn.Module):
 
     def __init__(self, backbone: Backbone, config: LocalConfig, sample: torch.Tensor) -> None:
         super().__init__()
-        config.validate()
+        check_config(config)
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
@@ -60,7 +57,7 @@ class LocalNetwork(nn.Module):
             backbone.name, backbone.unit_names, config.modules, config.cut_table, config.cuts,
             memory=lambda: memory_model(
                 units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
-                self._num_classes(backbone.classifier, self.unit_shapes), config.width, config.widen,
+                self._num_classes(backbone.classifier), config.width, config.widen,
                 config.recon is not None, config.image_encoder,
             ),
         )
@@ -70,28 +67,26 @@ class LocalNetwork(nn.Module):
         self.classifier = backbone.classifier
         self.backbone_name = backbone.name
         self.unit_names = backbone.unit_names
-        # Shapes of the module inputs s_0 = x, s_j = h_j^c, and of each cut's output h_k.
+        # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c, and of each cut's h_k.
         cut_shapes = [self.unit_shapes[c] for c in self.cuts]
         self.source_shapes = [x_shape, *cut_shapes]
-        num_classes = self._num_classes(backbone.classifier, cut_shapes or self.unit_shapes[-1:])
-        out_dim = head_out_dim(config.loss, num_classes, config.width, config.widen)
+        self.objective = LOSSES[config.loss](self._num_classes(backbone.classifier), int(config.width * config.widen))
         self.heads = nn.ModuleList(
-            LocalHead(s.channels, config.head, out_dim, config.width, config.widen) for s in cut_shapes
+            LocalHead(s.channels, config.head, self.objective.out_dim, config.width, config.widen) for s in cut_shapes
         )
         self.decoders = nn.ModuleList(
             Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)) for s in cut_shapes
         ) if config.recon is not None else nn.ModuleList()
         self.context = nn.ModuleList(
-            CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
+            CutContext(k, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
         )
-        # Last cut that reads each source s_j: after it, the step may drop s_j.
-        self.last_use = {j: 0 for j in range(len(self.source_shapes))}
+        self.last_use = {j: -1 for j in range(len(self.source_shapes))}
         for ctx in self.context:
             for j in ctx.source_ids + ([0] if ctx.image is not None else []):
                 self.last_use[j] = max(self.last_use[j], ctx.cut)
 
     @staticmethod
-    def _num_classes(classifier: nn.Module, shapes: Sequence[Shape]) -> int:
+    def _num_classes(classifier: nn.Module) -> int:
         """Number of classes the classifier predicts (its last Linear layer's out_features)."""
         linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
         if not linears:
@@ -108,9 +103,9 @@ class LocalNetwork(nn.Module):
         return self.context[k](h, sources)
 
     def keep_source(self, k: int, s: torch.Tensor, sources: Sources) -> None:
-        """Record module k's input as source s_k (detached) and drop every source no later cut reads."""
+        """Record module k's input as source s_k (detached) and drop every source no cut from k on reads."""
         sources[k] = s.detach()
-        for j in [j for j in sources if self.last_use[j] <= k]:
+        for j in [j for j in sources if self.last_use[j] < k]:
             del sources[j]
 
     def walk(
@@ -183,7 +178,7 @@ class LocalNetwork(nn.Module):
         for k, block in enumerate(self.blocks):
             end = start + len(block) - 1
             n_params = sum(p.numel() for p in block.parameters())
-            line = f"  module {k + 1:2d}: units {start}..{end} {names[start]}..{names[end]}  {n_params:,} params"
+            line = f"  module {k:2d}: units {start}..{end} {names[start]}..{names[end]}  {n_params:,} params"
             if k < len(self.context):
                 ctx = self.context[k]
                 s = self.source_shapes[k + 1]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from contsup.method.heads import task_loss
 from contsup.method.network import LocalNetwork, Sources
 
 
@@ -30,7 +29,7 @@ def local_loss(
     net: LocalNetwork, k: int, h: torch.Tensor, y: torch.Tensor, pixels: torch.Tensor | None
 ) -> torch.Tensor:
     """Module k's local loss: head task term, plus the weighted reconstruction term when enabled."""
-    task = task_loss(net.heads[k](h), y, net.config.loss)
+    task = net.objective.fn(net.heads[k](h), y)
     if not len(net.decoders):
         return task
     if pixels is None:

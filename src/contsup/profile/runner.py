@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
+from contsup.config import LocalConfig, TrainConfig
 from contsup.errors import ContsupError
-from contsup.method.network import LocalConfig, LocalNetwork
+from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.models import build_arch
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
-from contsup.train.trainer import TrainConfig, make_optimizer, resolve_device
+from contsup.train.trainer import make_optimizer, resolve_device
 
 E2E = "E2E"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from contsup.errors import ContsupError
-from contsup.reproduce.presets import SETTINGS, Job
+from contsup.reproduce.presets import Job, defaults
 from contsup.run import RunConfig, run_training
 
 SETTINGS_FILE = "settings.json"
@@ -32,7 +32,7 @@ class SweepReport:
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as stored in JSON, defaults filled in (so settings added later match old runs), place left out."""
-    full = {**SETTINGS, **settings}
+    full = {**defaults(), **settings}
     return json.loads(json.dumps({k: v for k, v in full.items() if k not in _PLACE}))
 
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,29 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from contsup.config import TrainConfig
 from contsup.method.network import LocalNetwork
 from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.memory import peak_memory, reset_peak
 from contsup.train.schedule import default_warmup, lr_at
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation recipe; defaults are the paper's CIFAR-10 recipe (spec §5)."""
-
-    epochs: int = 160
-    batch_size: int = 1024
-    lr: float = 0.8
-    momentum: float = 0.9  # Nesterov
-    weight_decay: float = 1e-4
-    warmup_epochs: int | None = None  # None: 10 of every 160 epochs, as in the paper
-    warmup_start_lr: float = 0.01
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # bf16 autocast (CUDA)
-    channels_last: bool = False  # channels_last memory format (CUDA)
-    progress: bool = True  # tqdm progress bar
 
 
 def resolve_device(name: str) -> torch.device:
