@@ -1,4 +1,5 @@
-"""The pipeline computes what the single-process loop computes (spec §7), on 2 and 3 ranks and with replicas."""
+"""The pipeline computes what the single-process loop computes (docs/method.md, pipeline), on 2 and 3 ranks
+and with replicas."""
 
 import json
 from contextlib import contextmanager

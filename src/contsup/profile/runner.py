@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ from contsup.method.step import local_step
 from contsup.models import build_arch
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
+from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
 from contsup.train.trainer import make_optimizer, resolve_device
 
 E2E = "E2E"
@@ -195,12 +195,7 @@ def table_cells(row: ProfileRow) -> list[str]:
 def format_table(rows: Sequence[ProfileRow], markdown: bool = False) -> str:
     """The rows as an aligned text table, or as a markdown table."""
     cells = [table_cells(r) for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*HEADER)] + [fmt.format(*c) for c in cells])
+    return markdown_table(HEADER, cells) if markdown else text_table(HEADER, cells)
 
 
 def flat(row: ProfileRow) -> dict[str, Any]:
@@ -216,12 +211,7 @@ def flat(row: ProfileRow) -> dict[str, Any]:
 
 def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
     """Peak memory and step time against K, one line per context mode (E2E as a marker at K = 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     for arch in dict.fromkeys(r.arch for r in rows):
         mine = [r for r in rows if r.arch == arch]
         e2e = [r for r in mine if r.context == E2E]
@@ -239,9 +229,7 @@ def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
     axes[0].set_yscale("log")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_outputs(rows: Sequence[ProfileRow], out_dir: str | Path, meta: dict[str, Any]) -> list[Path]:
@@ -250,10 +238,7 @@ def write_outputs(rows: Sequence[ProfileRow], out_dir: str | Path, meta: dict[st
     out.mkdir(parents=True, exist_ok=True)
     records = [flat(r) for r in rows]
     csv_path, json_path, png_path = out / "profile.csv", out / "profile.json", out / "profile.png"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
-        writer.writeheader()
-        writer.writerows(records)
+    write_csv(records, csv_path)
     json_path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     plot(rows, png_path, title=meta.get("title", ""))
     return [csv_path, json_path, png_path]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 import textwrap
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from contsup.reproduce.presets import Job
+from contsup.tables import markdown_table, pyplot, save_figure, write_csv
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
@@ -39,15 +39,6 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
             "params_total": s["params"]["total"], "params_context": s["params"]["context"], "device": s["device"],
         })
     return rows
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Every run's row, one line each."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -100,25 +91,21 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
                   + " (E2E: one module, no cuts or local heads)", ""]
     head = ["K", "method", *varying, "seeds", "final test error %", "best epoch's test error % (selected on test)",
             "train time s", "images/s", "peak memory MiB", "params", "context params"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for a in aggs:
         err = f"{a['final_test_error']:.2f}" + (f" ± {a['final_test_error_std']:.2f}" if a["n"] > 1 else "")
         best = f"{a['best_test_error_selected_on_test']:.2f}"
-        cells = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], err, best,
+        row = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], err, best,
                  f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}", f"{a['peak_memory_mib']:.0f}",
                  f"{a['params_total']:,.0f}", f"{a['params_context']:,.0f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append(row)
+    return "\n".join([*lines, markdown_table(head, cells)]) + "\n"
 
 
 def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path, title: str = "",
          memory_kind: str = "") -> None:
     """Two PNGs: test error against K (one line per method, E2E dashed) and error against peak memory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     varying = _varying(aggs)
     methods: dict[str, list[dict[str, Any]]] = {}
     for a in aggs:
@@ -140,9 +127,7 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
     ax.set_title(textwrap.fill(title or "test error against K", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(error_vs_k, dpi=120)
-    plt.close(fig)
+    save_figure(fig, error_vs_k)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, members in methods.items():
@@ -156,9 +141,7 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
     ax.set_title(textwrap.fill((title + ": " if title else "") + "error against peak memory", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(error_vs_memory, dpi=120)
-    plt.close(fig)
+    save_figure(fig, error_vs_memory)
 
 
 def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = "") -> dict[str, Any]:
