@@ -79,6 +79,8 @@ def load_run(checkpoint: str | Path, device: str = "cpu") -> tuple[RunConfig, Lo
     run = payload.get("meta", {}).get("run")
     if run is None:
         raise ContsupError(f"{checkpoint} holds no run configuration (trained through the Python API?)")
+    if run.get("local", {}).get("extra") == {}:  # an empty field that checkpoints before the schema carried
+        run = {**run, "local": {k: v for k, v in run["local"].items() if k != "extra"}}
     try:
         cfg = RunConfig.from_dict(run)
     except ContsupError as err:

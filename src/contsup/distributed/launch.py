@@ -110,8 +110,7 @@ def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
         sizes = ",".join(str(len(r)) for r in ranges)
         print(f"pipeline: {topo.replicas} replica(s) x {topo.stages} stage(s), backend {backend}, "
               f"modules per stage {sizes}", flush=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else None
-    step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, autocast,
+    step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, cfg.train.bf16,
                         cfg.train.channels_last)
     loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None}
     meta = {"run": cfg.to_dict(), "dataset": asdict(data.info),

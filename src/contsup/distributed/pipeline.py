@@ -29,6 +29,7 @@ __all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]
 from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.memory import peak_memory
+from contsup.train.trainer import bf16_autocast
 
 
 @dataclass
@@ -43,12 +44,11 @@ class PipelineStep:
     """One rank's step of a pipelined (and possibly data-parallel) run: the `Step` of its stage."""
 
     def __init__(self, net: LocalNetwork, stage: Stage, topo: Topology, groups: Groups, device: torch.device,
-                 comm_device: torch.device, inflight: int, autocast: torch.autocast | None = None,
-                 channels_last: bool = False) -> None:
+                 comm_device: torch.device, inflight: int, bf16: bool = False, channels_last: bool = False) -> None:
         self.net, self.stage, self.topo, self.groups, self.device = net, stage, topo, groups, device
         self.modules = stage.modules
         self.main = topo.rank == 0
-        self.autocast = autocast
+        self.autocast = bf16_autocast(device) if bf16 else None
         self.channels_last = channels_last and device.type == "cuda"
         self.link_in = Link(net, self.modules.start, device, comm_device, inflight) if not topo.first else None
         self.link_out = Link(net, self.modules.stop, device, comm_device, inflight) if not topo.last else None

@@ -33,6 +33,8 @@ class SweepReport:
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as stored in JSON, defaults filled in (so settings added later match old runs), place left out."""
     full = {**defaults(), **settings}
+    if full["recon"] == "none":  # how sweeps before the one configuration schema stored "no reconstruction"
+        full["recon"] = None
     return json.loads(json.dumps({k: v for k, v in full.items() if k not in _PLACE}))
 
 

@@ -35,6 +35,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on the device (`--bf16`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with Nesterov momentum and weight decay over the given parameters."""
     return torch.optim.SGD(
@@ -118,8 +123,8 @@ class Step(Protocol):
 class LocalStep:
     """Every module's local step in this process, on one device."""
 
-    def __init__(self, net: LocalNetwork, device: torch.device, autocast: torch.autocast | None = None,
-                 channels_last: bool = False, pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(self, net: LocalNetwork, device: torch.device, bf16: bool = False, channels_last: bool = False,
+                 pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.device = device
         self.channels_last = channels_last and device.type == "cuda"
         self.net = net.to(device)
@@ -127,7 +132,7 @@ class LocalStep:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.modules = range(self.net.num_modules)
         self.main = True
-        self.autocast = autocast
+        self.autocast = bf16_autocast(device) if bf16 else None
         # Reconstruction targets are the un-normalised image: the loader's inverse transform, if any.
         self.pixels = pixels if len(self.net.decoders) else None
 
@@ -201,10 +206,8 @@ class Trainer:
         step: Step | None = None,
     ) -> None:
         self.cfg = cfg
-        autocast_device = resolve_device(cfg.device) if step is None else step.device
-        self.autocast = torch.autocast(autocast_device.type, dtype=torch.bfloat16) if cfg.bf16 else None
         self.step: Step = step or LocalStep(
-            net, autocast_device, self.autocast, cfg.channels_last,
+            net, resolve_device(cfg.device), cfg.bf16, cfg.channels_last,
             pixels or getattr(train_loader, "denormalize", None) or (lambda x: x),
         )
         self.net, self.device = self.step.net, self.step.device
