@@ -79,5 +79,6 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ContsupError, match="cannot read"):
         load_checkpoint(tmp_path / "junk.pt")
-    save_checkpoint(tmp_path / "ok.pt", {"epoch": 3})
+    state = make_trainer(epochs=1).state()
+    save_checkpoint(tmp_path / "ok.pt", {**state, "epoch": 3})
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3

@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """A message on one line: its lines joined with '; '."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `contsup` console script; returns the process exit code."""
     parser = build_parser()
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ContsupError as err:
-        print(f"contsup: error: {err}", file=sys.stderr)
+        print(f"contsup: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("contsup: interrupted", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 from contsup.data import dataset_info
 from contsup.distributed import PipelineConfig, run_pipeline
@@ -111,9 +110,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
     data = DataConfig(args.data, args.data_dir, not args.no_download, args.val_split, args.train_subset)
     out = args.out or f"runs/{args.data}-{args.arch.lower()}-K{args.modules}-{args.context}"
-    for name in ("epochs", "batch_size", "lr"):
-        if getattr(args, name) <= 0:
-            raise ContsupError(f"--{name.replace('_', '-')} must be positive")
     return RunConfig(data, args.arch.lower(), local, train, out)
 
 
@@ -140,8 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(net.describe())
         print(json.dumps(net.param_counts()))
         return 0
-    if args.resume is False and cfg.out and (Path(cfg.out) / "checkpoint.pt").exists():
-        raise ContsupError(f"{cfg.out} already holds a run: pass --resume to continue it or choose another --out")
     if args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         summary = run_pipeline(cfg, pipeline_config(args), resume=args.resume)
         if summary is None:  # not rank 0
@@ -155,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on its dataset's test split."""
-    result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size)
+    result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir)
     print(f"{result['arch']} K={result['modules']} {result['context']} on {result['dataset']}, "
           f"epoch {result['epoch']}: test error {result['test_error']:.2f}%  loss {result['test_loss']:.4f}")
     print(json.dumps(result))
@@ -174,4 +168,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("checkpoint", help="checkpoint.pt or its run folder")
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=1024)
+    e.add_argument("--data-dir", default=None,
+                   help="directory holding the checkpoint's dataset (default: the usual places; never downloaded)")
     e.set_defaults(func=cmd_eval)

@@ -23,6 +23,7 @@ from contsup.data import Dataset, DeviceLoader
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
 from contsup.distributed.stage import Stage, infer_module, param_index
 from contsup.distributed.topology import Topology
+from contsup.files import write_json
 from contsup.method.network import LocalNetwork
 from contsup.method.step import module_step
 from contsup.run import RunConfig, make_loaders
@@ -292,5 +293,5 @@ class PipelineTrainer:
                           peak_memory(self.device)[1] + ", largest rank", device, self.net.param_counts())
         if self.out_dir is not None:
             meta = {"run": self.cfg.to_dict(), "pipeline": asdict(self.pcfg)}
-            (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": meta}, indent=2) + "\n")
+            write_json(self.out_dir / "summary.json", {**out, "meta": meta})
         return out

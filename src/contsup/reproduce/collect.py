@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 import textwrap
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from contsup.reproduce.presets import Job
+from contsup.reproduce.sweep import read_summary
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
@@ -29,7 +29,7 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         path = Path(job.config.out or "") / "summary.json"
         if not path.is_file():
             continue
-        s = json.loads(path.read_text())
+        s = read_summary(path)
         rows.append({
             "run": job.name, **{k: _flat(v) for k, v in job.settings.items()},
             "final_test_error": s["final_test_error"],

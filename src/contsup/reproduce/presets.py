@@ -9,6 +9,7 @@ Settings form one flat namespace (see `SETTINGS`); `context = "E2E"` means end-t
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from contsup.checks import check_run, check_type
+from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
 from contsup.method.heads import ReconWeights, parse_recon
 from contsup.method.network import LocalConfig
@@ -51,6 +54,18 @@ SETTINGS: dict[str, Any] = {
     "channels_last": False,
 }
 E2E = "E2E"
+# The TOML types each setting accepts (TOML has no null: a setting whose default is None is either left out
+# or given a value of these types). Values are then checked by the same rules as the command line.
+_NUMBER = (int, float)
+TYPES: dict[str, type | tuple[type, ...]] = {
+    "dataset": str, "data_root": str, "train_subset": int, "val_split": int, "arch": str, "modules": int,
+    "context": str, "head": str, "loss": str, "width": int, "widen": _NUMBER, "cut_table": str, "cuts": list,
+    "recon": (str, list), "recon_dataset": str, "epochs": int, "batch_size": int, "lr": _NUMBER,
+    "momentum": _NUMBER, "weight_decay": _NUMBER, "warmup_epochs": int, "seed": int, "device": str,
+    "bf16": bool, "channels_last": bool,
+}
+_CONTEXT = re.compile(r"E2E|E|R\d{1,4}E?")
+_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -91,6 +106,33 @@ def _check_keys(where: str, keys: Iterable[str]) -> None:
         raise ContsupError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
 
 
+def _check_value(where: str, key: str, value: Any) -> None:
+    """One preset value: its TOML type, and the strings that name files or folders."""
+    try:
+        check_type(key, value, TYPES[key])
+        if key == "recon" and isinstance(value, list) and (
+                len(value) != 4 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)):
+            raise ContsupError(f"recon must be 'none', 'paper' or four numbers, got {value!r}")
+        if key == "context" and not _CONTEXT.fullmatch(value):
+            raise ContsupError(f"context must be E2E, E, Rn or RnE, got {value!r}")
+        if key in ("dataset", "recon_dataset") and value not in DATASETS:
+            raise ContsupError(f"{key} must be one of {', '.join(DATASETS)}, got {value!r}")
+    except ContsupError as err:
+        raise ContsupError(f"{where}: {err}") from None
+
+
+def _check_table(where: str, table: Any, grid: bool = False) -> None:
+    """A table of settings: known keys, values of the right types (each listed value, in a grid)."""
+    if not isinstance(table, dict):
+        raise ContsupError(f"{where} must be a table")
+    _check_keys(where, table)
+    for key, value in table.items():
+        if grid and (not isinstance(value, list) or not value):
+            raise ContsupError(f"{where}: {key} must be a non-empty list")
+        for v in value if grid else [value]:
+            _check_value(where, key, v)
+
+
 def load_preset(name_or_path: str | Path) -> Preset:
     """Read and check a preset by name (shipped) or by path to a .toml file."""
     path = Path(name_or_path)
@@ -107,23 +149,29 @@ def load_preset(name_or_path: str | Path) -> Preset:
     unknown = sorted(set(doc) - {"title", "description", "base", "grid", "recipe"})
     if unknown:
         raise ContsupError(f"{path.name}: unknown table(s) or key(s) {', '.join(unknown)}")
+    for key in ("title", "description"):
+        if not isinstance(doc.get(key, ""), str):
+            raise ContsupError(f"{path.name}: {key} must be a string")
     base = doc.get("base", {})
-    _check_keys(f"{path.name} [base]", base)
+    _check_table(f"{path.name} [base]", base)
     raw_grids = doc.get("grid", [{}])
-    grids = [raw_grids] if isinstance(raw_grids, dict) else list(raw_grids)
+    grids = [raw_grids] if isinstance(raw_grids, dict) else raw_grids
+    if not isinstance(grids, list):
+        raise ContsupError(f"{path.name}: grid must be a table or an array of tables")
     for g in grids:
-        _check_keys(f"{path.name} [grid]", g)
-        for k, v in g.items():
-            if not isinstance(v, list) or not v:
-                raise ContsupError(f"{path.name} [grid]: {k} must be a non-empty list")
+        _check_table(f"{path.name} [grid]", g, grid=True)
     recipes = doc.get("recipe", {})
-    if not recipes:
+    if not isinstance(recipes, dict) or not recipes:
         raise ContsupError(f"{path.name}: no [recipe.NAME] tables")
     for rname, recipe in recipes.items():
+        if not isinstance(recipe, dict):
+            raise ContsupError(f"{path.name}: recipe.{rname} must be a table")
         per = recipe.get("per_dataset", {})
-        _check_keys(f"{path.name} [recipe.{rname}]", (k for k in recipe if k != "per_dataset"))
+        _check_table(f"{path.name} [recipe.{rname}]", {k: v for k, v in recipe.items() if k != "per_dataset"})
+        if not isinstance(per, dict):
+            raise ContsupError(f"{path.name}: recipe.{rname}.per_dataset must be a table")
         for ds, over in per.items():
-            _check_keys(f"{path.name} [recipe.{rname}.per_dataset.{ds}]", over)
+            _check_table(f"{path.name} [recipe.{rname}.per_dataset.{ds}]", over)
     return Preset(path.stem, doc.get("title", path.stem), doc.get("description", ""), base, grids, recipes, path)
 
 
@@ -230,14 +278,23 @@ def to_config(s: Mapping[str, Any], out: str | Path | None = None, progress: boo
         modules=s["modules"], context="R0" if e2e else s["context"], head=s["head"], loss=s["loss"],
         width=s["width"], widen=s["widen"], cut_table=s["cut_table"], cuts=cuts, recon=resolve_recon(s),
     )
-    local.validate()
     train = TrainConfig(
         epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], momentum=s["momentum"],
         weight_decay=s["weight_decay"], warmup_epochs=s["warmup_epochs"], seed=s["seed"], device=s["device"],
         bf16=s["bf16"], channels_last=s["channels_last"], progress=progress,
     )
     data = DataConfig(s["dataset"], s["data_root"], True, s["val_split"], s["train_subset"])
-    return RunConfig(data, s["arch"], local, train, None if out is None else str(out))
+    cfg = RunConfig(data, s["arch"], local, train, None if out is None else str(out))
+    check_run(cfg)
+    return cfg
+
+
+def run_folder(out_dir: str | Path, name: str) -> Path:
+    """`out_dir/name`, refused unless `name` is one plain folder name that stays inside `out_dir`."""
+    folder = Path(out_dir) / name
+    if not _FOLDER.fullmatch(name) or folder.resolve().parent != Path(out_dir).resolve():
+        raise ContsupError(f"run folder name {name!r} is not a plain folder name inside {out_dir}")
+    return folder
 
 
 def jobs(preset: Preset, recipe: str, out_dir: str | Path, seeds: Sequence[int] | None = None,
@@ -247,6 +304,8 @@ def jobs(preset: Preset, recipe: str, out_dir: str | Path, seeds: Sequence[int] 
     result = []
     for s in expand(preset, recipe, seeds, only):
         s = {**s, **(overrides or {})}
+        config = to_config(s, None, progress)  # checks every value before any of them names a folder
         name = run_name(s)
-        result.append(Job(name, s, to_config(s, Path(out_dir) / name, progress)))
+        config.out = str(run_folder(out_dir, name))
+        result.append(Job(name, s, config))
     return result

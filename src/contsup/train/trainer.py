@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from contsup.checks import device_from_name
+from contsup.files import write_json
 from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
@@ -40,10 +42,8 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto` picks CUDA when available, else the CPU; a device this machine lacks raises ContsupError."""
+    return device_from_name(name)
 
 
 def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -215,7 +215,7 @@ class Trainer:
         out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, how, str(self.device),
                           self.net.param_counts())
         if self.out_dir is not None:
-            (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": self.meta}, indent=2) + "\n")
+            write_json(self.out_dir / "summary.json", {**out, "meta": self.meta})
         return out
 
 
