@@ -96,7 +96,7 @@ def check_train(t: Any) -> None:
     check_int("epochs", t.epochs, 1, 100_000)
     check_int("batch_size", t.batch_size, 1, 2**24)
     check_float("lr", t.lr, 0.0, low_open=True)
-    check_float("momentum", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
+    check_float("momentum (Nesterov SGD)", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
     check_float("weight_decay", t.weight_decay, 0.0)
     if t.warmup_epochs is not None:
         check_int("warmup_epochs", t.warmup_epochs, 0, t.epochs)

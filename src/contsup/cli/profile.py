@@ -7,11 +7,14 @@ import os
 
 import torch
 
+from contsup.checks import MAX_SEED, check_int
 from contsup.errors import ContsupError
 from contsup.method.context import IMAGE_ENCODERS
 from contsup.method.cuts import TABLES
 from contsup.method.heads import HEADS, LOSSES
 from contsup.profile.runner import ProfileConfig, ProfileRow, format_table, machine, run_profile, write_outputs
+
+MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
 
 
 def int_list(text: str) -> list[int]:
@@ -29,6 +32,8 @@ def input_shape(text: str) -> tuple[int, int, int]:
         c, h, w = (int(p) for p in parts)
     except ValueError:
         raise ContsupError(f"--input takes CxHxW, e.g. 3x32x32; got {text!r}") from None
+    if not (1 <= c <= MAX_CHANNELS and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ContsupError(f"--input {text!r}: channels must be 1..{MAX_CHANNELS}, height and width 1..{MAX_SIDE}")
     return c, h, w
 
 
@@ -36,6 +41,9 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     """A ProfileConfig from parsed flags."""
     if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
         raise ContsupError("--batch-size and --steps must be positive, --warmup >= 0")
+    check_int("seed", args.seed, 0, MAX_SEED)
+    if args.classes < 2:
+        raise ContsupError(f"--classes must be >= 2, got {args.classes}")
     return ProfileConfig(
         arch=args.arch.lower(), modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,

@@ -34,13 +34,16 @@ def check_run_folder(out: str | Path | None, resume: bool) -> None:
             raise ContsupError("--resume needs a run folder (--out)")
         return
     folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise ContsupError(f"run folder {folder} is a file; choose another --out")
-    if resume:
-        if not (folder / CHECKPOINT).is_file():
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ContsupError(f"run folder {folder} is a file; choose another --out")
+        if resume and not (folder / CHECKPOINT).is_file():
             raise ContsupError(f"nothing to resume: no {CHECKPOINT} in {folder}")
+        held = [name for name in RUN_FILES if (folder / name).exists()]
+    except OSError as err:
+        raise ContsupError(f"cannot use run folder {folder}: {err.strerror or err}; choose another --out") from None
+    if resume:
         return
-    held = [name for name in RUN_FILES if (folder / name).exists()]
     if held:
         raise ContsupError(f"{folder} already holds a run ({', '.join(held)}): pass --resume to continue it, "
                            "or choose another --out")
