@@ -119,7 +119,7 @@ def check_steps(train_images: int, batch_size: int) -> None:
 def run_from_checkpoint(payload: dict[str, Any], path: str | Path) -> RunConfig:
     """The checked run configuration stored in a checkpoint's metadata (its dataset must be the known one)."""
     meta = payload["meta"]
-    unknown = sorted(str(k) for k in set(meta) - {"run", "dataset", "pipeline"})
+    unknown = sorted(str(k) for k in set(meta) - {"run", "dataset", "pipeline", "stages", "replicas"})
     if unknown:
         raise ContsupError(f"{path}: malformed checkpoint metadata (unknown key(s) {', '.join(unknown)})")
     if "run" not in meta:
@@ -139,31 +139,43 @@ def _describe(cfg: RunConfig) -> str:
     return f"{cfg.arch}, K={cfg.local.modules}, context {cfg.local.context}, head {cfg.local.head}"
 
 
-def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train the configured job (continuing from its run folder with `resume`); returns the summary."""
+def prepare_run(cfg: RunConfig, resume: bool) -> dict[str, Any] | None:
+    """Every check that needs no data, before anything is loaded or written; on resume, the checked checkpoint."""
     check_run(cfg)
     check_run_folder(cfg.out, resume)
     resolve_device(cfg.train.device)
-    payload = None
-    if resume:
-        path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]
-        payload = load_checkpoint(path)
-        stored = run_from_checkpoint(payload, path)
-        check_resume(path, payload, stored.to_dict(), cfg.to_dict(), cfg.train.epochs)
+    if not resume:
+        return None
+    path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]
+    payload = load_checkpoint(path)
+    check_resume(path, payload, run_from_checkpoint(payload, path).to_dict(), cfg.to_dict(), cfg.train.epochs)
+    return payload
+
+
+def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> None:
+    """The checkpoint's weights and optimizer state fit the built network and the run's SGD settings."""
+    check_weights(net, payload["model"], cfg.out or "", _describe(cfg))
+    hyper = {"momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay, "nesterov": True}
+    check_optimizer(payload["optimizer"], list(net.parameters()), hyper, cfg.out or "")
+
+
+def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train the configured job (continuing from its run folder with `resume`); returns the summary."""
+    payload = prepare_run(cfg, resume)
     data = load_data(cfg)
     check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
     net = build_network(cfg, info.channels, info.num_classes, info.size)
     if payload is not None:
-        check_weights(net, payload["model"], cfg.out, _describe(cfg))
-        hyper = {"momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay, "nesterov": True}
-        check_optimizer(payload["optimizer"], list(net.parameters()), hyper, cfg.out)
+        check_fit(cfg, net, payload)
     if cfg.out is not None:
         open_run_folder(cfg.out)
     trainer = make_trainer(cfg, data, net)
     if resume:
         trainer.resume(Path(cfg.out) / CHECKPOINT)  # type: ignore[arg-type]
-    return trainer.fit()
+    summary = trainer.fit()
+    assert summary is not None  # one process is the main process
+    return summary
 
 
 def load_run(checkpoint: str | Path, device: str = "cpu",

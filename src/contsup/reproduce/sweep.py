@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +76,12 @@ def job_state(job: Job) -> str:
 
 
 def _train(cfg: dict[str, Any], resume: bool) -> None:
-    """Child-process entry: train one configuration (its summary lands in the run folder)."""
-    run_training(RunConfig.from_dict(cfg), resume=resume)
+    """Child-process entry: train one configuration (its summary lands in the run folder); a user error is one line."""
+    try:
+        run_training(RunConfig.from_dict(cfg), resume=resume)
+    except ContsupError as err:
+        print(f"contsup: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:

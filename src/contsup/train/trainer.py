@@ -25,6 +25,7 @@ from contsup.files import write_json
 from contsup.method.network import LocalNetwork
 from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
+from contsup.train.guard import FiniteWatch, check_row
 from contsup.train.memory import peak_memory, reset_peak
 from contsup.train.schedule import default_warmup, lr_at
 
@@ -285,12 +286,14 @@ class Trainer:
             self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
             disable=not (self.cfg.progress and self.step.main), dynamic_ncols=True,
         )
+        watch = FiniteWatch(k_total, self.device)
         start = time.perf_counter()
         for i, batch in enumerate(bar):
             self.optimizer.zero_grad(set_to_none=True)
             losses, logits, y = self.step.train(batch)
             self.optimizer.step()
             stats[mods.start:mods.stop] += losses.double()
+            watch.update(mods, losses, i)
             if logits is not None:
                 stats[k_total] += (logits.argmax(1) == y).sum()
                 stats[k_total + 1] += y.numel()
@@ -301,6 +304,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats = self.step.reduce(stats.cpu())
+        watch.check(self.step.reduce(watch.first.cpu(), "max"), self.epoch + 1)
         seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
         batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
         mean = (stats[:k_total] / batches).tolist()
@@ -339,6 +343,7 @@ class Trainer:
             test = self.evaluate(self.test_loader)
             row["test_error"], row["test_loss"] = test["error"], test["loss"]
             row["peak_memory_bytes"] = self._peak()
+            check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
             self.epoch += 1
             self.history.append(row)
             self._save(row)
