@@ -60,7 +60,7 @@ def open_run_folder(out: str | Path) -> None:
     except OSError as err:
         reason = err.strerror or err
         raise ContsupError(f"cannot write to run folder {folder}: {reason}; choose another --out") from None
-    remove_stale_temps(folder, (CHECKPOINT, SUMMARY, SETTINGS))
+    remove_stale_temps(folder, (CHECKPOINT, METRICS, SUMMARY, SETTINGS))
 
 
 def _flat(run: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from contsup.checks import device_from_name
-from contsup.files import write_json
+from contsup.files import atomic_write, write_json
 from contsup.method.network import LocalNetwork
 from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
@@ -405,4 +405,5 @@ def run_summary(
 def rewrite_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl as the checkpoint's history (rows past the checkpoint belong to a lost epoch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(out_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
