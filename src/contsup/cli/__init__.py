@@ -9,7 +9,7 @@ import sys
 from contsup.errors import ContsupError
 
 # Each entry is a module of this package with `register(subparsers)`; the parser it adds sets `func`.
-COMMANDS = ["train", "data", "profile", "analyze", "reproduce"]
+COMMANDS = ["train", "runs", "data", "profile", "analyze", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:
