@@ -14,7 +14,7 @@ def test_runs_reads_what_train_writes(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     summary = json.loads((tmp_path / "runs" / "k4" / "summary.json").read_text())
     k4 = next(line for line in lines if line.lstrip().startswith("k4"))
-    assert "K=4 R1" in k4 and f"{summary['final_test_error']:.2f}" in k4
+    assert "R1 K=4" in k4 and f"{summary['final_test_error']:.2f}" in k4
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"runs.csv", "runs.md", "curves.png",
                                                                  "error-vs-memory.png"}
 

@@ -40,7 +40,7 @@ def runs(tmp_path):
 
 def test_rows_errors_memory_and_differing_settings(runs):
     records = [read_run(f) for f in find_runs([runs])]
-    assert [r.method for r in records] == ["E2E", "K=4", "K=4 R1E", "K=4 R1E"]
+    assert [r.method for r in records] == ["E2E", "K=4", "R1E K=4", "R1E K=4"]
     # lr and epochs differ; the context belongs to the method; head etc. are absent from the E2E run only.
     assert varying_settings(records) == ["epochs", "lr"]
     rows = {r["run"]: r for r in result_rows(records)}

@@ -36,14 +36,14 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        """`E2E` for one module, else `K=<modules> <context>` (only `K=` for a run without a summary yet)."""
+        """`E2E` for one module, else `<context> K=<modules>` (only `K=` for a run without a summary yet)."""
         if "modules" in self.settings:
             k, context = self.settings["modules"], self.settings["context"] if "context" in self.settings else ""
         elif self.history:
             k, context = str(len(self.history[0]["local_losses"]) + 1), ""
         else:
             return "?"
-        return "E2E" if k == "1" else f"K={k} {context}".rstrip()
+        return "E2E" if k == "1" else f"{context} K={k}".lstrip()
 
 
 def _text(value: Any) -> str:
