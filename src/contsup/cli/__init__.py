@@ -17,7 +17,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        quiet = action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings
+        quiet = any(action.default is v for v in (None, False, "", argparse.SUPPRESS)) or not action.option_strings
         if quiet or "default" in text:  # no value to show, or the help already says it
             return text
         return f"{text} (default: %(default)s)".lstrip()

@@ -14,11 +14,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
+from contsup.profile.memory import PeakMemory
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
-from contsup.train.memory import peak_memory, reset_peak
+from contsup.train.memory import peak_memory, reset_peak, step_peak
+from contsup.train.report import TAIL, EpochLosses, epoch_line, legend, postfix
 from contsup.train.schedule import default_warmup, lr_at
+from contsup.train.tensorboard import TensorBoardLog
 
 
 @dataclass
@@ -36,7 +40,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bf16 autocast (CUDA)
     channels_last: bool = False  # channels_last memory format (CUDA)
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bars (training and evaluation)
+    tensorboard: bool = False  # also log each epoch to <out>/tensorboard (install extra `tensorboard`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,14 +59,14 @@ def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None) -> dict[str, float]:
-    """Error (%) and mean cross entropy of the network's inference pass over a loader."""
+def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None, bar: str | None = None) -> dict[str, float]:
+    """Error (%) and mean cross entropy of the network's inference pass over a loader (a progress bar named `bar`)."""
     was_training = net.training
     net.eval()
     amp = autocast if autocast is not None else contextlib.nullcontext()
     wrong = total = 0
     loss_sum = torch.zeros(())
-    for x, y in loader:
+    for x, y in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
         with amp:
             logits = net(x).float()
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").cpu()
@@ -101,6 +106,7 @@ class Trainer:
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else None
         )
         self.epoch = 0
+        self.step_memory: PeakMemory | None = None
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
         self.images = 0
@@ -148,8 +154,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 1000 + self.epoch)
         self.net.train()
         needs_pixels = len(self.net.decoders) > 0
-        sums: torch.Tensor | None = None
-        correct = seen = batches = 0
+        losses = EpochLosses()
+        correct = seen = 0
         bar = tqdm(
             self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
             disable=not self.cfg.progress, dynamic_ncols=True,
@@ -160,49 +166,72 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             out = local_step(self.net, x, y, self.pixels(x) if needs_pixels else None, self.autocast)
             self.optimizer.step()
-            losses = torch.tensor(out.losses)
-            sums = losses if sums is None else sums + losses
+            losses.add(out.losses)
             correct += int((out.logits.argmax(1) == y).sum())
             seen += y.numel()
-            batches += 1
-            bar.set_postfix(loss=f"{out.losses[-1]:.3f}", local=f"{losses[:-1].mean():.3f}" if len(losses) > 1 else "-")
+            bar.set_postfix(postfix(out.losses))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         self.train_time += elapsed
         self.images += seen
-        mean = (sums / max(batches, 1)).tolist() if sums is not None else []
+        mean, end = losses.mean(), losses.mean(TAIL)
         return {
             "lr": lr,
-            "train_loss": mean[-1] if mean else float("nan"),
-            "local_losses": mean[:-1],
+            "train_loss": mean[-1] if mean else float("nan"),  # epoch means of the last module's loss
+            "local_losses": mean[:-1],  # and of each local head's
+            "train_loss_end": end[-1] if end else float("nan"),  # the same over the epoch's last quarter
+            "local_losses_end": end[:-1],
             "train_error": 100.0 * (1 - correct / max(seen, 1)),
             "epoch_time": elapsed,
             "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         }
 
     def fit(self, until: int | None = None) -> dict[str, Any]:
-        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch."""
+        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
+
+        First measures the peak memory of one local step of this network at the run's batch size (on a
+        copy; see `step_peak`), reported in the summary beside the process peak.
+        """
+        board = self._tensorboard()
+        if self.step_memory is None:
+            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.autocast)
+            if self.cfg.progress:
+                tqdm.write(f"step peak memory: {self.step_memory.peak_bytes / 2**20:.1f} MiB at batch "
+                           f"{self.cfg.batch_size} ({self.step_memory.method})\n{legend(self.net.num_modules)}")
         reset_peak(self.device)
         stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_loader is not None:
-                row["val_error"] = evaluate(self.net, self.val_loader, self.autocast)["error"]
-            test = evaluate(self.net, self.test_loader, self.autocast)
+                row["val_error"] = evaluate(self.net, self.val_loader, self.autocast, self._bar("validation"))["error"]
+            test = evaluate(self.net, self.test_loader, self.autocast, self._bar("test"))
             row["test_error"], row["test_loss"] = test["error"], test["loss"]
             row["peak_memory_bytes"] = peak_memory(self.device)[0]
             self.epoch += 1
             self.history.append(row)
             self._log(row)
+            if board is not None:
+                board.log(row)
+        if board is not None:
+            board.close()
         return self.summary()
 
+    def _bar(self, split: str) -> str | None:
+        """The evaluation progress bar's name, or None without progress bars."""
+        return f"evaluating on the {split} set" if self.cfg.progress else None
+
+    def _tensorboard(self) -> TensorBoardLog | None:
+        """The TensorBoard writer of this run's folder, when asked for."""
+        if not self.cfg.tensorboard:
+            return None
+        if self.out_dir is None:
+            raise ContsupError("TensorBoard logging needs a run folder (out_dir)")
+        return TensorBoardLog(self.out_dir / "tensorboard")
+
     def _log(self, row: dict[str, Any]) -> None:
-        msg = (
-            f"epoch {row['epoch']}/{self.cfg.epochs}  lr {row['lr']:.4f}  train loss {row['train_loss']:.4f}  "
-            f"test error {row['test_error']:.2f}%  {row['images_per_s']:.0f} img/s"
-        )
-        tqdm.write(msg) if self.cfg.progress else None
+        if self.cfg.progress:
+            tqdm.write(epoch_line(row, self.cfg.epochs))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self.out_dir / "checkpoint.pt", self.state())
@@ -213,7 +242,7 @@ class Trainer:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
         peak, how = peak_memory(self.device)
         out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, how, str(self.device),
-                          self.net.param_counts())
+                          self.net.param_counts(), self.step_memory)
         if self.out_dir is not None:
             (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": self.meta}, indent=2) + "\n")
         return out
@@ -221,7 +250,7 @@ class Trainer:
 
 def run_summary(
     history: list[dict[str, Any]], epochs: int, train_time: float, images: int, peak: float, peak_kind: str,
-    device: str, params: dict[str, int],
+    device: str, params: dict[str, int], step_memory: PeakMemory | None = None,
 ) -> dict[str, Any]:
     """The summary of a run from its per-epoch history: final-epoch test error first, best epoch labelled."""
     best = min(history, key=lambda r: r["test_error"]) if history else None
@@ -234,6 +263,8 @@ def run_summary(
         "images_per_s": images / train_time if train_time else 0.0,
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
+        **({"step_peak_memory_bytes": step_memory.peak_bytes, "step_peak_memory_kind": step_memory.method}
+           if step_memory is not None else {}),
         "device": device,
         "params": params,
     }
