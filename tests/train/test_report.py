@@ -1,19 +1,10 @@
-from contsup.train.report import EpochLosses, epoch_line, legend, postfix
-
-
-def test_epoch_losses_whole_epoch_and_last_quarter():
-    losses = EpochLosses()
-    assert losses.mean() == []
-    for step in range(8):  # a first step far above the rest, as when a run starts at a high learning rate
-        losses.add([2.0, 12.0 if step == 0 else 1.0])
-    assert losses.mean() == [2.0, 2.375]
-    assert losses.mean(0.25) == [2.0, 1.0]  # the last 2 of 8 steps
-    assert losses.mean(0.01) == [2.0, 1.0]  # at least one step
+from contsup.train.report import epoch_line, legend, postfix
 
 
 def test_progress_fields_and_their_legend():
     assert postfix([1.5, 2.5, 0.5]) == {"last": "0.500", "local": "2.000"}
     assert postfix([0.25]) == {"loss": "0.250"}
+    assert postfix([1.0, 2.0], last=False) == {"local": "1.500"}  # a pipeline stage without the last module
     assert "last = loss of the last module" in legend(16) and "15 local heads" in legend(16)
     assert "last" not in legend(1)
 

@@ -75,7 +75,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress bars and no epoch lines (bar fields: last = the last module's loss, "
+                   help="no progress bars (their fields: last = the last module's loss, "
                         "local = mean loss of the local heads, on the current batch)")
     g.add_argument("--tensorboard", action="store_true",
                    help="also log each module's loss, the errors and the learning rate to <out>/tensorboard "

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 # The epoch line reports the losses of the last part of the epoch: an epoch mean is dominated by the
 # first batches' losses, which can be large while the learning rate warms up.
 TAIL = 0.25
@@ -19,29 +17,13 @@ def legend(modules: int) -> str:
             f"{modules - 1} local heads, both on the current batch")
 
 
-def postfix(losses: list[float]) -> dict[str, str]:
-    """The progress bar's fields for one step's module losses (the last is the network's output)."""
+def postfix(losses: list[float], last: bool = True) -> dict[str, str]:
+    """The progress bar's fields for one step's losses of this process's modules (`last`: with the output's)."""
+    if not last:
+        return {"local": f"{sum(losses) / len(losses):.3f}"}
     if len(losses) == 1:
         return {"loss": f"{losses[0]:.3f}"}
     return {"last": f"{losses[-1]:.3f}", "local": f"{sum(losses[:-1]) / (len(losses) - 1):.3f}"}
-
-
-class EpochLosses:
-    """Each step's module losses over one epoch: means over the whole epoch and over its last quarter."""
-
-    def __init__(self) -> None:
-        self.steps: list[list[float]] = []
-
-    def add(self, losses: list[float]) -> None:
-        """Record one step's losses, one per module."""
-        self.steps.append(losses)
-
-    def mean(self, tail: float = 1.0) -> list[float]:
-        """Per-module mean over the last `tail` fraction of the steps (at least one); [] before any step."""
-        if not self.steps:
-            return []
-        n = max(1, round(len(self.steps) * tail))
-        return torch.tensor(self.steps[-n:]).mean(0).tolist()
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
