@@ -351,16 +351,12 @@ class Trainer:
     def fit(self, until: int | None = None) -> dict[str, Any] | None:
         """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
 
-        In one process, first measures the peak memory of one local step of this network at the run's
-        batch size (on a copy; see `step_peak`), reported in the summary beside the process peak.
+        Then, in one process, measures the peak memory of one local step of this network at the run's
+        batch size (on a copy, after the epochs so that the process peak excludes it; see `step_peak`),
+        reported in the summary beside the process peak.
         Returns the summary on the main process, None on the other ranks of a pipeline.
         """
         board = self._tensorboard()
-        if self.step_memory is None and isinstance(self.step, LocalStep):
-            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.autocast)
-            if self.cfg.progress:
-                tqdm.write(f"step peak memory: {self.step_memory.peak_bytes / 2**20:.1f} MiB at batch "
-                           f"{self.cfg.batch_size} ({self.step_memory.method})")
         if self.cfg.progress and self.step.main:
             tqdm.write(legend(self.net.num_modules))
         reset_peak(self.device)
@@ -379,6 +375,8 @@ class Trainer:
                 board.log(row)
         if board is not None:
             board.close()
+        if self.step_memory is None and isinstance(self.step, LocalStep):
+            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.autocast)
         return self.summary() if self.step.main else None
 
     def _tensorboard(self) -> TensorBoardLog | None:
