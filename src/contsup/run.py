@@ -202,7 +202,7 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", batch_size
     cfg, net, payload = load_run(checkpoint, device, data_dir)
     data = load_data(cfg)
     loader = DeviceLoader(data.test, data.info, batch_size, dev)
-    result = evaluate(net, loader)
+    result = evaluate(net, loader, bar="evaluating on the test set")
     return {"checkpoint": str(checkpoint), "epoch": payload["epoch"], "test_error": result["error"],
             "test_loss": result["loss"], "dataset": cfg.data.name, "arch": cfg.arch,
             "modules": cfg.local.modules, "context": cfg.local.context}

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recon-size", type=int, default=2000, help="images the decoder trains on")
     p.add_argument("--recon-steps", type=int, default=200, help="Adam steps of the decoder")
     p.add_argument("--no-recon", action="store_true", help="skip the reconstruction decoder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the image samples and the probes")
     p.add_argument("--batch-size", type=int, default=500, help="forward-pass slice size")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-dir", default=None,

@@ -16,6 +16,17 @@ from contsup.method.network import LocalConfig
 from contsup.run import DataConfig, RunConfig, build_network, evaluate_checkpoint, run_training
 from contsup.train.trainer import TrainConfig
 
+EXAMPLES = """examples:
+  contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
+  contsup train --modules 1 --epochs 2 --train-subset 10000 --batch-size 128 --lr 0.1 --out runs/e2e
+                                                                    # a short end-to-end run on a CPU
+  contsup train --modules 16 --context R0 --head 0c1f --dry-run     # build plain greedy learning, print it
+  contsup train --data cifar10 --modules 16 --context R1E --out runs/k16 --resume   # continue it
+  contsup runs runs/k16 runs/e2e --out runs/report                  # compare runs: table and plots
+
+The progress bar shows last = the last module's loss and local = the local heads' mean loss on the
+current batch; the line after each epoch gives their means over the last quarter of the epoch."""
+
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """Flags that choose the dataset."""
@@ -23,7 +34,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default="fashion-mnist", help="dataset name (see `contsup data list`)")
     g.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     g.add_argument("--no-download", action="store_true", help="never download; fail if the data is missing")
-    g.add_argument("--val-split", type=int, default=0, help="training images held out for validation")
+    g.add_argument("--val-split", type=int, default=0, help="training images held out for validation (0: none)")
     g.add_argument("--train-subset", type=int, default=0, help="train on this many images only (0: all)")
 
 
@@ -51,17 +62,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Flags of the optimisation recipe."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=160)
-    g.add_argument("--batch-size", type=int, default=1024)
-    g.add_argument("--lr", type=float, default=0.8)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--epochs", type=int, default=160, help="training epochs (the paper's recipe)")
+    g.add_argument("--batch-size", type=int, default=1024, help="images per step (the paper's recipe)")
+    g.add_argument("--lr", type=float, default=0.8,
+                   help="peak learning rate of SGD (the paper's, for batch 1024; scale it with the batch size)")
+    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
     g.add_argument("--warmup-epochs", type=int, default=None, help="default: 10 per 160 epochs")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (their fields: last = the last module's loss, "
+                        "local = mean loss of the local heads, on the current batch)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log each module's loss, the errors and the learning rate to <out>/tensorboard "
+                        "(pip install 'contsup[tensorboard]')")
     g.add_argument("--out", default=None, help="run folder (default: runs/<data>-<arch>-K<K>-<context>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--dry-run", action="store_true", help="build everything, print the summary, exit")
@@ -107,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device,
         bf16=args.bf16, channels_last=args.channels_last, progress=not args.no_progress,
+        tensorboard=args.tensorboard,
     )
     data = DataConfig(args.data, args.data_dir, not args.no_download, args.val_split, args.train_subset)
     out = args.out or f"runs/{args.data}-{args.arch.lower()}-K{args.modules}-{args.context}"
@@ -122,7 +140,10 @@ def format_summary(summary: dict) -> str:
         "selected on the test set, for comparison only)",
         f"training time: {summary['train_time_s']:.1f} s   {summary['images_per_s']:.0f} images/s   "
         f"device {summary['device']}",
-        f"peak memory: {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})",
+        *([f"step peak memory: {summary['step_peak_memory_bytes'] / 2**20:.1f} MiB (one training step at the run's "
+            f"batch size, {summary['step_peak_memory_kind']})"] if "step_peak_memory_bytes" in summary else []),
+        f"process peak memory: {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']}: "
+        "runtime and dataset included)",
         "parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items()),
     ])
 
@@ -158,7 +179,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `train` and `eval` to the command line."""
-    p = sub.add_parser("train", help="train a network with greedy local learning and Context Supply")
+    p = sub.add_parser("train", help="train a network with greedy local learning and Context Supply",
+                       description="Train a network cut into K gradient-isolated modules (K = 1: end-to-end). "
+                                   "Defaults are the paper's CIFAR-10 recipe (160 epochs, batch 1024, lr 0.8).",
+                       epilog=EXAMPLES)
     add_data_args(p)
     add_model_args(p)
     add_train_args(p)
@@ -166,8 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="test error of a saved checkpoint")
     e.add_argument("checkpoint", help="checkpoint.pt or its run folder")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=1024)
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     e.add_argument("--data-dir", default=None,
                    help="directory holding the checkpoint's dataset (default: the usual places; never downloaded)")
     e.set_defaults(func=cmd_eval)

@@ -191,15 +191,19 @@ def table_cells(row: ProfileRow) -> list[str]:
     ]
 
 
+def text_table(header: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Rows of cells under a header as a right-aligned text table, or as a markdown table."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*c) for c in cells])
+
+
 def format_table(rows: Sequence[ProfileRow], markdown: bool = False) -> str:
     """The rows as an aligned text table, or as a markdown table."""
-    cells = [table_cells(r) for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*HEADER)] + [fmt.format(*c) for c in cells])
+    return text_table(HEADER, [table_cells(r) for r in rows], markdown)
 
 
 def flat(row: ProfileRow) -> dict[str, Any]:

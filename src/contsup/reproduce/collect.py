@@ -111,20 +111,25 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path, title: str = "",
-         memory_kind: str = "") -> None:
-    """Two PNGs: test error against K (one line per method, E2E dashed) and error against peak memory."""
+def methods_of(aggs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Aggregated rows grouped by method label (context mode plus the settings that vary)."""
+    varying = _varying(aggs)
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for a in aggs:
+        methods.setdefault(label(a, varying), []).append(a)
+    return methods
+
+
+def plot_error_vs_k(methods: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> None:
+    """Test error against K, one line per method (E2E as a dashed horizontal line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    varying = _varying(aggs)
-    methods: dict[str, list[dict[str, Any]]] = {}
-    for a in aggs:
-        methods.setdefault(label(a, varying), []).append(a)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ks = sorted({a["modules"] for a in aggs if a["context"] != "E2E"}) or [1]
+    rows = [a for members in methods.values() for a in members]
+    ks = sorted({a["modules"] for a in rows if a["context"] != "E2E"}) or [1]
     for name, members in methods.items():
         members = sorted(members, key=lambda a: a["modules"])
         if all(a["context"] == "E2E" for a in members):
@@ -141,8 +146,17 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(error_vs_k, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_error_vs_memory(methods: dict[str, list[dict[str, Any]]], path: Path, title: str = "",
+                         memory_kind: str = "peak memory") -> None:
+    """Final test error against `peak_memory_mib`, one marker style per method, each point labelled K=."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, members in methods.items():
@@ -151,13 +165,13 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
         for a in members:
             ax.annotate(f"K={a['modules']}", (a["peak_memory_mib"], a["final_test_error"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"peak memory (MiB{', ' + memory_kind if memory_kind else ''})")
+    ax.set_xlabel(f"{memory_kind} (MiB)")
     ax.set_ylabel("final test error (%)")
-    ax.set_title(textwrap.fill((title + ": " if title else "") + "error against peak memory", 70), fontsize=9)
+    ax.set_title(textwrap.fill((title + ": " if title else "") + "error against memory", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(error_vs_memory, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -175,5 +189,7 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
     text += (f"\nPeak memory: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
     paths["markdown"].write_text(text)
     if aggs:
-        plot(aggs, paths["error_vs_k"], paths["error_vs_memory"], title, ", ".join(kinds))
+        methods = methods_of(aggs)
+        plot_error_vs_k(methods, paths["error_vs_k"], title)
+        plot_error_vs_memory(methods, paths["error_vs_memory"], title, "peak memory, " + ", ".join(kinds))
     return {"runs": len(rows), "configurations": len(jobs), **{k: str(v) for k, v in paths.items()}}
