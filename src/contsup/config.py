@@ -109,7 +109,8 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     bf16: bool = False  # bf16 autocast (CUDA)
     channels_last: bool = False  # channels_last memory format (CUDA)
-    progress: bool = True  # progress bar per epoch
+    progress: bool = True  # progress bars (training: last = the last module's loss, local = the heads' mean)
+    tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
 
 
 @dataclass
@@ -161,26 +162,26 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        """Inverse of `to_dict`; unknown settings raise, missing ones take their defaults."""
-        return build(cls, d)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "run configuration") -> RunConfig:
+        """Inverse of `to_dict`; unknown settings raise (naming `where`), missing ones take their defaults."""
+        return build(cls, d, where)
 
 
-def build(cls: type, d: Mapping[str, Any], where: str = "") -> Any:
+def build(cls: type, d: Mapping[str, Any], where: str, prefix: str = "") -> Any:
     """An instance of dataclass `cls` from nested plain data, checked against its fields."""
     if not isinstance(d, Mapping):
-        raise ContsupError(f"setting {where.rstrip('.') or cls.__name__} must be a table, got {d!r}")
+        raise ContsupError(f"{where}: {prefix.rstrip('.') or 'the settings'} must be a table, got {d!r}")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(d) - set(known))
+    unknown = sorted(str(k) for k in set(d) - set(known))
     if unknown:
-        raise ContsupError(f"unknown setting(s) {', '.join(where + k for k in unknown)}; "
-                           f"known: {', '.join(where + k for k in known)}")
+        raise ContsupError(f"{where}: unknown setting(s) {', '.join(prefix + k for k in unknown)}; "
+                           f"known: {', '.join(prefix + k for k in known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in d.items():
         sub = hints[name]
-        kwargs[name] = build(sub, value, f"{where}{name}.") if is_dataclass(sub) and not isinstance(value, sub) \
-            else value
+        kwargs[name] = build(sub, value, where, f"{prefix}{name}.") if is_dataclass(sub) and not isinstance(
+            value, sub) else value
     return cls(**kwargs)
 
 

@@ -23,7 +23,7 @@ def test_train_then_eval(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--modules", "3", "--context", "R1E", "--recon", "5,1,0,1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "final test error" in text and "peak memory" in text and "images/s" in text
+    assert "final test error" in text and "step peak memory" in text and "process peak memory" in text
     assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["params"]["decoders"] > 0
@@ -69,3 +69,11 @@ def test_eval_bad_checkpoints(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "foreign.pt")]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "not a contsup checkpoint" in err
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "--epochs EPOCHS training epochs (the paper's recipe) (default: 160)" in text
+    assert "(default: 0.8)" in text and "examples: contsup train" in text and "last = the last module's loss" in text

@@ -27,7 +27,8 @@ from contsup.distributed.syncbn import convert_sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
-from contsup.run import RunConfig, build_network, load_data, make_loaders
+from contsup.run import RunConfig, build_network, check_fit, check_steps, load_data, make_loaders, prepare_run
+from contsup.train.runfolder import open_run_folder
 from contsup.train.trainer import Trainer
 
 
@@ -96,6 +97,7 @@ def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
     stage_groups = [dist.new_group(topo.stage_ranks(s), timeout=timeout) for s in range(topo.stages)] \
         if topo.replicas > 1 else None
     data = load_data(cfg)
+    check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
     net = build_network(cfg, info.channels, info.num_classes, info.size).to(device)
     if cfg.train.channels_last and device.type == "cuda":
@@ -130,9 +132,12 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     """
     rank = os.environ.get("RANK", "?")
     try:
-        if resume and (cfg.out is None or not (Path(cfg.out) / "checkpoint.pt").is_file()):
-            raise ContsupError(f"nothing to resume: no checkpoint.pt in {cfg.out}")
+        payload = prepare_run(cfg, resume)  # every rank, before joining the group
         trainer, step = build_rank(cfg)
+        if payload is not None:
+            check_fit(cfg, trainer.net, payload)
+        if cfg.out is not None and step.topo.rank == 0:
+            open_run_folder(cfg.out)
         if resume:
             trainer.resume(Path(cfg.out) / "checkpoint.pt")  # type: ignore[arg-type]
         summary = trainer.fit()

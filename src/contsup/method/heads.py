@@ -33,12 +33,16 @@ class LocalHead(nn.Module):
             # C -> 2C with stride 2 below 64 channels; from 64 on (the paper's C = 64) C stays, stride 1.
             out_ch, stride = (channels, 1) if channels >= 64 else (2 * channels, 2)
             out_ch = int(out_ch * widen)
+            if out_ch < 1:
+                raise ContsupError(f"widen {widen} leaves a local head's conv layer with no channels")
             layers += conv_bn_relu(ch, out_ch, stride)
             ch = out_ch
             if convs == 2:
                 layers += conv_bn_relu(ch, ch, 1)
         self.conv = nn.Sequential(*layers)
         hidden = int(width * widen)
+        if fcs > 1 and hidden < 1:
+            raise ContsupError(f"width {width} x widen {widen} leaves a local head with no hidden units")
         dims = [ch] + [hidden] * (fcs - 1) + [out_dim]
         fc: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims, dims[1:], strict=False)):

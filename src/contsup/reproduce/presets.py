@@ -10,19 +10,28 @@ Settings are those of the one schema (`contsup.config`), named by key (`lr`, `da
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from contsup.checks import check_run, check_type
 from contsup.config import RunConfig, flatten, nest, resolve, resolve_name, settings
+from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
 
 # Settings that say how a run is shown or where it is written, not what it computes: not preset settings.
 _NOT_PRESET = ("out", "progress")
 E2E = "E2E"
+# A preset value must have a TOML type that its setting's schema type allows (TOML has no null: a setting
+# whose default is None is left out or given a value); values are then checked as on the command line.
+_NUMBER = (int, float)
+_CONTEXT = re.compile(r"E2E|E|R\d{1,4}E?")
+_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def defaults() -> dict[str, Any]:
@@ -76,6 +85,44 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in preset_dir().glob("*.toml"))
 
 
+def _toml_types(key: str) -> tuple[type, ...]:
+    """The TOML types a setting accepts, from its type in the schema (a float also takes an int)."""
+    t = settings()[resolve_name(key)].type
+    kinds: list[type] = []
+    for b in [a for a in typing.get_args(t) if a is not type(None)] or [t]:
+        origin = typing.get_origin(b) or b
+        kinds += [int, float] if origin is float else [str, list] if origin is Any else [origin]
+    return tuple(kinds)
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    """One preset value: its TOML type, and the strings that name files or folders."""
+    try:
+        check_type(key, value, _toml_types(key))
+        if key == "recon" and isinstance(value, list) and (
+                len(value) != 4 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)):
+            raise ContsupError(f"recon must be 'none', 'paper' or four numbers, got {value!r}")
+        if key == "context" and not _CONTEXT.fullmatch(value):
+            raise ContsupError(f"context must be E2E, E, Rn or RnE, got {value!r}")
+        if key in ("dataset", "recon_dataset") and value not in DATASETS:
+            raise ContsupError(f"{key} must be one of {', '.join(DATASETS)}, got {value!r}")
+    except ContsupError as err:
+        raise ContsupError(f"{where}: {err}") from None
+
+
+def _check_table(where: str, table: Any, grid: bool = False) -> dict[str, Any]:
+    """A table of settings keyed by key: known names, values of the right types (each listed value, in a grid)."""
+    if not isinstance(table, dict):
+        raise ContsupError(f"{where} must be a table")
+    keyed = as_keys(dict(flatten(table)), where)
+    for key, value in keyed.items():
+        if grid and (not isinstance(value, list) or not value):
+            raise ContsupError(f"{where}: {key} must be a non-empty list")
+        for v in value if grid else [value]:
+            _check_value(where, key, v)
+    return keyed
+
+
 def load_preset(name_or_path: str | Path) -> Preset:
     """Read and check a preset by name (shipped) or by path to a .toml file."""
     path = Path(name_or_path)
@@ -92,24 +139,29 @@ def load_preset(name_or_path: str | Path) -> Preset:
     unknown = sorted(set(doc) - {"title", "description", "base", "grid", "recipe"})
     if unknown:
         raise ContsupError(f"{path.name}: unknown table(s) or key(s) {', '.join(unknown)}")
-    base = as_keys(dict(flatten(doc.get("base", {}))), f"{path.name} [base]")
+    for key in ("title", "description"):
+        if not isinstance(doc.get(key, ""), str):
+            raise ContsupError(f"{path.name}: {key} must be a string")
+    base = _check_table(f"{path.name} [base]", doc.get("base", {}))
     raw_grids = doc.get("grid", [{}])
-    grids = [as_keys(dict(flatten(g)), f"{path.name} [grid]")
-             for g in ([raw_grids] if isinstance(raw_grids, dict) else raw_grids)]
-    for g in grids:
-        for k, v in g.items():
-            if not isinstance(v, list) or not v:
-                raise ContsupError(f"{path.name} [grid]: {k} must be a non-empty list")
+    raw_grids = [raw_grids] if isinstance(raw_grids, dict) else raw_grids
+    if not isinstance(raw_grids, list):
+        raise ContsupError(f"{path.name}: grid must be a table or an array of tables")
+    grids = [_check_table(f"{path.name} [grid]", g, grid=True) for g in raw_grids]
+    raw_recipes = doc.get("recipe", {})
+    if not isinstance(raw_recipes, dict) or not raw_recipes:
+        raise ContsupError(f"{path.name}: no [recipe.NAME] tables")
     recipes = {}
-    for rname, raw in doc.get("recipe", {}).items():
-        raw = dict(raw)
-        per = raw.pop("per_dataset", {})
-        recipe = as_keys(dict(flatten(raw)), f"{path.name} [recipe.{rname}]")
-        recipe["per_dataset"] = {ds: as_keys(dict(flatten(over)), f"{path.name} [recipe.{rname}.per_dataset.{ds}]")
+    for rname, raw in raw_recipes.items():
+        if not isinstance(raw, dict):
+            raise ContsupError(f"{path.name}: recipe.{rname} must be a table")
+        per = raw.get("per_dataset", {})
+        if not isinstance(per, dict):
+            raise ContsupError(f"{path.name}: recipe.{rname}.per_dataset must be a table")
+        recipe = _check_table(f"{path.name} [recipe.{rname}]", {k: v for k, v in raw.items() if k != "per_dataset"})
+        recipe["per_dataset"] = {ds: _check_table(f"{path.name} [recipe.{rname}.per_dataset.{ds}]", over)
                                  for ds, over in per.items()}
         recipes[rname] = recipe
-    if not recipes:
-        raise ContsupError(f"{path.name}: no [recipe.NAME] tables")
     return Preset(path.stem, doc.get("title", path.stem), doc.get("description", ""), base, grids, recipes, path)
 
 
@@ -208,8 +260,16 @@ def to_config(s: Mapping[str, Any], out: str | Path | None = None, progress: boo
     if s["context"] == E2E:
         over["context"] = "R0"
     cfg = resolve(nest(over))
-    cfg.local.validate()
+    check_run(cfg)
     return cfg
+
+
+def run_folder(out_dir: str | Path, name: str) -> Path:
+    """`out_dir/name`, refused unless `name` is one plain folder name that stays inside `out_dir`."""
+    folder = Path(out_dir) / name
+    if not _FOLDER.fullmatch(name) or folder.resolve().parent != Path(out_dir).resolve():
+        raise ContsupError(f"run folder name {name!r} is not a plain folder name inside {out_dir}")
+    return folder
 
 
 def jobs(preset: Preset, recipe: str, out_dir: str | Path, seeds: Sequence[int] | None = None,
@@ -219,6 +279,8 @@ def jobs(preset: Preset, recipe: str, out_dir: str | Path, seeds: Sequence[int] 
     result = []
     for s in expand(preset, recipe, seeds, only):
         s = {**s, **(overrides or {})}
+        config = to_config(s, None, progress)  # checks every value before any of them names a folder
         name = run_name(s)
-        result.append(Job(name, s, to_config(s, Path(out_dir) / name, progress)))
+        config.out = str(run_folder(out_dir, name))
+        result.append(Job(name, s, config))
     return result

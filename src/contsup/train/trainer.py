@@ -20,19 +20,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from contsup.checks import device_from_name
 from contsup.config import TrainConfig
+from contsup.errors import ContsupError
+from contsup.files import atomic_write, write_json
 from contsup.method.network import LocalNetwork
 from contsup.method.step import modules_step
+from contsup.profile.memory import PeakMemory
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
-from contsup.train.memory import peak_memory, reset_peak
+from contsup.train.guard import FiniteWatch, check_row
+from contsup.train.memory import peak_memory, reset_peak, step_peak
+from contsup.train.report import TAIL, epoch_line, legend, postfix
 from contsup.train.schedule import default_warmup, lr_at
+from contsup.train.tensorboard import TensorBoardLog
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto` picks CUDA when available, else the CPU; a device this machine lacks raises ContsupError."""
+    return device_from_name(name)
 
 
 def bf16_autocast(device: torch.device) -> torch.autocast:
@@ -48,13 +53,13 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None) -> dict[str, float]:
-    """Error (%) and mean cross entropy of the network's inference pass over a loader."""
+def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None, bar: str | None = None) -> dict[str, float]:
+    """Error (%) and mean cross entropy of the network's inference pass over a loader (a progress bar named `bar`)."""
     was_training = net.training
     net.eval()
     amp = autocast if autocast is not None else contextlib.nullcontext()
     counts = torch.zeros(3, dtype=torch.float64)  # wrong, total, loss sum
-    for x, y in loader:
+    for x, y in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
         with amp:
             logits = net(x).float()
         count_errors(counts, logits, y)
@@ -217,6 +222,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.step.parameters(), cfg)
         self.warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else default_warmup(cfg.epochs)
         self.epoch = 0
+        self.step_memory: PeakMemory | None = None
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
         self.images = 0
@@ -267,43 +273,63 @@ class Trainer:
         mods = self.step.modules
         # [loss sum per module..., correct, seen, batches]; each process fills its own modules' entries.
         stats = torch.zeros(k_total + 3, dtype=torch.float64, device=self.device)
+        steps: list[torch.Tensor] = []  # each step's losses, for the means over the epoch's last quarter
         bar = tqdm(
             self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
             disable=not (self.cfg.progress and self.step.main), dynamic_ncols=True,
         )
+        watch = FiniteWatch(k_total, self.device)
         start = time.perf_counter()
         for i, batch in enumerate(bar):
             self.optimizer.zero_grad(set_to_none=True)
             losses, logits, y = self.step.train(batch)
             self.optimizer.step()
             stats[mods.start:mods.stop] += losses.double()
+            watch.update(mods, losses, i)
+            steps.append(losses)
             if logits is not None:
                 stats[k_total] += (logits.argmax(1) == y).sum()
                 stats[k_total + 1] += y.numel()
                 stats[k_total + 2] += 1
             if not bar.disable and i % self.LOG_EVERY == 0:
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
+                bar.set_postfix(postfix(losses.tolist(), mods.stop == k_total))
         self.step.end_phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        stats = self.step.reduce(stats.cpu())
+        stats, tail = self.step.reduce(stats.cpu()), self.step.reduce(self._tail_sums(steps))
+        watch.check(self.step.reduce(watch.first.cpu(), "max"), self.epoch + 1)
         seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
         batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
         mean = (stats[:k_total] / batches).tolist()
+        end = (tail[:k_total] / max(float(tail[k_total]), 1.0)).tolist()
         self.train_time += seconds
         self.images += int(seen)
         return {
-            "lr": lr, "train_loss": mean[-1], "local_losses": mean[:-1],
+            "lr": lr, "train_loss": mean[-1], "local_losses": mean[:-1],  # epoch means of each module's loss
+            "train_loss_end": end[-1], "local_losses_end": end[:-1],  # the same over the epoch's last quarter
             "train_error": 100.0 * (1 - float(stats[-3]) / max(seen, 1.0)),
             "epoch_time": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
         }
 
+    def _tail_sums(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        """[loss sum per module over the last quarter of the steps..., steps counted] (the last stage counts)."""
+        k_total, mods = self.net.num_modules, self.step.modules
+        n = max(1, round(len(steps) * TAIL)) if steps else 0
+        tail = torch.zeros(k_total + 1, dtype=torch.float64)
+        if steps:
+            tail[mods.start:mods.stop] = torch.stack(steps[-n:]).double().sum(0).cpu()
+        if mods.stop == k_total:
+            tail[k_total] = n
+        return tail
+
     @torch.no_grad()
-    def evaluate(self, loader: Iterable) -> dict[str, float]:
+    def evaluate(self, loader: Iterable, split: str = "test") -> dict[str, float]:
         """Error (%) and mean cross entropy of the inference pass over a loader, over every process."""
         self.net.eval()
         counts = torch.zeros(3, dtype=torch.float64)  # wrong, total, loss sum
-        for batch in loader:
+        hidden = not (self.cfg.progress and self.step.main)
+        for batch in tqdm(loader, desc=f"evaluating on the {split} set", leave=False, disable=hidden,
+                          dynamic_ncols=True):
             logits, y = self.step.infer(batch)
             if logits is not None:
                 count_errors(counts, logits.float(), y)
@@ -314,21 +340,42 @@ class Trainer:
     def fit(self, until: int | None = None) -> dict[str, Any] | None:
         """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
 
+        Then, in one process, measures the peak memory of one local step of this network at the run's
+        batch size (on a copy, after the epochs so that the process peak excludes it; see `step_peak`),
+        reported in the summary beside the process peak.
         Returns the summary on the main process, None on the other ranks of a pipeline.
         """
+        board = self._tensorboard()
+        if self.cfg.progress and self.step.main:
+            tqdm.write(legend(self.net.num_modules))
         reset_peak(self.device)
         stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_loader is not None:
-                row["val_error"] = self.evaluate(self.val_loader)["error"]
+                row["val_error"] = self.evaluate(self.val_loader, "validation")["error"]
             test = self.evaluate(self.test_loader)
             row["test_error"], row["test_loss"] = test["error"], test["loss"]
             row["peak_memory_bytes"] = self._peak()
+            check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
             self.epoch += 1
             self.history.append(row)
             self._save(row)
+            if board is not None:
+                board.log(row)
+        if board is not None:
+            board.close()
+        if self.step_memory is None and isinstance(self.step, LocalStep):
+            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast)
         return self.summary() if self.step.main else None
+
+    def _tensorboard(self) -> TensorBoardLog | None:
+        """The TensorBoard writer of this run's folder, on the main process, when asked for."""
+        if not (self.cfg.tensorboard and self.step.main):
+            return None
+        if self.out_dir is None:
+            raise ContsupError("TensorBoard logging needs a run folder (out_dir)")
+        return TensorBoardLog(self.out_dir / "tensorboard")
 
     def _peak(self) -> float:
         """Peak memory of the largest process so far."""
@@ -339,10 +386,7 @@ class Trainer:
         payload = self.state()
         if payload is None:
             return
-        tqdm.write(
-            f"epoch {row['epoch']}/{self.cfg.epochs}  lr {row['lr']:.4f}  train loss {row['train_loss']:.4f}  "
-            f"test error {row['test_error']:.2f}%  {row['images_per_s']:.0f} img/s"
-        )
+        tqdm.write(epoch_line(row, self.cfg.epochs))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self.out_dir / "checkpoint.pt", payload)
@@ -354,15 +398,15 @@ class Trainer:
         peak = self.history[-1]["peak_memory_bytes"] if self.history else peak_memory(self.device)[0]
         device, kind = self.step.describe()
         out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, kind, device,
-                          self.net.param_counts())
+                          self.net.param_counts(), self.step_memory)
         if self.out_dir is not None:
-            (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": self.meta}, indent=2) + "\n")
+            write_json(self.out_dir / "summary.json", {**out, "meta": self.meta})
         return out
 
 
 def run_summary(
     history: list[dict[str, Any]], epochs: int, train_time: float, images: int, peak: float, peak_kind: str,
-    device: str, params: dict[str, int],
+    device: str, params: dict[str, int], step_memory: PeakMemory | None = None,
 ) -> dict[str, Any]:
     """The summary of a run from its per-epoch history: final-epoch test error first, best epoch labelled."""
     best = min(history, key=lambda r: r["test_error"]) if history else None
@@ -375,6 +419,8 @@ def run_summary(
         "images_per_s": images / train_time if train_time else 0.0,
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
+        **({"step_peak_memory_bytes": step_memory.peak_bytes, "step_peak_memory_kind": step_memory.method}
+           if step_memory is not None else {}),
         "device": device,
         "params": params,
     }
@@ -386,4 +432,5 @@ def run_summary(
 def rewrite_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl as the checkpoint's history (rows past the checkpoint belong to a lost epoch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(out_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
