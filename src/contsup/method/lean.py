@@ -84,6 +84,8 @@ class _LeanEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, enc: ConvEncoder, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.enc = enc
+        ctx.autocast = (x.device.type, torch.get_autocast_dtype(x.device.type),
+                        torch.is_autocast_enabled(x.device.type))
         ctx.save_for_backward(x, *params)
         factors = [_bn_factor(bn) if bn.training else None for _, bn in _layers(enc)]
         h = _front(enc, x, list(params), factors)
@@ -94,7 +96,8 @@ class _LeanEncode(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, *params = ctx.saved_tensors
         enc = ctx.enc
-        with torch.enable_grad():
+        device, dtype, enabled = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype, enabled):  # the forward's autocast state
             xs = x.detach().requires_grad_(ctx.needs_input_grad[1])
             ps = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[2:], strict=True)]
             h = _front(enc, xs, ps, None)
