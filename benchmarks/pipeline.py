@@ -2,9 +2,9 @@
 
 ResNet-32 cut into K=16 modules on Fashion-MNIST (1x28x28), batch 128, contexts R1E and R0. Both sides
 time the training phase of one epoch over the same `--steps` batches (after a warm-up epoch), through
-the library's own loops: `Trainer.train_epoch` in one process, `PipelineTrainer.train_epoch` on every
-rank (started with torchrun, gloo on CPU). Writes the table between the `pipeline` markers of
-docs/benchmarks.md (nothing else in that file is touched).
+the library's one loop, `Trainer.train_epoch`: with the local step in one process, with the pipeline
+step on every rank (started with torchrun, gloo on CPU). Writes the table between the `pipeline`
+markers of docs/benchmarks.md (nothing else in that file is touched).
 
     PYTHONPATH=src python benchmarks/pipeline.py            # full table (a few minutes on 2 cores)
     PYTHONPATH=src python benchmarks/pipeline.py --steps 4  # quick look
@@ -56,13 +56,13 @@ def pipeline_rank(cfg: RunConfig) -> dict | None:
     from contsup.distributed.launch import build_rank
     from contsup.distributed.pipeline import PipelineConfig
 
-    trainer = build_rank(cfg, PipelineConfig(backend="gloo"))
+    trainer, step = build_rank(cfg, PipelineConfig(backend="gloo"))
     trainer.train_epoch()
     trainer.epoch += 1
     row = trainer.train_epoch()
-    sizes = torch.tensor([len(trainer.stage.modules)], dtype=torch.int64)
-    gathered = [torch.zeros_like(sizes) for _ in range(trainer.topo.world)]
-    dist.all_gather(gathered, sizes, group=trainer.groups.ctrl)
+    sizes = torch.tensor([len(step.modules)], dtype=torch.int64)
+    gathered = [torch.zeros_like(sizes) for _ in range(step.topo.world)]
+    dist.all_gather(gathered, sizes, group=step.groups.ctrl)
     dist.destroy_process_group()
     return {"images_per_s": row["images_per_s"], "stage_sizes": [int(s) for s in gathered],
             "threads": torch.get_num_threads()}

@@ -13,6 +13,7 @@ import copy
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from contsup.distributed.pipeline import Groups, PipelineConfig, PipelineTrainer
+from contsup.distributed.pipeline import Groups, PipelineConfig, PipelineStep
 from contsup.distributed.stage import Stage, dims, measure_costs
 from contsup.distributed.syncbn import convert_sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
-from contsup.run import RunConfig, build_network, load_data
+from contsup.run import RunConfig, build_network, load_data, make_loaders
+from contsup.train.trainer import Trainer
 
 
 def env_rank() -> tuple[int, int, int]:
@@ -79,8 +81,8 @@ def assign_modules(net: LocalNetwork, cfg: RunConfig, pcfg: PipelineConfig, topo
     return partition((costs / topo.world).tolist(), topo.stages)
 
 
-def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> PipelineTrainer:
-    """Join the process group and set up this rank's stage (data, network part, optimizer, links)."""
+def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> tuple[Trainer, PipelineStep]:
+    """Join the process group and set up this rank's stage (data, network part, links) in the one Trainer."""
     rank, world, local_rank = env_rank()
     backend, device, comm_device = pick_device(cfg, pcfg.backend, local_rank)
     timeout = timedelta(seconds=pcfg.timeout_s)
@@ -107,7 +109,17 @@ def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> PipelineTrainer:
         sizes = ",".join(str(len(r)) for r in ranges)
         print(f"pipeline: {topo.replicas} replica(s) x {topo.stages} stage(s), backend {backend}, "
               f"modules per stage {sizes}", flush=True)
-    return PipelineTrainer(cfg, pcfg, topo, Groups(ctrl, group), data, net, stage, device, comm_device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else None
+    step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, autocast,
+                        cfg.train.channels_last)
+    loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None}
+    meta = {"run": cfg.to_dict(), "dataset": asdict(data.info), "pipeline": asdict(pcfg),
+            "stages": topo.stages, "replicas": topo.replicas}
+    return Trainer(
+        net, step.loader(loaders["train"], train=True), step.loader(loaders["test"], train=False), cfg.train,
+        cfg.out, val_loader=step.loader(loaders["val"], train=False) if data.val is not None else None,
+        meta=meta, step=step,
+    ), step
 
 
 def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> dict[str, Any] | None:
@@ -120,11 +132,11 @@ def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> 
     try:
         if resume and (cfg.out is None or not (Path(cfg.out) / "checkpoint.pt").is_file()):
             raise ContsupError(f"nothing to resume: no checkpoint.pt in {cfg.out}")
-        trainer = build_rank(cfg, pcfg)
+        trainer, step = build_rank(cfg, pcfg)
         if resume:
             trainer.resume(Path(cfg.out) / "checkpoint.pt")  # type: ignore[arg-type]
         summary = trainer.fit()
-        dist.barrier(group=trainer.groups.ctrl)
+        dist.barrier(group=step.groups.ctrl)
         dist.destroy_process_group()
         return summary
     except ContsupError as err:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,9 @@ from contsup.method.context import ContextMode, CutContext, check_image_encoder,
 from contsup.method.cuts import TABLES, resolve_cuts
 from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
 from contsup.models.chain import Backbone, Shape, probe_shapes
+
+Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
+Supply = Callable[[int, torch.Tensor, Sources], torch.Tensor]  # (cut k, h_k, sources) -> h_k^c
 
 
 @dataclass
@@ -101,34 +105,58 @@ class LocalNetwork(nn.Module):
         """K."""
         return len(self.blocks)
 
-    def supply(self, k: int, h: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
+    def supply(self, k: int, h: torch.Tensor, sources: Sources) -> torch.Tensor:
         """Module k's (0-based) output, detached and supplied with context, ready for module k+1."""
         return self.context[k](h, sources)
 
-    def module_input(self, k: int, h_prev: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Module k's input: x for k = 0, else module k-1's output supplied with context.
-
-        Records the input as source s_k and drops every source that no later cut reads.
-        """
-        if k == 0:
-            return h_prev
-        h_in = self.supply(k - 1, h_prev, sources)
-        self.keep_source(k, h_in, sources)
-        return h_in
-
-    def keep_source(self, k: int, s: torch.Tensor, sources: dict[int, torch.Tensor]) -> None:
+    def keep_source(self, k: int, s: torch.Tensor, sources: Sources) -> None:
         """Record module k's input as source s_k (detached) and drop every source no later cut reads."""
         sources[k] = s.detach()
         for j in [j for j in sources if self.last_use[j] <= k]:
             del sources[j]
 
+    def walk(
+        self, h: torch.Tensor, sources: Sources, modules: range | None = None,
+        autocast: torch.autocast | None = None, supply: Supply | None = None,
+    ) -> Generator[tuple[int, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The module walk every pass uses: yields (k, module k's input), takes module k's output back.
+
+        `h` is module `modules.start - 1`'s raw output (or x when the walk starts at module 0). Module k's
+        input is x for k = 0, else module k-1's output supplied with context (`supply`, default
+        `self.supply`, under `autocast`), recorded as source s_k. Drive it with `send` (see `run`);
+        returns the last module's output.
+        """
+        amp = autocast if autocast is not None else contextlib.nullcontext()
+        supply = supply or self.supply
+        for k in range(self.num_modules) if modules is None else modules:
+            if k > 0:
+                with amp:
+                    h = supply(k - 1, h, sources)
+                self.keep_source(k, h, sources)
+            h = yield k, h
+        return h
+
+    def run(
+        self, fn: Callable[[int, torch.Tensor], torch.Tensor], h: torch.Tensor, sources: Sources,
+        modules: range | None = None, autocast: torch.autocast | None = None,
+    ) -> torch.Tensor:
+        """Walk `modules` (default: all) with fn(k, module k's input) -> module k's output; the last output."""
+        walk = self.walk(h, sources, modules, autocast)
+        try:
+            k, h_in = next(walk)
+            while True:
+                k, h_in = walk.send(fn(k, h_in))
+        except StopIteration as done:
+            return done.value
+
+    def infer_module(self, k: int, h_in: torch.Tensor) -> torch.Tensor:
+        """Module k of the inference pass on its (supplied) input: its output, or the logits if last."""
+        h = self.blocks[k](h_in)
+        return self.classifier(h) if k == self.num_modules - 1 else h
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every module in turn, context supplied at each cut, then the classifier."""
-        sources = {0: x}
-        h = x
-        for k, block in enumerate(self.blocks):
-            h = block(self.module_input(k, h, sources))
-        return self.classifier(h)
+        return self.run(self.infer_module, x, {0: x})
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by group: backbone (modules + classifier), heads, decoders, context encoders."""

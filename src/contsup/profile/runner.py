@@ -110,7 +110,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     net.train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
-    optimizer = make_optimizer(net, TrainConfig(lr=0.01))
+    optimizer = make_optimizer(net.parameters(), TrainConfig(lr=0.01))
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)

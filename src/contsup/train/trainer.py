@@ -1,4 +1,9 @@
-"""The training loop, apart from the model: schedule, local steps, evaluation, metrics, checkpoints."""
+"""The one training loop, apart from the model: schedule, seeding, steps, evaluation, metrics, checkpoints.
+
+`Trainer.fit` is the same for one process and for every rank of a pipeline; only the `Step` differs:
+`LocalStep` below runs every module's local step in this process, `contsup.distributed.pipeline.PipelineStep`
+runs one stage's modules and passes the batch on.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from contsup.method.network import LocalNetwork
-from contsup.method.step import local_step
+from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.memory import peak_memory, reset_peak
 from contsup.train.schedule import default_warmup, lr_at
@@ -46,10 +52,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay over every parameter of the network."""
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with Nesterov momentum and weight decay over the given parameters."""
     return torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
 
 
@@ -59,20 +65,145 @@ def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None) -> di
     was_training = net.training
     net.eval()
     amp = autocast if autocast is not None else contextlib.nullcontext()
-    wrong = total = 0
-    loss_sum = torch.zeros(())
+    counts = torch.zeros(3, dtype=torch.float64)  # wrong, total, loss sum
     for x, y in loader:
         with amp:
             logits = net(x).float()
-        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").cpu()
-        wrong += int((logits.argmax(1) != y).sum())
-        total += y.numel()
+        count_errors(counts, logits, y)
     net.train(was_training)
-    return {"error": 100.0 * wrong / max(total, 1), "loss": float(loss_sum) / max(total, 1)}
+    return error_and_loss(counts)
+
+
+def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Add a batch's (wrong, total, summed cross entropy) to `counts`."""
+    counts[0] += int((logits.argmax(1) != y).sum())
+    counts[1] += y.numel()
+    counts[2] += float(F.cross_entropy(logits, y, reduction="sum"))
+
+
+def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
+    """Error (%) and mean loss from summed (wrong, total, loss) counts."""
+    total = max(float(counts[1]), 1.0)
+    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total}
+
+
+class Step(Protocol):
+    """What differs between one process and a pipeline rank; the Trainer's loop is the same for both."""
+
+    net: LocalNetwork
+    device: torch.device
+    modules: range  # the modules whose local steps this process runs
+    main: bool  # this process prints the log line and writes the run folder
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """The parameters this process optimises."""
+        ...
+
+    def train(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Local steps of `modules` on one batch (gradients ready to step): (losses, logits or None, labels)."""
+        ...
+
+    def infer(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The inference pass of `modules` on one batch: (final logits or None, labels)."""
+        ...
+
+    def end_phase(self) -> None:
+        """Close an epoch's training or an evaluation pass (a pipeline tells the next stage)."""
+        ...
+
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """`t` (on the CPU) summed (or `max`) over every process."""
+        ...
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """{"model", "optimizer"} state of the whole network on the main process; None elsewhere."""
+        ...
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """A checkpoint payload, on every process."""
+        ...
+
+    def restore(self, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        """Load this process's share of a checkpoint's model and optimizer state."""
+        ...
+
+    def describe(self) -> tuple[str, str]:
+        """For the summary: (the device(s) the step runs on, what its peak memory measures)."""
+        ...
+
+
+class LocalStep:
+    """Every module's local step in this process, on one device."""
+
+    def __init__(self, net: LocalNetwork, device: torch.device, autocast: torch.autocast | None = None,
+                 channels_last: bool = False, pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.device = device
+        self.channels_last = channels_last and device.type == "cuda"
+        self.net = net.to(device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.modules = range(self.net.num_modules)
+        self.main = True
+        self.autocast = autocast
+        # Reconstruction targets are the un-normalised image: the loader's inverse transform, if any.
+        self.pixels = pixels if len(self.net.decoders) else None
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """Every parameter of the network."""
+        return self.net.parameters()
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def train(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`local_step` on one (x, y) batch."""
+        x, y = self._to_device(*batch)
+        pixels = self.pixels(x) if self.pixels is not None else None
+        logits, losses = modules_step(self.net, self.modules, x, {0: x}, y, pixels, self.autocast)
+        return losses, logits, y
+
+    def infer(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's inference pass on one (x, y) batch."""
+        x, y = self._to_device(*batch)
+        with self.autocast if self.autocast is not None else contextlib.nullcontext():
+            return self.net(x), y
+
+    def end_phase(self) -> None:
+        """Nothing to close in one process."""
+
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """One process: `t` itself."""
+        return t
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The network's and the optimizer's state."""
+        return {"model": self.net.state_dict(), "optimizer": optimizer.state_dict()}
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """The checkpoint at `path`, on this device."""
+        return load_checkpoint(path, map_location=self.device)
+
+    def restore(self, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        """Load the model and optimizer state."""
+        self.net.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+
+    def describe(self) -> tuple[str, str]:
+        """This device, and its peak memory reading."""
+        return str(self.device), peak_memory(self.device)[1]
 
 
 class Trainer:
-    """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`."""
+    """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`.
+
+    Without `step`, every module trains in this process (`LocalStep`); a pipeline rank passes its
+    `PipelineStep` and the loaders of its stage.
+    """
+
+    LOG_EVERY = 20  # batches between progress-bar loss readings (each reading waits for the device)
 
     def __init__(
         self,
@@ -84,34 +215,35 @@ class Trainer:
         val_loader: Iterable | None = None,
         pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
         meta: dict[str, Any] | None = None,
+        step: Step | None = None,
     ) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.net = net.to(self.device)
-        if cfg.channels_last and self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        autocast_device = resolve_device(cfg.device) if step is None else step.device
+        self.autocast = torch.autocast(autocast_device.type, dtype=torch.bfloat16) if cfg.bf16 else None
+        self.step: Step = step or LocalStep(
+            net, autocast_device, self.autocast, cfg.channels_last,
+            pixels or getattr(train_loader, "denormalize", None) or (lambda x: x),
+        )
+        self.net, self.device = self.step.net, self.step.device
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
-        # Reconstruction targets are the un-normalised image: the loader's inverse transform, if any.
-        self.pixels = pixels or getattr(train_loader, "denormalize", None) or (lambda x: x)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
-        self.optimizer = make_optimizer(self.net, cfg)
+        self.optimizer = make_optimizer(self.step.parameters(), cfg)
         self.warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else default_warmup(cfg.epochs)
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else None
-        )
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
         self.images = 0
 
     # -- checkpoints -------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly."""
+    def state(self) -> dict[str, Any] | None:
+        """Everything needed to continue this run exactly (on the main process; None elsewhere)."""
+        parts = self.step.checkpoint(self.optimizer)
+        if parts is None:
+            return None
         return {
             "epoch": self.epoch,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **parts,
             "history": self.history,
             "train_time": self.train_time,
             "images": self.images,
@@ -120,99 +252,122 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint written by this trainer."""
-        payload = load_checkpoint(path, map_location=self.device)
-        self.net.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        """Continue from a checkpoint written by a Trainer (one process or a pipeline)."""
+        payload = self.step.read(Path(path))
+        self.step.restore(payload, self.optimizer)
         self.epoch = payload["epoch"]
         self.history = payload["history"]
         self.train_time = payload["train_time"]
         self.images = payload["images"]
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.step.main:
             rewrite_metrics(self.out_dir, self.history)
 
     # -- loop -------------------------------------------------------------------------------------
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if self.cfg.channels_last and self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
-
-    def train_epoch(self) -> dict[str, Any]:
-        """One epoch of local steps at this epoch's learning rate."""
+    def set_lr(self) -> float:
+        """Set this epoch's learning rate on the optimizer; returns it."""
         lr = lr_at(self.epoch, self.cfg.epochs, self.cfg.lr, self.warmup, self.cfg.warmup_start_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        return lr
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch of local steps at this epoch's learning rate; metrics over every process."""
+        lr = self.set_lr()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(self.epoch)
         torch.manual_seed(self.cfg.seed * 1000 + self.epoch)
         self.net.train()
-        needs_pixels = len(self.net.decoders) > 0
-        sums: torch.Tensor | None = None
-        correct = seen = batches = 0
+        k_total = self.net.num_modules
+        mods = self.step.modules
+        # [loss sum per module..., correct, seen, batches]; each process fills its own modules' entries.
+        stats = torch.zeros(k_total + 3, dtype=torch.float64, device=self.device)
         bar = tqdm(
             self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-            disable=not self.cfg.progress, dynamic_ncols=True,
+            disable=not (self.cfg.progress and self.step.main), dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for x, y in bar:
-            x, y = self._to_device(x, y)
+        for i, batch in enumerate(bar):
             self.optimizer.zero_grad(set_to_none=True)
-            out = local_step(self.net, x, y, self.pixels(x) if needs_pixels else None, self.autocast)
+            losses, logits, y = self.step.train(batch)
             self.optimizer.step()
-            losses = torch.tensor(out.losses)
-            sums = losses if sums is None else sums + losses
-            correct += int((out.logits.argmax(1) == y).sum())
-            seen += y.numel()
-            batches += 1
-            bar.set_postfix(loss=f"{out.losses[-1]:.3f}", local=f"{losses[:-1].mean():.3f}" if len(losses) > 1 else "-")
+            stats[mods.start:mods.stop] += losses.double()
+            if logits is not None:
+                stats[k_total] += (logits.argmax(1) == y).sum()
+                stats[k_total + 1] += y.numel()
+                stats[k_total + 2] += 1
+            if not bar.disable and i % self.LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
+        self.step.end_phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        self.train_time += elapsed
-        self.images += seen
-        mean = (sums / max(batches, 1)).tolist() if sums is not None else []
+        stats = self.step.reduce(stats.cpu())
+        seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
+        batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
+        mean = (stats[:k_total] / batches).tolist()
+        self.train_time += seconds
+        self.images += int(seen)
         return {
-            "lr": lr,
-            "train_loss": mean[-1] if mean else float("nan"),
-            "local_losses": mean[:-1],
-            "train_error": 100.0 * (1 - correct / max(seen, 1)),
-            "epoch_time": elapsed,
-            "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+            "lr": lr, "train_loss": mean[-1], "local_losses": mean[:-1],
+            "train_error": 100.0 * (1 - float(stats[-3]) / max(seen, 1.0)),
+            "epoch_time": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
         }
 
-    def fit(self, until: int | None = None) -> dict[str, Any]:
-        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch."""
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable) -> dict[str, float]:
+        """Error (%) and mean cross entropy of the inference pass over a loader, over every process."""
+        self.net.eval()
+        counts = torch.zeros(3, dtype=torch.float64)  # wrong, total, loss sum
+        for batch in loader:
+            logits, y = self.step.infer(batch)
+            if logits is not None:
+                count_errors(counts, logits.float(), y)
+        self.step.end_phase()
+        self.net.train()
+        return error_and_loss(self.step.reduce(counts))
+
+    def fit(self, until: int | None = None) -> dict[str, Any] | None:
+        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
+
+        Returns the summary on the main process, None on the other ranks of a pipeline.
+        """
         reset_peak(self.device)
         stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_loader is not None:
-                row["val_error"] = evaluate(self.net, self.val_loader, self.autocast)["error"]
-            test = evaluate(self.net, self.test_loader, self.autocast)
+                row["val_error"] = self.evaluate(self.val_loader)["error"]
+            test = self.evaluate(self.test_loader)
             row["test_error"], row["test_loss"] = test["error"], test["loss"]
-            row["peak_memory_bytes"] = peak_memory(self.device)[0]
+            row["peak_memory_bytes"] = self._peak()
             self.epoch += 1
             self.history.append(row)
-            self._log(row)
-        return self.summary()
+            self._save(row)
+        return self.summary() if self.step.main else None
 
-    def _log(self, row: dict[str, Any]) -> None:
-        msg = (
+    def _peak(self) -> float:
+        """Peak memory of the largest process so far."""
+        return float(self.step.reduce(torch.tensor([peak_memory(self.device)[0]], dtype=torch.float64), "max"))
+
+    def _save(self, row: dict[str, Any]) -> None:
+        """The epoch's log line, checkpoint and metrics row (main process)."""
+        payload = self.state()
+        if payload is None:
+            return
+        tqdm.write(
             f"epoch {row['epoch']}/{self.cfg.epochs}  lr {row['lr']:.4f}  train loss {row['train_loss']:.4f}  "
             f"test error {row['test_error']:.2f}%  {row['images_per_s']:.0f} img/s"
         )
-        tqdm.write(msg) if self.cfg.progress else None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(self.out_dir / "checkpoint.pt", self.state())
+            save_checkpoint(self.out_dir / "checkpoint.pt", payload)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
-        peak, how = peak_memory(self.device)
-        out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, how, str(self.device),
+        peak = self.history[-1]["peak_memory_bytes"] if self.history else peak_memory(self.device)[0]
+        device, kind = self.step.describe()
+        out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, kind, device,
                           self.net.param_counts())
         if self.out_dir is not None:
             (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": self.meta}, indent=2) + "\n")
