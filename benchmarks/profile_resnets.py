@@ -65,7 +65,7 @@ def sweep(args: argparse.Namespace) -> tuple[list[ProfileRow], str]:
         cfg = ProfileConfig(arch=arch, batch_size=args.batch, input_shape=(3, 32, 32), warmup=args.warmup,
                             steps=args.steps, device=args.device, channels_last=args.channels_last)
         rows.append(run(cfg, 1, E2E))
-        rows += [run(cfg, k, m) for k in KS if k > 1 for m in MODES]
+        rows += [run(cfg, k, m) for k in args.ks if k > 1 for m in MODES]
         rows += [run(replace(cfg, local=STRAIGHT), 16, m) for m in CONTEXT_MODES]
         rows += [run(replace(cfg, local=POOLED), 16, m) for m in ("E", "R1E")]
     lines = [format_table(rows, markdown=True), ""]
@@ -77,8 +77,8 @@ def sweep(args: argparse.Namespace) -> tuple[list[ProfileRow], str]:
             + f" (parameter and optimizer state added to both, R1E: "
             f"{(e2e.peak_bytes + e2e.state_bytes) / (r1e.peak_bytes + r1e.state_bytes):.2f}x)")
         for m in CONTEXT_MODES:
-            over = [mine[(k, m)].peak_bytes / mine[(k, "R0")].peak_bytes - 1 for k in KS if k > 1]
-            lines.append(f"- {arch}: {m} memory over R0 at the same K (K=2..16): "
+            over = [mine[(k, m)].peak_bytes / mine[(k, "R0")].peak_bytes - 1 for k in args.ks if k > 1]
+            lines.append(f"- {arch}: {m} memory over R0 at the same K (K={', '.join(map(str, args.ks[1:]))}): "
                          + ", ".join(f"{100 * o:+.1f}%" for o in over))
         for m in CONTEXT_MODES:
             lean, straight = mine[(16, m)], mine[(16, f"{m} (straightforward)")]
@@ -218,13 +218,16 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last in the K sweep too")
     p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--parts", default="sweep,speed,balance", help="comma-separated: sweep, speed, balance")
+    p.add_argument("--ks", default=",".join(map(str, KS)), help="K of the sweep (1 and 16 always needed)")
     args = p.parse_args()
+    args.ks = sorted({1, 16, *(int(k) for k in args.ks.split(","))})
     torch.set_num_threads(args.threads)
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     info = machine()
     settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                         if k in ("batch", "speed_batch", "threads", "warmup", "steps", "device"))
+    settings += f" --ks {','.join(map(str, args.ks))}" if tuple(args.ks) != KS else ""
     settings += " --channels-last" if args.channels_last else ""
 
     def write(region: str, title: str, part: str, body: Callable[[], str]) -> None:

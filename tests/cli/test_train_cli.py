@@ -1,9 +1,11 @@
+import argparse
 import json
 
 import pytest
 import torch
 
 from contsup.cli import main
+from contsup.cli.train import config_from_args, register
 
 BASE = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "--batch-size", "64",
         "--lr", "0.05", "--device", "cpu", "--no-progress"]
@@ -69,3 +71,11 @@ def test_eval_bad_checkpoints(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "foreign.pt")]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "not a contsup checkpoint" in err
+
+
+def test_lean_context_flag():
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    on, off = (config_from_args(p.parse_args(["train", *TINY, *extra])).local.lean_context
+               for extra in ([], ["--no-lean-context"]))
+    assert on and not off
