@@ -83,3 +83,14 @@ def test_lean_recompute_keeps_the_forward_autocast(batch):
         local_step(net, x, y, autocast=torch.autocast("cpu", torch.bfloat16))
     for (n, p), q in zip(plain.context.named_parameters(), lean.context.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, rtol=1e-2, atol=1e-2), n
+
+
+def test_other_batchnorms_run_straightforward():
+    class OtherBN(torch.nn.BatchNorm2d):
+        pass
+
+    enc = ResidualEncoder(6, Shape(20, 4, 4), lean=True)
+    x = torch.randn(5, 6, 8, 8)
+    assert type(enc(x).grad_fn).__name__ == "_LeanEncodeBackward"
+    enc.net[1] = OtherBN(20)
+    assert type(enc(x).grad_fn).__name__ != "_LeanEncodeBackward"

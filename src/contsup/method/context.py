@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.errors import ContsupError
-from contsup.method.lean import lean_encode
+from contsup.method.lean import lean_encode, supported
 from contsup.models.chain import Shape
 
 _MODE = re.compile(r"R(\d+)(E?)|E")
@@ -82,7 +82,8 @@ def check_image_encoder(name: str) -> None:
 class ConvEncoder(nn.Module):
     """conv-BN-ReLU layers (`net`) and an adaptive average pool to the cut's size, after them or first.
 
-    `lean` computes the same function holding only its input for backward (contsup.method.lean);
+    `lean` computes the same function holding only its input for backward (contsup.method.lean; with plain
+    BatchNorm layers: the pipeline's synchronised BatchNorm runs the straightforward way);
     `max_elements` bounds, per sample, the full-resolution intermediates the lean version makes at once.
     """
 
@@ -100,7 +101,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded input at the cut's shape."""
-        if self.lean:
+        if self.lean and supported(self):
             return lean_encode(self, x)
         if self.pool_first:
             return self.net(self.pool(x))

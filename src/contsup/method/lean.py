@@ -109,6 +109,11 @@ class _LeanEncode(torch.autograd.Function):
         return None, xs.grad, *(p.grad for p in ps)
 
 
+def supported(enc: ConvEncoder) -> bool:
+    """Whether every BN of the encoder is a plain nn.BatchNorm2d (a synchronised BN runs straightforwardly)."""
+    return all(type(bn) is nn.BatchNorm2d for _, bn in _layers(enc))
+
+
 def lean_encode(enc: ConvEncoder, x: torch.Tensor) -> torch.Tensor:
     """The encoder's output on x, holding only x for backward (module docstring)."""
     params = [t for conv, bn in _layers(enc) for t in (conv.weight, conv.bias, bn.weight, bn.bias)]
