@@ -54,6 +54,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper: the image encoder runs at the image's resolution, then pools (default); "
                         "pooled: pool the image to the cut's size first (cheaper; not the paper's function)")
+    g.add_argument("--no-lean-context", dest="lean_context", action="store_false",
+                   help="keep every context-encoder intermediate for backward (default: lean, each encoder keeps "
+                        "only its input and recomputes in backward; same function and gradients)")
     g.add_argument("--recon", default="none",
                    help="InfoPro reconstruction term: none, paper (the paper's weights for this net/data/K), "
                         "or ixx1,ixy1,ixx2,ixy2")
@@ -118,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         modules=args.modules, context=args.context, head=args.head, loss=args.loss, width=args.width,
         widen=args.widen, cut_table=table, cuts=cuts,
         recon=parse_recon(args.recon, args.arch.lower(), args.data, args.modules, balanced),
-        image_encoder=args.image_encoder,
+        image_encoder=args.image_encoder, lean_context=args.lean_context,
     )
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,

@@ -34,6 +34,7 @@ class LocalConfig:
     cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
     recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
     image_encoder: str = "paper"  # paper | pooled (pool the image first: cheaper, not the paper's function)
+    lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
     extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
 
     def validate(self) -> None:
@@ -61,7 +62,7 @@ class LocalNetwork(nn.Module):
             memory=lambda: memory_model(
                 units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
                 self._num_classes(backbone.classifier, self.unit_shapes), config.width, config.widen,
-                config.recon is not None, config.image_encoder,
+                config.recon is not None, config.image_encoder, config.lean_context,
             ),
         )
         x_shape = Shape(*sample.shape[-3:])
@@ -82,7 +83,8 @@ class LocalNetwork(nn.Module):
             Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)) for s in cut_shapes
         ) if config.recon is not None else nn.ModuleList()
         self.context = nn.ModuleList(
-            CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
+            CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context)
+            for k, s in enumerate(cut_shapes)
         )
         # Last cut that reads each source s_j: after it, the step may drop s_j.
         self.last_use = {j: 0 for j in range(len(self.source_shapes))}
