@@ -69,6 +69,7 @@ class LocalConfig:
     recon: Any = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
     image_encoder: str = "paper"  # paper (runs at the image's resolution) or pooled (cheaper, not the paper's)
+    lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
 
     def __post_init__(self) -> None:
         from contsup.method.cuts import TABLES, parse_cut_list  # the method code imports this schema

@@ -1,9 +1,11 @@
+import argparse
 import json
 
 import pytest
 import torch
 
 from contsup.cli import main
+from contsup.cli.train import config_from_args, register
 
 BASE = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "--batch-size", "64",
         "--lr", "0.05", "--device", "cpu", "--no-progress"]
@@ -77,3 +79,11 @@ def test_help_shows_defaults_and_examples(capsys):
     text = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "--epochs EPOCHS training epochs (the paper's recipe) (default: 160)" in text
     assert "(default: 0.8)" in text and "examples: contsup train" in text and "last = the last module's loss" in text
+
+
+def test_lean_context_flag():
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    on, off = (config_from_args(p.parse_args(["train", *TINY, *extra])).local.lean_context
+               for extra in ([], ["--no-lean-context"]))
+    assert on and not off

@@ -51,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
-        local={"image_encoder": args.image_encoder},
+        local={"image_encoder": args.image_encoder, "lean_context": args.lean_context},
     )
 
 
@@ -94,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
+    p.add_argument("--no-lean-context", dest="lean_context", action="store_false",
+                   help="straightforward context encoders (default: lean, recompute in backward)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -9,8 +9,9 @@ statistics stay untouched), per sample:
 - end of module at unit j < last: the local head (and decoder) on unit j's output, its input left out
   (the unit already counted it); at the last unit: the classifier and its loss;
 - start of module at unit i > 0: the encoders of a cut after unit i - 1 with a full window, each source
-  taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller),
-  with their inputs left out (they are held as sources anyway).
+  taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller):
+  what they save for backward (nothing but their inputs when lean, contsup.method.lean), and the earlier
+  module inputs s_j (j >= 1) they read, held through the module for them (the image x is held anyway).
 
 Backward temporaries and the gradients are not in the model; the balance compares modules, and those
 scale with the same activations.
@@ -58,6 +59,7 @@ def memory_model(
     widen: float = 1.0,
     recon: bool = False,
     image_encoder: str = "paper",
+    lean: bool = False,
 ) -> tuple[list[float], list[float], list[float]]:
     """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`."""
     n = len(units)
@@ -89,9 +91,11 @@ def memory_model(
                 cost += _counted(dec, lambda m=dec, h=h: m.loss(h, torch.rand_like(x)), h)
             end_bytes.append(cost)
     start_bytes.append(0.0)
+    bound = max(s.channels * s.height * s.width for s in [x_shape, *shapes])
     for s in shapes[:-1]:
-        ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder).train()
+        ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder, lean, bound).train()
         h = torch.randn(BATCH, s.channels, s.height, s.width)
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
-        start_bytes.append(_counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))
+        held = sum(t.numel() * t.element_size() for j, t in sources.items() if j > 0) / BATCH
+        start_bytes.append(held + _counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))
     return unit_bytes, end_bytes, start_bytes

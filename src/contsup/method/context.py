@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.method.lean import lean_encode, supported
 from contsup.models.chain import Shape
 from contsup.registry import Registry
 
@@ -80,8 +81,16 @@ def parse_mode(text: str, modules: int) -> ContextMode:
 
 
 def adaptive_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Adaptive average pool to `size`; no work when the size already matches."""
-    return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
+    """Adaptive average pool to `size`; no work when the size already matches.
+
+    When `size` divides the input's size, the same averages come from the faster plain average pool.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == size:
+        return x
+    if h % size[0] == 0 and w % size[1] == 0:
+        return F.avg_pool2d(x, (h // size[0], w // size[1]))
+    return F.adaptive_avg_pool2d(x, size)
 
 
 IMAGE_ENCODERS = ["paper", "pooled"]
@@ -93,18 +102,47 @@ def check_image_encoder(name: str) -> None:
         raise ContsupError(f"unknown image encoder {name!r}; choose from {', '.join(IMAGE_ENCODERS)}")
 
 
-class ImageEncoder(nn.Module):
+class ConvEncoder(nn.Module):
+    """conv-BN-ReLU layers (`net`) and an adaptive average pool to the cut's size, after them or first.
+
+    `lean` computes the same function holding only its input for backward (contsup.method.lean; with plain
+    BatchNorm layers: the pipeline's synchronised BatchNorm runs the straightforward way);
+    `max_elements` bounds, per sample, the full-resolution intermediates the lean version makes at once.
+    """
+
+    def __init__(self, net: nn.Sequential, target: Shape, pool_first: bool, lean: bool, max_elements: int) -> None:
+        super().__init__()
+        self.net = net
+        self.size = (target.height, target.width)
+        self.pool_first = pool_first
+        self.lean = lean
+        self.max_elements = max_elements
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Adaptive average pool to the cut's size."""
+        return adaptive_pool(x, self.size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded input at the cut's shape."""
+        if self.lean and supported(self):
+            return lean_encode(self, x)
+        if self.pool_first:
+            return self.net(self.pool(x))
+        return self.pool(self.net(x))
+
+
+class ImageEncoder(ConvEncoder):
     """Mode E: conv3x3(in -> 12) -> BN -> ReLU -> conv3x3(12 -> C) -> BN -> ReLU -> pool to h_k's size.
 
     `pool_first` is a cheaper variant that is not the paper's: the image is pooled to h_k's size first,
     so both convolutions run at the cut's resolution (same parameters, different function).
     """
 
-    def __init__(self, in_ch: int, target: Shape, hidden: int = 12, pool_first: bool = False) -> None:
-        super().__init__()
-        self.size = (target.height, target.width)
-        self.pool_first = pool_first
-        self.net = nn.Sequential(
+    def __init__(
+        self, in_ch: int, target: Shape, hidden: int = 12, pool_first: bool = False, lean: bool = False,
+        max_elements: int = 0,
+    ) -> None:
+        net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 3, 1, 1),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
@@ -112,42 +150,41 @@ class ImageEncoder(nn.Module):
             nn.BatchNorm2d(target.channels),
             nn.ReLU(inplace=True),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoded image at h_k's shape."""
-        if self.pool_first:
-            return self.net(adaptive_pool(x, self.size))
-        return adaptive_pool(self.net(x), self.size)
+        super().__init__(net, target, pool_first, lean, max_elements)
 
 
-class ResidualEncoder(nn.Module):
+class ResidualEncoder(ConvEncoder):
     """Mode Rn: conv1x1(C_src -> C) -> BN -> ReLU -> pool to h_k's size."""
 
-    def __init__(self, in_ch: int, target: Shape) -> None:
-        super().__init__()
-        self.size = (target.height, target.width)
-        self.net = nn.Sequential(
+    def __init__(self, in_ch: int, target: Shape, lean: bool = False, max_elements: int = 0) -> None:
+        net = nn.Sequential(
             nn.Conv2d(in_ch, target.channels, 1), nn.BatchNorm2d(target.channels), nn.ReLU(inplace=True)
         )
-
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """Encoded earlier module input at h_k's shape."""
-        return adaptive_pool(self.net(s), self.size)
+        super().__init__(net, target, False, lean, max_elements)
 
 
 class CutContext(nn.Module):
-    """Every encoder at one cut, and the sum that supplies h_k with context."""
+    """Every encoder at one cut, and the sum that supplies h_k with context.
+
+    `lean` and `max_elements` as in ConvEncoder (the default bound: the largest source, per sample).
+    """
 
     def __init__(
-        self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper"
+        self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper",
+        lean: bool = False, max_elements: int | None = None,
     ) -> None:
         super().__init__()
         check_image_encoder(image_encoder)
         self.cut = cut
         self.source_ids = mode.sources(cut)
-        self.residual = nn.ModuleList(ResidualEncoder(source_shapes[j].channels, target) for j in self.source_ids)
+        bound = max(s.channels * s.height * s.width for s in source_shapes) if max_elements is None else max_elements
+        self.residual = nn.ModuleList(
+            ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids
+        )
         pool_first = image_encoder == "pooled"
-        self.image = ImageEncoder(source_shapes[0].channels, target, pool_first=pool_first) if mode.image else None
+        self.image = ImageEncoder(
+            source_shapes[0].channels, target, pool_first=pool_first, lean=lean, max_elements=bound
+        ) if mode.image else None
 
     def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""

@@ -58,7 +58,7 @@ class LocalNetwork(nn.Module):
             memory=lambda: memory_model(
                 units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
                 self._num_classes(backbone.classifier), config.width, config.widen,
-                config.recon is not None, config.image_encoder,
+                config.recon is not None, config.image_encoder, config.lean_context,
             ),
         )
         x_shape = Shape(*sample.shape[-3:])
@@ -78,7 +78,8 @@ class LocalNetwork(nn.Module):
             Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)) for s in cut_shapes
         ) if config.recon is not None else nn.ModuleList()
         self.context = nn.ModuleList(
-            CutContext(k, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
+            CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context)
+            for k, s in enumerate(cut_shapes)
         )
         self.last_use = {j: -1 for j in range(len(self.source_shapes))}
         for ctx in self.context:

@@ -19,9 +19,12 @@ from contsup.method.network import LocalNetwork, Sources
 
 @dataclass
 class StepOutput:
-    """What one local step measured: each module's loss, and the final module's logits (detached)."""
+    """What one local step measured: each module's loss and the final module's logits (detached, on the device).
 
-    losses: list[float]
+    The losses stay on the device, so that a training loop reads them once per log interval, not every step.
+    """
+
+    losses: torch.Tensor  # (K,)
     logits: torch.Tensor
 
 
@@ -96,4 +99,4 @@ def local_step(
 ) -> StepOutput:
     """Forward and backward every module on one batch (gradients accumulate; no optimizer step)."""
     logits, losses = modules_step(net, range(net.num_modules), x, {0: x}, y, pixels, autocast)
-    return StepOutput(losses.tolist(), logits)
+    return StepOutput(losses, logits)

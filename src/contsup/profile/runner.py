@@ -56,7 +56,7 @@ class ProfileRow:
 
     arch: str
     modules: int
-    context: str  # "E2E" for K = 1; "(pooled)" added with the pooled image encoder
+    context: str  # "E2E" for K = 1; "(pooled)", "(straightforward)" added for those encoders
     cuts: list[int]
     batch_size: int
     input_shape: list[int]
@@ -142,8 +142,11 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
         _, saved = saved_bytes(step, exclude=net)
     flops = count_flops(net, step)[1] if cfg.flops else {}
     median = statistics.median(times) if times else float("nan")
-    if net.mode.image and net.config.image_encoder != "paper":
-        context = f"{context} ({net.config.image_encoder})"
+    labels = [net.config.image_encoder] if net.mode.image and net.config.image_encoder != "paper" else []
+    if not net.config.lean_context and (net.mode.image or net.mode.window):
+        labels.append("straightforward")
+    if labels:
+        context = f"{context} ({', '.join(labels)})"
     return ProfileRow(
         arch=cfg.arch, modules=modules, context=context, cuts=list(net.cuts), batch_size=cfg.batch_size,
         input_shape=list(cfg.input_shape), device=str(device), peak_bytes=peak.peak_bytes,

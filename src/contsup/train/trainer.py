@@ -58,20 +58,20 @@ def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None, bar: 
     was_training = net.training
     net.eval()
     amp = autocast if autocast is not None else contextlib.nullcontext()
-    counts = torch.zeros(3, dtype=torch.float64)  # wrong, total, loss sum
+    counts = torch.zeros(3, dtype=torch.float64, device=next(net.parameters()).device)  # wrong, total, loss sum
     for x, y in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
         with amp:
             logits = net(x).float()
         count_errors(counts, logits, y)
     net.train(was_training)
-    return error_and_loss(counts)
+    return error_and_loss(counts.cpu())
 
 
 def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-    """Add a batch's (wrong, total, summed cross entropy) to `counts`."""
-    counts[0] += int((logits.argmax(1) != y).sum())
+    """Add a batch's (wrong, total, summed cross entropy) to `counts`, on the device (no host sync)."""
+    counts[0] += (logits.argmax(1) != y).sum()
     counts[1] += y.numel()
-    counts[2] += float(F.cross_entropy(logits, y, reduction="sum"))
+    counts[2] += F.cross_entropy(logits, y, reduction="sum")
 
 
 def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
@@ -326,7 +326,7 @@ class Trainer:
     def evaluate(self, loader: Iterable, split: str = "test") -> dict[str, float]:
         """Error (%) and mean cross entropy of the inference pass over a loader, over every process."""
         self.net.eval()
-        counts = torch.zeros(3, dtype=torch.float64)  # wrong, total, loss sum
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)  # wrong, total, loss sum
         hidden = not (self.cfg.progress and self.step.main)
         for batch in tqdm(loader, desc=f"evaluating on the {split} set", leave=False, disable=hidden,
                           dynamic_ncols=True):
@@ -335,7 +335,7 @@ class Trainer:
                 count_errors(counts, logits.float(), y)
         self.step.end_phase()
         self.net.train()
-        return error_and_loss(self.step.reduce(counts))
+        return error_and_loss(self.step.reduce(counts.cpu()))
 
     def fit(self, until: int | None = None) -> dict[str, Any] | None:
         """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
