@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from contsup.config import TrainConfig
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.method import LocalConfig, LocalNetwork, local_step
 from contsup.models import resnet
-from contsup.train.trainer import TrainConfig, make_optimizer
+from contsup.train.trainer import make_optimizer
 from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -37,7 +38,7 @@ def step_rate(shape: tuple[int, int, int], batch: int, steps: int) -> float:
     """ResNet-32 end-to-end training steps per second (forward, backward, SGD step), after one warm-up step."""
     sample = torch.zeros(1, *shape)
     net = LocalNetwork(resnet(32, shape[0], 10), LocalConfig(modules=1), sample)
-    opt = make_optimizer(net, TrainConfig(lr=0.1))
+    opt = make_optimizer(net.parameters(), TrainConfig(lr=0.1))
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     times = []
     for _ in range(steps + 1):

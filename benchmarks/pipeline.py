@@ -2,9 +2,9 @@
 
 ResNet-32 cut into K=16 modules on Fashion-MNIST (1x28x28), batch 128, contexts R1E and R0. Both sides
 time the training phase of one epoch over the same `--steps` batches (after a warm-up epoch), through
-the library's own loops: `Trainer.train_epoch` in one process, `PipelineTrainer.train_epoch` on every
-rank (started with torchrun, gloo on CPU). Writes the table between the `pipeline` markers of
-docs/benchmarks.md (nothing else in that file is touched).
+the library's one loop, `Trainer.train_epoch`: with the local step in one process, with the pipeline
+step on every rank (started with torchrun, gloo on CPU). Writes the table between the `pipeline`
+markers of docs/benchmarks.md (nothing else in that file is touched).
 
     PYTHONPATH=src python benchmarks/pipeline.py            # full table (a few minutes on 2 cores)
     PYTHONPATH=src python benchmarks/pipeline.py --steps 4  # quick look
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from contsup.method.network import LocalConfig
-from contsup.run import DataConfig, RunConfig, build_network, load_data, make_trainer
-from contsup.train.trainer import TrainConfig
+from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
+from contsup.run import build_network, load_data, make_trainer
 from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -36,7 +35,7 @@ def run_config(context: str, steps: int, batch: int) -> RunConfig:
     return RunConfig(
         DataConfig("fashion-mnist", download=False, train_subset=steps * batch), "resnet32",
         LocalConfig(modules=16, context=context), TrainConfig(epochs=2, batch_size=batch, lr=0.1, device="cpu",
-                                                              progress=False), out=None,
+                                                              progress=False), PipelineConfig(backend="gloo"),
     )
 
 
@@ -54,15 +53,13 @@ def pipeline_rank(cfg: RunConfig) -> dict | None:
     import torch.distributed as dist
 
     from contsup.distributed.launch import build_rank
-    from contsup.distributed.pipeline import PipelineConfig
-
-    trainer = build_rank(cfg, PipelineConfig(backend="gloo"))
+    trainer, step = build_rank(cfg)
     trainer.train_epoch()
     trainer.epoch += 1
     row = trainer.train_epoch()
-    sizes = torch.tensor([len(trainer.stage.modules)], dtype=torch.int64)
-    gathered = [torch.zeros_like(sizes) for _ in range(trainer.topo.world)]
-    dist.all_gather(gathered, sizes, group=trainer.groups.ctrl)
+    sizes = torch.tensor([len(step.modules)], dtype=torch.int64)
+    gathered = [torch.zeros_like(sizes) for _ in range(step.topo.world)]
+    dist.all_gather(gathered, sizes, group=step.groups.ctrl)
     dist.destroy_process_group()
     return {"images_per_s": row["images_per_s"], "stage_sizes": [int(s) for s in gathered],
             "threads": torch.get_num_threads()}

@@ -1,14 +1,18 @@
-"""Measured memory and speed of local learning: writes the profile section of docs/benchmarks.md.
+"""Measured memory and speed of local learning: writes the profile sections of docs/benchmarks.md.
 
-Three parts, all real training steps on synthetic batches (`contsup.profile.runner`):
-1. ResNet-32 and ResNet-110 at K = 1, 2, 4, 8, 16 for R0, E, R1, R1E: peak step memory, saved tensors,
-   step time, parameters and FLOPs; a plot of memory and step time against K.
-2. Step time of ResNet-32 at K = 16 against E2E on 1x28x28 (Fashion-MNIST shape), default memory
-   format and channels_last, with the step-time targets.
-3. The automatic memory-balanced cuts against the paper's hand-made CIFAR-10 tables.
+Three parts, all real training steps on synthetic batches (`contsup.profile.runner`), each written to
+its own region of the doc, so that one part can be rerun alone:
+1. `sweep`: ResNet-32 and ResNet-110 at K = 1, 2, 4, 8, 16 for R0, E, R1, R1E (lean context encoders, the
+   default), the straightforward encoders and the pooled image encoder at K = 16, and ResNet-110 K = 16 at
+   the memory-balanced cuts: peak step memory, saved tensors, step time, parameters and FLOPs; the memory
+   targets; a plot of memory and step time against K. Memory does not depend on the machine's load.
+2. `speed`: step time of ResNet-32 at K = 16 against E2E on 1x28x28 (Fashion-MNIST shape), lean and
+   straightforward encoders, default memory format and channels_last, with the step-time targets and the
+   profiler's top operators. Needs a quiet machine (a few minutes).
+3. `balance`: the automatic memory-balanced cuts against the paper's hand-made CIFAR-10 tables.
 
-    PYTHONPATH=src python benchmarks/profile_resnets.py            # the whole benchmark
-    PYTHONPATH=src python benchmarks/profile_resnets.py --batch 64 # a smaller batch for a busy machine
+    PYTHONPATH=src python benchmarks/profile_resnets.py                # every part
+    PYTHONPATH=src python benchmarks/profile_resnets.py --parts speed  # only the step times
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -31,8 +36,13 @@ from docregion import write_region
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("R0", "E", "R1", "R1E")
+CONTEXT_MODES = ("E", "R1", "R1E")
 KS = (1, 2, 4, 8, 16)
-SPEED_TARGETS = {"R0": 1.25, "R1": 1.45, "R1E": 2.3}
+SPEED_TARGETS = {"R0": 1.25, "R1": 1.5, "R1E": 2.5}
+MEMORY_TARGETS = {"resnet32": 1.25, "resnet110": 1.05}  # R1E peak / R0 peak at K = 16, same cuts
+E2E_TARGET = 8.0  # ResNet-110: E2E peak / K = 16 R1E peak, any cut rule
+STRAIGHT = {"lean_context": False}
+POOLED = {"image_encoder": "pooled"}
 
 
 def log(msg: str) -> None:
@@ -49,54 +59,85 @@ def run(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
 
 
 def sweep(args: argparse.Namespace) -> tuple[list[ProfileRow], str]:
-    """Part 1: both networks over K and modes."""
+    """Part 1: both networks over K and modes, the other encoders at K = 16, balanced cuts at ResNet-110."""
     rows = []
     for arch in ("resnet32", "resnet110"):
         cfg = ProfileConfig(arch=arch, batch_size=args.batch, input_shape=(3, 32, 32), warmup=args.warmup,
                             steps=args.steps, device=args.device, channels_last=args.channels_last)
         rows.append(run(cfg, 1, E2E))
-        rows += [run(cfg, k, m) for k in KS if k > 1 for m in MODES]
-        pooled = replace(cfg, local={"image_encoder": "pooled"})
-        rows += [run(pooled, 16, m) for m in ("E", "R1E")]
+        rows += [run(cfg, k, m) for k in args.ks if k > 1 for m in MODES]
+        rows += [run(replace(cfg, local=STRAIGHT), 16, m) for m in CONTEXT_MODES]
+        rows += [run(replace(cfg, local=POOLED), 16, m) for m in ("E", "R1E")]
     lines = [format_table(rows, markdown=True), ""]
     for arch in ("resnet32", "resnet110"):
         mine = {(r.modules, r.context): r for r in rows if r.arch == arch}
-        e2e = mine[(1, E2E)]
-        for m in (*MODES, "E (pooled)", "R1E (pooled)"):
-            r = mine[(16, m)]
-            lines.append(f"- {arch}: E2E peak / K=16 {m} peak = {e2e.peak_bytes / r.peak_bytes:.2f}x "
-                         f"(with parameter and optimizer state added to both: "
-                         f"{(e2e.peak_bytes + e2e.state_bytes) / (r.peak_bytes + r.state_bytes):.2f}x)")
-        for m in ("E", "R1", "R1E"):
-            over = [mine[(k, m)].peak_bytes / mine[(k, "R0")].peak_bytes - 1 for k in KS if k > 1]
-            lines.append(f"- {arch}: {m} memory over R0 at the same K (K=2..16): "
+        e2e, r0, r1e = mine[(1, E2E)], mine[(16, "R0")], mine[(16, "R1E")]
+        lines.append(f"- {arch}: E2E peak / K=16 peak: " + ", ".join(
+            f"{m} {e2e.peak_bytes / r.peak_bytes:.2f}x" for (k, m), r in mine.items() if k == 16)
+            + f" (parameter and optimizer state added to both, R1E: "
+            f"{(e2e.peak_bytes + e2e.state_bytes) / (r1e.peak_bytes + r1e.state_bytes):.2f}x)")
+        for m in CONTEXT_MODES:
+            over = [mine[(k, m)].peak_bytes / mine[(k, "R0")].peak_bytes - 1 for k in args.ks if k > 1]
+            lines.append(f"- {arch}: {m} memory over R0 at the same K (K={', '.join(map(str, args.ks[1:]))}): "
                          + ", ".join(f"{100 * o:+.1f}%" for o in over))
-        for m in ("E (pooled)", "R1E (pooled)"):
-            lines.append(f"- {arch}: {m} memory over R0 at K=16: "
-                         f"{100 * (mine[(16, m)].peak_bytes / mine[(16, 'R0')].peak_bytes - 1):+.1f}%")
-    return rows, "\n".join(lines)
+        for m in CONTEXT_MODES:
+            lean, straight = mine[(16, m)], mine[(16, f"{m} (straightforward)")]
+            over = [100 * (r.peak_bytes / r0.peak_bytes - 1) for r in (lean, straight)]
+            lines.append(f"- {arch} K=16 {m}: lean encoders {lean.peak_bytes / MIB:.1f} MiB, straightforward "
+                         f"{straight.peak_bytes / MIB:.1f} MiB (over R0: {over[0]:+.1f}% against {over[1]:+.1f}%); "
+                         "step time lean / "
+                         f"straightforward {lean.step_ms / straight.step_ms:.2f}x (this run's load)")
+        ratio = r1e.peak_bytes / r0.peak_bytes
+        lines.append(f"- {arch}: target R1E peak <= {MEMORY_TARGETS[arch]}x R0 at K=16, same cuts: {ratio:.3f}x "
+                     f"({'met' if ratio <= MEMORY_TARGETS[arch] else 'missed'})")
+    text = "\n".join(lines) + "\n\n" + balanced_k16(args, rows)
+    return rows, text
+
+
+def balanced_k16(args: argparse.Namespace, rows: list[ProfileRow]) -> str:
+    """ResNet-110 at K = 16 with the memory-balanced cut rule (lean encoders): E2E / R1E and R1E / R0."""
+    cfg = ProfileConfig(arch="resnet110", batch_size=args.batch, input_shape=(3, 32, 32), warmup=1, steps=0,
+                        device=args.device, channels_last=args.channels_last, flops=False, cut_table="balanced")
+    e2e = next(r for r in rows if r.arch == "resnet110" and r.context == E2E)
+    paper = {r.context: r for r in rows if r.arch == "resnet110" and r.modules == 16}
+    lines = ["| cuts | R0 peak MiB | R1E peak MiB | R1E / R0 | E2E / R1E |", "|---|---|---|---|---|"]
+    for name, got in (("auto (the paper's equal cuts)", paper), ("balanced (rule, R1E model)", None)):
+        if got is None:
+            got = {m: run(cfg, 16, m) for m in ("R0", "R1E")}
+        r0, r1e = got["R0"], got["R1E"]
+        lines.append(f"| {name}: {' '.join(map(str, r1e.cuts))} | {r0.peak_bytes / MIB:.1f} | "
+                     f"{r1e.peak_bytes / MIB:.1f} | {r1e.peak_bytes / r0.peak_bytes:.3f}x | "
+                     f"{e2e.peak_bytes / r1e.peak_bytes:.2f}x |")
+    best = max(e2e.peak_bytes / ln for ln in (paper["R1E"].peak_bytes, got["R1E"].peak_bytes))
+    return ("ResNet-110, K = 16, lean encoders, by cut rule (unit indices after which a cut falls; with "
+            "`--cuts balanced` R0 and R1E are balanced each under its own memory model, so their cuts may "
+            "differ):\n\n" + "\n".join(lines) + f"\n\n- resnet110: target E2E peak / K=16 R1E peak >= "
+            f"{E2E_TARGET}x (any cut rule): {best:.2f}x ({'met' if best >= E2E_TARGET else 'missed'})")
 
 
 def speed(args: argparse.Namespace) -> str:
-    """Part 2: ResNet-32, K = 16 against E2E on 1x28x28, default memory format and channels_last."""
-    table = ["| memory format | E2E | R0 | R1 | E | R1E | ratios to E2E |", "|---" * 7 + "|"]
+    """Part 2: ResNet-32, K = 16 against E2E on 1x28x28: lean and straightforward encoders, both memory formats."""
+    table = ["| memory format, encoders | E2E | R0 | R1 | E | R1E | ratios to E2E |", "|---" * 7 + "|"]
     checks = []
     for channels_last in (False, True):
         cfg = ProfileConfig(arch="resnet32", batch_size=args.speed_batch, input_shape=(1, 28, 28),
                             warmup=args.warmup, steps=args.steps, device=args.device, channels_last=channels_last,
                             memory=False, flops=False)
-        rows = [run(cfg, 1, E2E)] + [run(cfg, 16, m) for m in ("R0", "R1", "E", "R1E")]
-        ratios = {r.context: r.step_ms / rows[0].step_ms for r in rows[1:]}
-        name = "channels_last" if channels_last else "contiguous (default)"
-        table.append(f"| {name} | " + " | ".join(f"{r.step_ms:.0f} ms" for r in rows) + " | "
-                     + ", ".join(f"{m} {x:.2f}x" for m, x in ratios.items()) + " |")
-        checks.append(f"- {name}: " + "; ".join(
-            f"{m} {ratios[m]:.2f}x (target <= {t}x: {'met' if ratios[m] <= t else 'missed'})"
-            for m, t in SPEED_TARGETS.items()))
-        pooled = [run(replace(cfg, local={"image_encoder": "pooled"}), 16, m) for m in ("E", "R1E")]
-        table.append(f"| {name}, pooled image encoder (not the paper's) | {rows[0].step_ms:.0f} ms | - | - | "
-                     + " | ".join(f"{r.step_ms:.0f} ms" for r in pooled) + " | "
-                     + ", ".join(f"{r.context} {r.step_ms / rows[0].step_ms:.2f}x" for r in pooled) + " |")
+        fmt = "channels_last" if channels_last else "contiguous (default)"
+        e2e = run(cfg, 1, E2E)
+        lean = {r.context: r for r in [run(cfg, 16, m) for m in ("R0", "R1", "E", "R1E")]}
+        straight = [run(replace(cfg, local=STRAIGHT), 16, m) for m in ("R1", "E", "R1E")]
+        pooled = [run(replace(cfg, local=POOLED), 16, m) for m in ("E", "R1E")]
+        for name, group, lead in ((f"{fmt}, lean", list(lean.values()), ""),
+                                  (f"{fmt}, straightforward", straight, " - |"),
+                                  (f"{fmt}, lean, pooled image encoder (not the paper's)", pooled, " - | - |")):
+            table.append(f"| {name} | {e2e.step_ms:.0f} ms |{lead} " + " | ".join(f"{r.step_ms:.0f} ms" for r in group)
+                         + " | " + ", ".join(f"{r.context} {r.step_ms / e2e.step_ms:.2f}x" for r in group) + " |")
+        checks.append(f"- {fmt}, lean: " + "; ".join(
+            f"{m} {lean[m].step_ms / e2e.step_ms:.2f}x (target <= {t}x: "
+            f"{'met' if lean[m].step_ms / e2e.step_ms <= t else 'missed'})" for m, t in SPEED_TARGETS.items()))
+        checks.append(f"- {fmt}: time of the lean encoders, lean / straightforward step: " + ", ".join(
+            f"{r.context.split()[0]} {lean[r.context.split()[0]].step_ms / r.step_ms:.2f}x" for r in straight))
     return "\n".join(table) + "\n\n" + "\n".join(checks) + "\n\n" + top_ops(args)
 
 
@@ -121,10 +162,15 @@ def top_ops(args: argparse.Namespace, count: int = 8) -> str:
             local_step(net, x, y)
         ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in ops)
-        columns.append([f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in ops[:count]])
+        encoders = {e.key: e.cpu_time_total / total for e in ops if e.key.startswith("_LeanEncode")}
+        columns.append([f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in ops[:count]]
+                       + [f"lean encoders: forward {100 * encoders['_LeanEncode']:.0f}%, backward with recompute "
+                          f"{100 * encoders['_LeanEncodeBackward']:.0f}%"])
     rows = ["| rank | contiguous | channels_last |", "|---|---|---|"]
-    rows += [f"| {i + 1} | {a} | {b} |" for i, (a, b) in enumerate(zip(*columns, strict=True))]
-    return ("Profiler, one ResNet-32 K=16 R1E local step (share of self CPU time):\n\n" + "\n".join(rows))
+    rows += [f"| {i + 1 if i < count else 'all'} | {a} | {b} |"
+             for i, (a, b) in enumerate(zip(*columns, strict=True))]
+    return ("Profiler, one ResNet-32 K=16 R1E local step, lean encoders (share of self CPU time; last row: the "
+            "encoders' whole time, their operators included):\n\n" + "\n".join(rows))
 
 
 def balance(args: argparse.Namespace) -> str:
@@ -161,7 +207,7 @@ def balance(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    """Run the benchmark and write its section of docs/benchmarks.md (and a plot next to it)."""
+    """Run the chosen parts and write each to its region of docs/benchmarks.md (and a plot next to it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=128, help="batch of the K sweep and the balanced cuts (3x32x32)")
     p.add_argument("--speed-batch", type=int, default=128, help="batch of the step-time comparison (1x28x28)")
@@ -171,46 +217,56 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--channels-last", action="store_true", help="channels_last in the K sweep too")
     p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
-    p.add_argument("--parts", default="sweep,speed,balance")
+    p.add_argument("--parts", default="sweep,speed,balance", help="comma-separated: sweep, speed, balance")
+    p.add_argument("--ks", default=",".join(map(str, KS)), help="K of the sweep (1 and 16 always needed)")
     args = p.parse_args()
+    args.ks = sorted({1, 16, *(int(k) for k in args.ks.split(","))})
     torch.set_num_threads(args.threads)
-    start, load0 = time.perf_counter(), os.getloadavg()
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    parts = args.parts.split(",")
-    sections = []
-    command = "PYTHONPATH=src python benchmarks/profile_resnets.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k in ("batch", "speed_batch", "threads", "warmup", "steps", "device"))
-    if "sweep" in parts:
-        rows, text = sweep(args)
-        plot(rows, doc.parent / "profile_resnets.png", title=f"batch {args.batch}, 3x32x32, {args.threads} threads")
-        (doc.parent / "profile_resnets.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
-        sections.append(f"### Memory and step time over K (batch {args.batch}, 3x32x32)\n\n"
-                        "`peak MiB`: peak tensor memory allocated during one training step (zero_grad, local step, "
-                        "SGD step) above what was allocated when it started, measured "
-                        f"({rows[0].peak_method}). `saved MiB`: most bytes saved for backward alive at once "
-                        "(saved-tensor hooks; the cross-check). `state MiB`: parameters, buffers and optimizer "
-                        "state, held between steps. FLOPs from `torch.utils.flop_counter` (convs and matmuls, "
-                        "forward and backward).\n\n" + text + "\n\n![memory and step time against K]"
-                        "(profile_resnets.png)\n\nRows: `docs/profile_resnets.json`.")
-    if "speed" in parts:
-        sections.append(f"### Step time, ResNet-32 at K = 16 against E2E (batch {args.speed_batch}, 1x28x28)\n\n"
-                        + speed(args))
-    if "balance" in parts:
-        sections.append("### Memory-balanced cuts: the rule against the paper's tables (CIFAR-10, R0)\n\n"
-                        "The rule (`--cuts balanced`) minimises the largest module's memory under the model of "
-                        "`contsup.method.balance` (saved-for-backward bytes of units, head and encoders). "
-                        f"Measured peaks at batch {args.batch}, 3x32x32.\n\n" + balance(args))
     info = machine()
-    header = (f"## Memory and speed (`contsup profile`)\n\nMachine: {info['processor']}, {info['cpu_count']} CPUs, "
-              f"{args.threads} torch threads, GPU: {info['cuda'] or 'none'}, torch {info['torch']}, device "
-              f"{args.device}. Load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} "
-              f"(other jobs shared the CPU; timings are noisy when it is above the core count). "
-              f"Whole script: {time.perf_counter() - start:.0f} s.\n\nCommand: `{command}`"
-              + (" --channels-last" if args.channels_last else "") + "\n")
-    write_region(doc, "profile", "\n\n".join([header, *sections]))
-    log(f"wrote {doc}")
+    settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                        if k in ("batch", "speed_batch", "threads", "warmup", "steps", "device"))
+    settings += f" --ks {','.join(map(str, args.ks))}" if tuple(args.ks) != KS else ""
+    settings += " --channels-last" if args.channels_last else ""
+
+    def write(region: str, title: str, part: str, body: Callable[[], str]) -> None:
+        start, load0 = time.perf_counter(), os.getloadavg()[0]
+        text = body()
+        write_region(doc, region, (
+            f"{title}\n\nMachine: {info['processor']}, {info['cpu_count']} CPUs, {args.threads} torch threads, "
+            f"GPU: {info['cuda'] or 'none'}, torch {info['torch']}, device {args.device}. Load average at start "
+            f"{load0:.1f}, at end {os.getloadavg()[0]:.1f} (timings are noisy when it is above the core count; "
+            f"memory is not). This part: {time.perf_counter() - start:.0f} s.\n\nCommand: "
+            f"`PYTHONPATH=src python benchmarks/profile_resnets.py --parts {part} {settings}`\n\n{text}"))
+        log(f"wrote {doc} ({region})")
+
+    parts = args.parts.split(",")
+    if "sweep" in parts:
+        def body() -> str:
+            rows, text = sweep(args)
+            plot(rows, doc.parent / "profile_resnets.png",
+                 title=f"batch {args.batch}, 3x32x32, {args.threads} threads")
+            (doc.parent / "profile_resnets.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+            return ("`peak MiB`: peak tensor memory allocated during one training step (zero_grad, local step, "
+                    "SGD step) above what was allocated when it started, measured "
+                    f"({rows[0].peak_method}). `saved MiB`: most bytes saved for backward alive at once "
+                    "(saved-tensor hooks; the cross-check). `state MiB`: parameters, buffers and optimizer "
+                    "state, held between steps. FLOPs from `torch.utils.flop_counter` (convs and matmuls, "
+                    "forward and backward). Context encoders are lean (the default: each keeps only its input "
+                    "and recomputes in backward, same function) unless marked straightforward.\n\n" + text
+                    + "\n\n![memory and step time against K](profile_resnets.png)\n\n"
+                    "Rows: `docs/profile_resnets.json`.")
+        write("profile", f"## Memory and speed (`contsup profile`)\n\n### Memory and step time over K "
+              f"(batch {args.batch}, 3x32x32)", "sweep", body)
+    if "speed" in parts:
+        write("profile-speed", f"### Step time, ResNet-32 at K = 16 against E2E (batch {args.speed_batch}, "
+              "1x28x28)", "speed", lambda: speed(args))
+    if "balance" in parts:
+        write("profile-balance", "### Memory-balanced cuts: the rule against the paper's tables (CIFAR-10, R0)",
+              "balance", lambda: "The rule (`--cuts balanced`) minimises the largest module's memory under the "
+              "model of `contsup.method.balance` (saved-for-backward bytes of units, head and encoders, and the "
+              f"sources the encoders hold). Measured peaks at batch {args.batch}, 3x32x32.\n\n" + balance(args))
 
 
 if __name__ == "__main__":

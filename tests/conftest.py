@@ -24,3 +24,24 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A small random batch of 3x16x16 images with labels."""
     g = torch.Generator().manual_seed(1)
     return torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI on input it must refuse: exit 2, one line on stderr, no traceback; returns the line."""
+    from contsup.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    assert lines[0].startswith("contsup: error: ")
+    return lines[0]
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), to compare the disk before and after."""
+    from pathlib import Path
+
+    root = Path(folder)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

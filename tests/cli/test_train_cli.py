@@ -1,9 +1,11 @@
+import argparse
 import json
 
 import pytest
 import torch
 
 from contsup.cli import main
+from contsup.cli.train import config_from_args, register
 
 BASE = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "--batch-size", "64",
         "--lr", "0.05", "--device", "cpu", "--no-progress"]
@@ -23,7 +25,7 @@ def test_train_then_eval(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--modules", "3", "--context", "R1E", "--recon", "5,1,0,1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "final test error" in text and "peak memory" in text and "images/s" in text
+    assert "final test error" in text and "step peak memory" in text and "process peak memory" in text
     assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["params"]["decoders"] > 0
@@ -80,6 +82,22 @@ def test_schedule_and_init_flags_reach_the_config():
 
     default = cfg()
     assert (default.train.schedule, default.local.local_init, default.local.context_scale) == ("step", "torch", 1.0)
-    paper = cfg("--paper-init", "--schedule", "epoch", "--warmup-epochs", "0")
+    paper = cfg("--local-init", "kaiming", "--schedule", "epoch", "--warmup-epochs", "0")
     assert (paper.train.schedule, paper.local.local_init, paper.local.context_scale) == ("epoch", "kaiming", 1.0)
     assert cfg("--warmup-epochs", "0.5", "--context-lr-scale", "0.1").train.warmup_epochs == 0.5
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "--epochs EPOCHS training epochs (the paper's recipe) (default: 160)" in text
+    assert "(default: 0.8)" in text and "examples: contsup train" in text and "last = the last module's loss" in text
+
+
+def test_lean_context_flag():
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    on, off = (config_from_args(p.parse_args(["train", *TINY, *extra])).local.lean_context
+               for extra in ([], ["--no-lean-context"]))
+    assert on and not off

@@ -1,4 +1,5 @@
-"""The pipeline computes what the single-process loop computes (spec §7), on 2 and 3 ranks and with replicas."""
+"""The pipeline computes what the single-process loop computes (docs/method.md, pipeline), on 2 and 3 ranks
+and with replicas."""
 
 import json
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
         assert got["lr"] == want["lr"]
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-4)
         assert got["local_losses"] == pytest.approx(want["local_losses"], abs=1e-4)
+        assert got["train_loss_end"] == pytest.approx(want["train_loss_end"], abs=1e-4)  # reduced over ranks
+        assert got["local_losses_end"] == pytest.approx(want["local_losses_end"], abs=1e-4)
         assert got["test_error"] == pytest.approx(want["test_error"])
 
 

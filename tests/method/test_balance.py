@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from contsup.method import LocalConfig, LocalNetwork
+from contsup.method.balance import memory_model
+from contsup.method.context import parse_mode
 from contsup.method.cuts import PAPER_CUTS, balanced_cuts
-from contsup.models import resnet
+from contsup.models import probe_shapes, resnet
 
 
 def brute_force(units, modules, end, start):
@@ -56,3 +58,16 @@ def test_balanced_table_on_resnet32_matches_the_paper_at_k2():
     # Balanced cuts sit earlier than equal ones: early units hold the largest activations.
     equal = LocalNetwork(resnet(32), LocalConfig(modules=2, context="R0"), torch.zeros(1, 3, 32, 32))
     assert net.cuts[0] < equal.cuts[0]
+
+
+def test_model_counts_lean_encoders_as_their_held_sources():
+    net = resnet(20, 3, 10)
+    units, sample = list(net.units), torch.zeros(1, 3, 16, 16)
+    shapes = probe_shapes(units, sample)
+    mode = parse_mode("R1E", 4)
+    plain = memory_model(units, net.classifier, sample, shapes, mode, "1c2f", "softmax", 10, lean=False)[2]
+    lean = memory_model(units, net.classifier, sample, shapes, mode, "1c2f", "softmax", 10, lean=True)[2]
+    # Lean encoders save nothing but their inputs: what is left is s_1 at the cut's shape, held for them.
+    held = [0.0] + [4.0 * s.channels * s.height * s.width for s in shapes[:-1]]
+    assert lean == pytest.approx(held)
+    assert all(p > h for p, h in zip(plain[1:], held[1:], strict=True))

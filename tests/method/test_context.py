@@ -19,14 +19,14 @@ def test_bad_mode(text):
 
 
 def test_sources_follow_spec():
-    # R2 at cut 3 (after module 3): s_2, s_1. At cut 1: only s_0 = x.
-    assert ContextMode(2, False).sources(3) == [2, 1]
-    assert ContextMode(2, False).sources(1) == [0]
+    # 0-based: R2 at cut 2 (after module 2, whose input is s_2): s_2, s_1. At cut 0: only s_0 = x.
+    assert ContextMode(2, False).sources(2) == [2, 1]
+    assert ContextMode(2, False).sources(0) == [0]
     # RnE leaves s_0 to the image encoder, so the first cut gets only the image encoder.
-    assert ContextMode(1, True).sources(1) == []
-    assert ContextMode(2, True).sources(2) == [1]
-    assert ContextMode(16, False).sources(3) == [2, 1, 0]
-    assert ContextMode(0, True).sources(5) == []
+    assert ContextMode(1, True).sources(0) == []
+    assert ContextMode(2, True).sources(1) == [1]
+    assert ContextMode(16, False).sources(2) == [2, 1, 0]
+    assert ContextMode(0, True).sources(4) == []
 
 
 def test_r0_supplies_nothing():

@@ -13,7 +13,7 @@ def idx(stage: int, block: int, n: int) -> int:
     return 0 if stage == 0 else 1 + (stage - 1) * n + block
 
 
-# Spec §4, copied from the text, as (stage, block) pairs.
+# The paper's cut lists (docs/method.md), copied from the text, as (stage, block) pairs.
 SPEC = {
     ("equal", "resnet32", 2): "2,1",
     ("equal", "resnet32", 3): "1,4 2,4",

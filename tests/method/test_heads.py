@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from contsup.errors import ContsupError
-from contsup.method.heads import HEADS, Decoder, LocalHead, ReconWeights, parse_recon, supcon_loss
+from contsup.method.heads import HEADS, LocalHead
+from contsup.method.losses import supcon_loss
+from contsup.method.recon import Decoder, ReconWeights, parse_recon
 
 
 @pytest.mark.parametrize("kind", HEADS)

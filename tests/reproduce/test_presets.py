@@ -2,7 +2,7 @@ import pytest
 
 from contsup.data import dataset_info
 from contsup.errors import ContsupError
-from contsup.method.heads import RECON_PRESETS
+from contsup.method.recon import RECON_PRESETS
 from contsup.reproduce.presets import available_presets, expand, jobs, load_preset, parse_only, run_name
 from contsup.run import build_network
 

@@ -54,6 +54,9 @@ def test_summary_and_run_folder(tmp_path):
     assert summary["final_test_error"] == trainer.history[-1]["test_error"]
     assert summary["best_test_error_selected_on_test"] <= summary["final_test_error"]
     assert summary["peak_memory_bytes"] > 0 and summary["images_per_s"] > 0
+    # The measured step memory of this network at its batch size, beside the process peak.
+    assert 0 < summary["step_peak_memory_bytes"] < summary["peak_memory_bytes"]
+    assert trainer.history[-1]["train_loss_end"] > 0 and len(trainer.history[-1]["local_losses_end"]) == 3
     assert set(summary["params"]) == {"backbone", "heads", "decoders", "context", "total"}
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
     assert not list(tmp_path.glob("*.tmp"))
@@ -68,5 +71,22 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ContsupError, match="cannot read"):
         load_checkpoint(tmp_path / "junk.pt")
-    save_checkpoint(tmp_path / "ok.pt", {"epoch": 3})
+    state = make_trainer(epochs=1).state()
+    save_checkpoint(tmp_path / "ok.pt", {**state, "epoch": 3})
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
+
+
+def test_tensorboard_log_in_the_run_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make_trainer(modules=3, epochs=2, out=tmp_path, tensorboard=True).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss/module_01", "loss/module_03", "error/test", "lr"} <= set(events.Tags()["scalars"])
+    assert [s.step for s in events.Scalars("error/test")] == [1, 2]
+
+
+def test_tensorboard_needs_a_run_folder():
+    with pytest.raises(ContsupError, match="run folder"):
+        make_trainer(epochs=1, tensorboard=True).fit()

@@ -69,24 +69,27 @@ def walk_boundaries(
 
 
 def _walk(net: LocalNetwork, x: torch.Tensor, wanted: set[int], batch_size: int) -> Iterator[CutFeatures]:
-    """The walk of `walk_boundaries` (network already in eval mode)."""
+    """The walk of `walk_boundaries` (network already in eval mode): `LocalNetwork.walk`, unit by unit."""
     last = max(wanted)
-    sources: dict[int, torch.Tensor] = {0: x}
-    h = x
+
+    def supply(k: int, h: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
+        return _supply(net, k, h, sources, batch_size) if has_context(net, k) else h
+
+    walk = net.walk(x, {0: x}, supply=supply)
+    k, h = next(walk)
     u = -1
-    for k, block in enumerate(net.blocks):
-        for unit in block:
+    while True:
+        block = net.blocks[k]
+        for i, unit in enumerate(block):
             u += 1
             h = _batched(unit, h, batch_size)
-            is_cut = k < len(net.cuts) and u == net.cuts[k]
-            hc = _supply(net, k, h, sources, batch_size) if is_cut and has_context(net, k) else h
+            at_cut = i == len(block) - 1 and k < net.num_modules - 1
+            k_next, hc = walk.send(h) if at_cut else (k, h)
             if u in wanted:
                 yield CutFeatures(u, unit_label(net.unit_names[u]), h, hc)
             if u == last:
                 return
-            if is_cut:
-                net.keep_source(k + 1, hc, sources)
-                h = hc
+        k, h = k_next, hc
 
 
 def has_context(net: LocalNetwork, k: int) -> bool:

@@ -31,6 +31,7 @@ class AnalyzeConfig:
     seed: int = 0
     batch_size: int = 500  # forward-pass slice size
     device: str = "cpu"
+    data_dir: str | None = None  # where the runs' dataset is read from (None: the default places); never fetched
 
 
 @dataclass
@@ -122,7 +123,7 @@ def analyze_runs(
     if labels is not None and len(labels) != len(checkpoints):
         raise ContsupError(f"--labels gives {len(labels)} names for {len(checkpoints)} runs")
     device = resolve_device(cfg.device)
-    runs = [load_run(c, str(device)) for c in checkpoints]
+    runs = [load_run(c, str(device), cfg.data_dir) for c in checkpoints]
     names = list(labels) if labels is not None else _unique([run_label(r[0]) for r in runs], checkpoints)
     nets = [net for _, net, _ in runs]
     if any(net.unit_names != nets[0].unit_names for net in nets):

@@ -1,4 +1,5 @@
-"""How much of the input is left in a feature map: the spec's (InfoPro) decoder trained to rebuild x from it."""
+"""How much of the input is left in a feature map: InfoPro's decoder (docs/method.md, reconstruction)
+trained to rebuild x from it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from contsup.method.heads import Decoder
+from contsup.method.recon import Decoder
 
 
 @dataclass

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
+from contsup import tables
 from contsup.analyze.pipeline import Row
 
 
 def write_csv(rows: Sequence[Row], path: str | Path) -> None:
     """All rows, one per (run, boundary, feature), floats rounded to 6 digits."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(row).items()})
+    tables.write_csv([asdict(r) for r in rows], path, digits=6)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -54,11 +48,6 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def plot(rows: Sequence[Row], path: str | Path, title: str | None = None) -> None:
     """Probe accuracy, probe CE and reconstruction PSNR across boundaries; solid h^c, dashed h where they differ."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = [("probe_acc", "linear probe accuracy (%)"), ("probe_ce", "linear probe CE (nats)")]
     if any(r.mlp_acc is not None for r in rows):
         metrics.append(("mlp_acc", "MLP probe accuracy (%)"))
@@ -66,7 +55,7 @@ def plot(rows: Sequence[Row], path: str | Path, title: str | None = None) -> Non
         metrics.append(("recon_psnr", "decoder PSNR (dB)"))
     units = sorted({r.unit for r in rows})
     names = {r.unit: r.name for r in rows}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.0), squeeze=False)
+    fig, axes = tables.pyplot().subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.0), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics, strict=True):
         for i, run in enumerate(dict.fromkeys(r.run for r in rows)):
             color = f"C{i}"
@@ -84,7 +73,4 @@ def plot(rows: Sequence[Row], path: str | Path, title: str | None = None) -> Non
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    tables.save_figure(fig, path)

@@ -9,12 +9,31 @@ import sys
 from contsup.errors import ContsupError
 
 # Each entry is a module of this package with `register(subparsers)`; the parser it adds sets `func`.
-COMMANDS = ["train", "data", "profile", "analyze", "reproduce"]
+COMMANDS = ["train", "runs", "data", "profile", "analyze", "reproduce"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's default at the end of its help line."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = any(action.default is v for v in (None, False, "", argparse.SUPPRESS)) or not action.option_strings
+        if quiet or "default" in text:  # no value to show, or the help already says it
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help (and its sub-commands' help) shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `contsup` argument parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="contsup",
         description="Greedy local learning with Context Supply (arXiv 2312.07636).",
     )
@@ -24,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """A message on one line: its lines joined with '; '."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `contsup` console script; returns the process exit code."""
     parser = build_parser()
@@ -31,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ContsupError as err:
-        print(f"contsup: error: {err}", file=sys.stderr)
+        print(f"contsup: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("contsup: interrupted", file=sys.stderr)

@@ -20,7 +20,8 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
     recon = None if args.no_recon else ReconConfig(train_size=min(args.recon_size, args.train_size),
                                                    steps=args.recon_steps)
     return AnalyzeConfig(units=args.units, train_size=args.train_size, test_size=args.test_size, probe=probe,
-                         recon=recon, seed=args.seed, batch_size=args.batch_size, device=args.device)
+                         recon=recon, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                         data_dir=args.data_dir)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -53,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recon-size", type=int, default=2000, help="images the decoder trains on")
     p.add_argument("--recon-steps", type=int, default=200, help="Adam steps of the decoder")
     p.add_argument("--no-recon", action="store_true", help="skip the reconstruction decoder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the image samples and the probes")
     p.add_argument("--batch-size", type=int, default=500, help="forward-pass slice size")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the runs' dataset (default: the usual places; never downloaded)")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--out", default="runs/analyze", help="folder for analysis.csv and analysis.png")
     p.set_defaults(func=cmd_analyze)

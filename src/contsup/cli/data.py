@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from contsup.data import DATASETS, dataset_info
-from contsup.data.sources import fetch, get_spec, locate, split_sizes, verify
+from contsup.data.sources import fetch, get_spec, incomplete_copies, locate, split_sizes, verify
 from contsup.data.synthetic import SyntheticOptions
 from contsup.errors import ContsupError
 
@@ -39,6 +39,8 @@ def _row(name: str) -> list[str]:
             where, sizes = str(folder), f"{tr}/{te}"
         except ContsupError as err:
             where, sizes = f"{folder} (unreadable: {err})", "?"
+    for partial, missing in incomplete_copies(name):
+        where += f"; incomplete copy in {partial} (missing {', '.join(missing)}) skipped"
     return [name, where, sizes, shape, str(info.num_classes)]
 
 

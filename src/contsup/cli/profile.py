@@ -7,11 +7,16 @@ import os
 
 import torch
 
+from contsup.checks import MAX_SEED, check_int
 from contsup.errors import ContsupError
 from contsup.method.context import IMAGE_ENCODERS
 from contsup.method.cuts import TABLES
-from contsup.method.heads import HEADS, LOSSES
+from contsup.method.heads import HEADS
+from contsup.method.losses import LOSSES
+from contsup.models import BACKBONES
 from contsup.profile.runner import ProfileConfig, ProfileRow, format_table, machine, run_profile, write_outputs
+
+MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
 
 
 def int_list(text: str) -> list[int]:
@@ -29,6 +34,8 @@ def input_shape(text: str) -> tuple[int, int, int]:
         c, h, w = (int(p) for p in parts)
     except ValueError:
         raise ContsupError(f"--input takes CxHxW, e.g. 3x32x32; got {text!r}") from None
+    if not (1 <= c <= MAX_CHANNELS and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ContsupError(f"--input {text!r}: channels must be 1..{MAX_CHANNELS}, height and width 1..{MAX_SIDE}")
     return c, h, w
 
 
@@ -36,12 +43,15 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     """A ProfileConfig from parsed flags."""
     if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
         raise ContsupError("--batch-size and --steps must be positive, --warmup >= 0")
+    check_int("seed", args.seed, 0, MAX_SEED)
+    if args.classes < 2:
+        raise ContsupError(f"--classes must be >= 2, got {args.classes}")
     return ProfileConfig(
         arch=args.arch.lower(), modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
-        local={"image_encoder": args.image_encoder},
+        local={"image_encoder": args.image_encoder, "lean_context": args.lean_context},
     )
 
 
@@ -73,22 +83,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `profile` to the command line."""
     p = sub.add_parser("profile", help="measure peak memory, step time and FLOPs of training steps over K")
-    p.add_argument("--arch", default="resnet32", help="resnetN, N = 6n+2")
+    p.add_argument("--arch", default="resnet32", help=BACKBONES.describe())
     p.add_argument("--modules", "-K", default="1,2,4,8,16", help="comma-separated K values (1: E2E)")
     p.add_argument("--contexts", default="R0,E,R1,R1E", help="comma-separated context modes")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW")
-    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
-    p.add_argument("--head", default="1c2f", choices=HEADS)
-    p.add_argument("--loss", default="softmax", choices=LOSSES)
+    p.add_argument("--head", default="1c2f", choices=HEADS, help="local head shape")
+    p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
+    p.add_argument("--no-lean-context", dest="lean_context", action="store_false",
+                   help="straightforward context encoders (default: lean, recompute in backward)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the random batch")
     p.add_argument("--out", default=None, help="folder for profile.csv, profile.json and profile.png")
     p.set_defaults(func=cmd_profile)

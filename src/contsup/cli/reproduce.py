@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("preset", nargs="?", help="preset name (see --list) or a path to a preset .toml file")
     p.add_argument("--list", action="store_true", help="list the presets")
-    p.add_argument("--recipe", default="cpu", help="cpu (short, Fashion-MNIST) or paper (spec §5); default cpu")
+    p.add_argument("--recipe", default="cpu",
+                   help="cpu (short, Fashion-MNIST) or paper (docs/method.md, training recipe); default cpu")
     p.add_argument("--out", default=None, help="sweep folder (default runs/reproduce/<recipe>)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the preset's)")
     p.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",

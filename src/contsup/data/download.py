@@ -51,13 +51,6 @@ def md5sum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify_md5(path: str | Path, expected: str) -> None:
-    """Raise ContsupError unless the file's md5 equals `expected`."""
-    got = md5sum(path)
-    if got != expected.lower():
-        raise ContsupError(f"checksum mismatch for {path}: expected md5 {expected}, got {got}")
-
-
 def download(url: str, dest: str | Path, md5: str | None = None, progress: bool = True) -> Path:
     """Stream `url` to `dest.part`, check its md5, rename to `dest`; nothing left on failure."""
     dest = Path(dest)

@@ -57,6 +57,10 @@ def idx_count(path: str | Path) -> int:
         raise corrupt(path, err) from err
 
 
+# Deflate expands by at most about 1032:1, which bounds what a .gz file can hold.
+_MAX_GZIP_RATIO = 1032
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an unsigned-byte idx file (optionally .gz) into a uint8 array of its declared shape."""
     path = Path(path)
@@ -65,7 +69,10 @@ def read_idx(path: str | Path) -> np.ndarray:
             dtype, dims = _idx_header(f, path)
             if dtype != 0x08:
                 raise corrupt(path, f"idx element type 0x{dtype:02x} is not unsigned byte")
-            expected = int(np.prod(dims))
+            expected = int(np.prod(dims, dtype=object))
+            room = path.stat().st_size * (_MAX_GZIP_RATIO if path.suffix == ".gz" else 1)
+            if expected > room:
+                raise corrupt(path, f"header declares {expected} bytes of data, more than the file can hold")
             payload = f.read(expected + 1)
     except ContsupError:
         raise
@@ -76,11 +83,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
-def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> Split:
-    """An idx image file (N, H, W) and its idx label file (N,) as a 1-channel Split."""
+def check_labels(path: str | Path, labels: np.ndarray, num_classes: int) -> None:
+    """Labels are integers in 0..num_classes-1."""
+    if labels.dtype.kind not in "iu":
+        raise corrupt(path, f"labels are of type {labels.dtype}, not integers")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise corrupt(path, f"labels outside 0..{num_classes - 1} (found {labels.min()}..{labels.max()})")
+
+
+def load_idx_pair(images_path: str | Path, labels_path: str | Path, size: int = 28, num_classes: int = 10) -> Split:
+    """An idx image file (N, size, size) and its idx label file (N,) as a 1-channel Split."""
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise corrupt(images_path, f"shape {images.shape} does not match labels {labels.shape}")
+    if images.ndim != 3 or images.shape[1:] != (size, size):
+        raise corrupt(images_path, f"images of shape {images.shape}, expected (N, {size}, {size})")
+    if labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise corrupt(labels_path, f"labels of shape {labels.shape} for {images.shape[0]} images")
+    check_labels(labels_path, labels, num_classes)
     return split_from_numpy(images[:, None], labels)
 
 
@@ -103,13 +121,21 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _cifar_batch(raw: bytes, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one CIFAR pickle batch into (N,3,32,32) uint8 images and labels."""
+    """Decode one CIFAR pickle batch into (N,3,32,32) uint8 images and integer labels."""
     d = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    data = np.asarray(d[b"data"], dtype=np.uint8)
-    labels = np.asarray(d[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise ValueError(f"batch has data {data.shape} and {labels.shape[0]} labels")
-    return data.reshape(-1, 3, 32, 32), labels
+    if not isinstance(d, dict) or not isinstance(d.get(b"data"), np.ndarray):
+        raise ValueError("batch is not a dict holding a data array")
+    data = d[b"data"]
+    raw_labels = d[label_key]
+    if not isinstance(raw_labels, (list, np.ndarray)) or (
+            isinstance(raw_labels, list) and not all(type(v) is int for v in raw_labels)):
+        raise ValueError("labels are not a list of integers")
+    labels = np.asarray(raw_labels)
+    if data.dtype != np.uint8 or (labels.size and labels.dtype.kind not in "iu"):
+        raise ValueError(f"pixels of type {data.dtype} (expected uint8) and labels of type {labels.dtype}")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
+        raise ValueError(f"batch has data {data.shape} and labels {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar_tar(path: str | Path, num_classes: int) -> tuple[Split, Split]:
@@ -126,7 +152,11 @@ def load_cifar_tar(path: str | Path, num_classes: int) -> tuple[Split, Split]:
             for member in tar:
                 base = posixpath.basename(member.name)
                 if member.isfile() and base in train_names + test_names:
+                    if base in found:
+                        raise corrupt(path, f"archive holds {base} twice")
                     found[base] = _cifar_batch(tar.extractfile(member).read(), key)
+    except ContsupError:
+        raise
     except _READ_ERRORS as err:
         raise corrupt(path, err) from err
     missing = [n for n in train_names + test_names if n not in found]
@@ -136,8 +166,7 @@ def load_cifar_tar(path: str | Path, num_classes: int) -> tuple[Split, Split]:
     def join(names: list[str]) -> Split:
         xs, ys = zip(*(found[n] for n in names), strict=True)
         labels = np.concatenate(ys)
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise corrupt(path, f"labels outside 0..{num_classes - 1}")
+        check_labels(path, labels, num_classes)
         return split_from_numpy(np.concatenate(xs), labels)
 
     return join(train_names), join(test_names)
@@ -150,14 +179,16 @@ def load_svhn_mat(path: str | Path) -> Split:
     path = Path(path)
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
-        x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+        x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     except (*_READ_ERRORS, NotImplementedError, scipy.io.matlab.MatReadError) as err:
         raise corrupt(path, err) from err
+    if x.dtype != np.uint8 or y.dtype.kind not in "iu":
+        raise corrupt(path, f"X of type {x.dtype} (expected uint8), y of type {y.dtype} (expected integers)")
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
         raise corrupt(path, f"X has shape {x.shape}, y has {y.shape[0]} labels")
-    y[y == 10] = 0
-    if y.min() < 0 or y.max() > 9:
+    if y.size and (y.min() < 1 or y.max() > 10):
         raise corrupt(path, "labels outside 1..10")
+    y = np.where(y == 10, 0, y).astype(np.int64)
     return split_from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y)
 
 

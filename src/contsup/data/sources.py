@@ -39,9 +39,25 @@ def _stl_dir(folder: Path) -> Path | None:
 
 def is_present(spec: DatasetSpec, folder: Path) -> bool:
     """Whether `folder` holds a usable copy of the dataset (by file presence only)."""
+    return not missing_files(spec, folder)
+
+
+def missing_files(spec: DatasetSpec, folder: Path) -> list[str]:
+    """The dataset's files that `folder` lacks (empty when it holds a usable copy)."""
     if spec.info.name == "stl10" and _stl_dir(folder) is not None:
-        return True
-    return all(_file(folder, f.filename) is not None for f in spec.files)
+        return []
+    return [f.filename for f in spec.files if _file(folder, f.filename) is None]
+
+
+def incomplete_copies(name: str, root: str | Path | None = None) -> list[tuple[Path, list[str]]]:
+    """Searched folders that hold some of the dataset's files but not all: (folder, missing file names)."""
+    spec = get_spec(name)
+    out = []
+    for folder in candidate_dirs(name, root, spec.system_dirs):
+        missing = missing_files(spec, folder) if folder.is_dir() else []
+        if missing and len(missing) < len(spec.files):
+            out.append((folder, missing))
+    return out
 
 
 def locate(name: str, root: str | Path | None = None) -> Path | None:
@@ -142,7 +158,8 @@ def parse(name: str, folder: Path) -> tuple[Split, Split]:
         raise ContsupError(f"{name}: incomplete copy in {folder}")
     if name == "fashion-mnist":
         tr_x, tr_y, te_x, te_y = paths
-        return formats.load_idx_pair(tr_x, tr_y), formats.load_idx_pair(te_x, te_y)
+        size, classes = spec.info.size, spec.info.num_classes
+        return formats.load_idx_pair(tr_x, tr_y, size, classes), formats.load_idx_pair(te_x, te_y, size, classes)
     if name in ("cifar10", "cifar100"):
         return formats.load_cifar_tar(paths[0], spec.info.num_classes)
     if name == "svhn":

@@ -13,6 +13,7 @@ import copy
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from contsup.distributed.pipeline import Groups, PipelineConfig, PipelineTrainer
+from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage, dims, measure_costs
 from contsup.distributed.syncbn import convert_sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
-from contsup.run import RunConfig, build_network, load_data
+from contsup.run import RunConfig, build_network, check_fit, check_steps, load_data, make_loaders, prepare_run
+from contsup.train.runfolder import open_run_folder
+from contsup.train.trainer import Trainer
 
 
 def env_rank() -> tuple[int, int, int]:
@@ -60,12 +63,12 @@ def pick_device(cfg: RunConfig, backend: str, local_rank: int) -> tuple[str, tor
     return backend, device, torch.device("cpu")  # gloo moves messages through host memory
 
 
-def assign_modules(net: LocalNetwork, cfg: RunConfig, pcfg: PipelineConfig, topo: Topology,
-                   ctrl: dist.ProcessGroup, device: torch.device) -> list[range]:
+def assign_modules(net: LocalNetwork, cfg: RunConfig, topo: Topology, ctrl: dist.ProcessGroup,
+                   device: torch.device) -> list[range]:
     """Modules of every stage: from --stage-sizes, or balanced by per-module step time (averaged over ranks)."""
     k = net.num_modules
-    if pcfg.stage_sizes:
-        return from_sizes(pcfg.stage_sizes, k, topo.stages)
+    if cfg.pipeline.stage_sizes:
+        return from_sizes(cfg.pipeline.stage_sizes, k, topo.stages)
     if topo.stages == 1:
         return [range(k)]
     shape = dims(net.source_shapes[0])
@@ -79,9 +82,10 @@ def assign_modules(net: LocalNetwork, cfg: RunConfig, pcfg: PipelineConfig, topo
     return partition((costs / topo.world).tolist(), topo.stages)
 
 
-def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> PipelineTrainer:
-    """Join the process group and set up this rank's stage (data, network part, optimizer, links)."""
+def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
+    """Join the process group and set up this rank's stage (data, network part, links) in the one Trainer."""
     rank, world, local_rank = env_rank()
+    pcfg = cfg.pipeline
     backend, device, comm_device = pick_device(cfg, pcfg.backend, local_rank)
     timeout = timedelta(seconds=pcfg.timeout_s)
     topo = Topology.build(world, pcfg.replicas, rank)
@@ -93,11 +97,12 @@ def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> PipelineTrainer:
     stage_groups = [dist.new_group(topo.stage_ranks(s), timeout=timeout) for s in range(topo.stages)] \
         if topo.replicas > 1 else None
     data = load_data(cfg)
+    check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
     net = build_network(cfg, info.channels, info.num_classes, info.size).to(device)
     if cfg.train.channels_last and device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    ranges = assign_modules(net, cfg, pcfg, topo, ctrl, device)
+    ranges = assign_modules(net, cfg, topo, ctrl, device)
     stage = Stage(net, ranges[topo.stage])
     group = stage_groups[topo.stage] if stage_groups else None
     if group is not None:
@@ -107,10 +112,19 @@ def build_rank(cfg: RunConfig, pcfg: PipelineConfig) -> PipelineTrainer:
         sizes = ",".join(str(len(r)) for r in ranges)
         print(f"pipeline: {topo.replicas} replica(s) x {topo.stages} stage(s), backend {backend}, "
               f"modules per stage {sizes}", flush=True)
-    return PipelineTrainer(cfg, pcfg, topo, Groups(ctrl, group), data, net, stage, device, comm_device)
+    step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, cfg.train.bf16,
+                        cfg.train.channels_last)
+    loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None}
+    meta = {"run": cfg.to_dict(), "dataset": asdict(data.info),
+            "pipeline": {"stages": topo.stages, "replicas": topo.replicas}}
+    return Trainer(
+        net, step.loader(loaders["train"], train=True), step.loader(loaders["test"], train=False), cfg.train,
+        cfg.out, val_loader=step.loader(loaders["val"], train=False) if data.val is not None else None,
+        meta=meta, step=step, steps_per_epoch=len(data.train) // cfg.train.batch_size,  # training drops the last
+    ), step
 
 
-def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> dict[str, Any] | None:
+def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     """Run this rank's part of a pipelined training job; rank 0 returns the summary, others None.
 
     Any failure (a bad setting, a dead or silent peer) prints one line naming the rank and ends the
@@ -118,13 +132,16 @@ def run_pipeline(cfg: RunConfig, pcfg: PipelineConfig, resume: bool = False) -> 
     """
     rank = os.environ.get("RANK", "?")
     try:
-        if resume and (cfg.out is None or not (Path(cfg.out) / "checkpoint.pt").is_file()):
-            raise ContsupError(f"nothing to resume: no checkpoint.pt in {cfg.out}")
-        trainer = build_rank(cfg, pcfg)
+        payload = prepare_run(cfg, resume)  # every rank, before joining the group
+        trainer, step = build_rank(cfg)
+        if payload is not None:
+            check_fit(cfg, trainer.net, payload)
+        if cfg.out is not None and step.topo.rank == 0:
+            open_run_folder(cfg.out)
         if resume:
             trainer.resume(Path(cfg.out) / "checkpoint.pt")  # type: ignore[arg-type]
         summary = trainer.fit()
-        dist.barrier(group=trainer.groups.ctrl)
+        dist.barrier(group=step.groups.ctrl)
         dist.destroy_process_group()
         return summary
     except ContsupError as err:

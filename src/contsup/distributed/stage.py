@@ -1,9 +1,10 @@
 """One pipeline stage: a contiguous run of modules, their parameters, and the per-module local step.
 
-Each module runs `contsup.method.step.module_step`, the same function the single-process
-`local_step` loops over: module k supplies context to module k-1's (detached) output with its own
-encoders (cut k-1 sits in front of module k, so module k's loss trains them), runs its block and its
-local loss, and back-propagates at once. So a chain of stages computes exactly what `local_step` does.
+A stage runs `contsup.method.step.modules_step` over its own modules, the function the single-process
+`local_step` runs over all of them, along the same `LocalNetwork.walk`: module k supplies context to
+module k-1's (detached) output with its own encoders (cut k-1 sits in front of module k, so module k's
+loss trains them), runs its block and its local loss, and back-propagates at once. So a chain of stages
+computes exactly what `local_step` does.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from contsup.method.network import LocalNetwork
 from contsup.method.step import module_step
 from contsup.models.chain import Shape
 
-Sources = dict[int, torch.Tensor]
-
 
 def dims(shape: Shape) -> tuple[int, int, int]:
     """(channels, height, width) of a feature-map shape."""
@@ -28,14 +27,8 @@ def dims(shape: Shape) -> tuple[int, int, int]:
 
 
 def boundary_sources(net: LocalNetwork, k: int) -> list[int]:
-    """Module inputs s_j that must cross the boundary in front of module k (cuts k and later read them)."""
-    return [j for j in range(k) if net.last_use[j] >= k]
-
-
-def infer_module(net: LocalNetwork, k: int, h_prev: torch.Tensor, sources: Sources) -> torch.Tensor:
-    """Module k of the inference pass (as `LocalNetwork.forward`): its output, or the logits if last."""
-    h = net.blocks[k](net.module_input(k, h_prev, sources))
-    return net.classifier(h) if k == net.num_modules - 1 else h
+    """Module inputs s_j that must cross the boundary in front of module k (cuts k-1 and later read them)."""
+    return [j for j in range(k) if net.last_use[j] >= k - 1]
 
 
 def module_parts(net: LocalNetwork, k: int) -> dict[str, nn.Module]:
@@ -79,7 +72,8 @@ class Stage:
 def measure_costs(
     net: LocalNetwork, x: torch.Tensor, y: torch.Tensor, pixels: torch.Tensor | None, repeats: int = 2
 ) -> list[float]:
-    """Seconds of each module's local step on one batch (best of `repeats` after a warm-up).
+    """Seconds of each module's local step (context supply included) on one batch, best of `repeats`
+    after a warm-up.
 
     Runs on the given network and leaves its gradients set and BN statistics moved: pass a copy.
     """
@@ -87,14 +81,19 @@ def measure_costs(
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     net.train()
     for _ in range(repeats + 1):
-        sources: Sources = {0: x}
-        h = x
-        for k in range(net.num_modules):
+        sync()
+        mark = time.perf_counter()
+
+        def timed(k: int, h_in: torch.Tensor) -> torch.Tensor:
+            nonlocal mark
+            h, _ = module_step(net, k, h_in, y, pixels)
             sync()
-            start = time.perf_counter()
-            h, _ = module_step(net, k, h, sources, y, pixels)
-            sync()
-            best[k] = min(best[k], time.perf_counter() - start)
+            now = time.perf_counter()
+            best[k] = min(best[k], now - mark)
+            mark = now
+            return h
+
+        net.run(timed, x, {0: x})
     return best
 
 

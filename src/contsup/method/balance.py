@@ -9,8 +9,9 @@ statistics stay untouched), per sample:
 - end of module at unit j < last: the local head (and decoder) on unit j's output, its input left out
   (the unit already counted it); at the last unit: the classifier and its loss;
 - start of module at unit i > 0: the encoders of a cut after unit i - 1 with a full window, each source
-  taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller),
-  with their inputs left out (they are held as sources anyway).
+  taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller):
+  what they save for backward (nothing but their inputs when lean, contsup.method.lean), and the earlier
+  module inputs s_j (j >= 1) they read, held through the module for them (the image x is held anyway).
 
 Backward temporaries and the gradients are not in the model; the balance compares modules, and those
 scale with the same activations.
@@ -26,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.method.context import ContextMode, CutContext
-from contsup.method.heads import Decoder, LocalHead, head_out_dim, task_loss
+from contsup.method.heads import LocalHead
+from contsup.method.losses import LOSSES
+from contsup.method.recon import Decoder
 from contsup.models.chain import Shape
 from contsup.profile.memory import SavedTensorCounter
 
@@ -56,6 +59,7 @@ def memory_model(
     widen: float = 1.0,
     recon: bool = False,
     image_encoder: str = "paper",
+    lean: bool = False,
 ) -> tuple[list[float], list[float], list[float]]:
     """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`."""
     n = len(units)
@@ -72,7 +76,7 @@ def memory_model(
             h = unit(h)
             unit_bytes.append((counter.total - before) / BATCH)
     del h
-    out_dim = head_out_dim(loss, num_classes, width, widen)
+    objective = LOSSES[loss](num_classes, int(width * widen))
     end_bytes, start_bytes = [], []
     for j, s in enumerate(shapes):
         h = torch.randn(BATCH, s.channels, s.height, s.width)
@@ -80,16 +84,18 @@ def memory_model(
             cls = copy.deepcopy(classifier).train()
             end_bytes.append(_counted(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
         else:
-            local = LocalHead(s.channels, head, out_dim, width, widen).train()
-            cost = _counted(local, lambda m=local, h=h: task_loss(m(h), y, loss), h)
+            local = LocalHead(s.channels, head, objective.out_dim, width, widen).train()
+            cost = _counted(local, lambda m=local, h=h: objective.fn(m(h), y), h)
             if recon:
                 dec = Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)).train()
                 cost += _counted(dec, lambda m=dec, h=h: m.loss(h, torch.rand_like(x)), h)
             end_bytes.append(cost)
     start_bytes.append(0.0)
+    bound = max(s.channels * s.height * s.width for s in [x_shape, *shapes])
     for s in shapes[:-1]:
-        ctx = CutContext(mode.window + 1, mode, [x_shape, *[s] * mode.window], s, image_encoder).train()
+        ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder, lean, bound).train()
         h = torch.randn(BATCH, s.channels, s.height, s.width)
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
-        start_bytes.append(_counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))
+        held = sum(t.numel() * t.element_size() for j, t in sources.items() if j > 0) / BATCH
+        start_bytes.append(held + _counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))
     return unit_bytes, end_bytes, start_bytes

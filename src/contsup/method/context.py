@@ -1,14 +1,14 @@
-"""Context Supply (spec §2): tiny encoders that add earlier information to a cut's detached output.
+"""Context Supply (docs/method.md, context): tiny encoders that add earlier information to a cut's detached output.
 
     h_k^c = h_k.detach() + sum_j M_kj(c_j.detach())
 
-Sources are numbered as in the paper: s_0 = x (the network input), s_j = h_j^c (module j+1's input).
+Indices are 0-based as everywhere (see `contsup.method.network`): s_j is module j's input (s_0 = x),
+and cut k, after module k, turns h_k into s_{k+1} = h_k^c.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.method.lean import lean_encode, supported
 from contsup.models.chain import Shape
-
-_MODE = re.compile(r"R(\d+)(E?)|E")
+from contsup.registry import Registry
 
 
 @dataclass(frozen=True)
 class ContextMode:
-    """A parsed context mode: a window of n earlier module inputs, and/or the image encoder."""
+    """A context mode: a window of n earlier module inputs, and/or the image encoder."""
 
     window: int
     image: bool
@@ -36,29 +36,61 @@ class ContextMode:
         return f"R{self.window}" + ("E" if self.image else "")
 
     def sources(self, cut: int) -> list[int]:
-        """Indices j of the module inputs s_j that feed cut `cut` (1-based: after module `cut`)."""
-        lowest = max(cut - self.window, 1 if self.image else 0)
-        return list(range(cut - 1, lowest - 1, -1))
+        """Indices j of the module inputs s_j that cut `cut` (after module `cut`) reads, newest first.
+
+        s_cut (module `cut`'s own input) back to s_{cut-n+1}; RnE leaves s_0 = x to the image encoder.
+        """
+        lowest = max(cut + 1 - self.window, 1 if self.image else 0)
+        return list(range(cut, lowest - 1, -1))
+
+
+# Context modes by name: each returns the ContextMode (docs/method.md, context modes).
+CONTEXT_MODES: Registry[Callable[..., ContextMode]] = Registry("context mode")
+
+
+@CONTEXT_MODES.register("R0")
+def plain() -> ContextMode:
+    """No context: plain greedy local learning."""
+    return ContextMode(0, False)
+
+
+@CONTEXT_MODES.register("E")
+def image() -> ContextMode:
+    """The network input x through the image encoder."""
+    return ContextMode(0, True)
+
+
+@CONTEXT_MODES.register("R1", pattern=r"R(\d+)", help="Rn")
+def residual(n: str) -> ContextMode:
+    """The last n module inputs, each through a residual encoder."""
+    return ContextMode(int(n), False)
+
+
+@CONTEXT_MODES.register("R1E", pattern=r"R(\d+)E", help="RnE (n >= 1, e.g. R1E)")
+def residual_image(n: str) -> ContextMode:
+    """Rn and E summed (s_0 = x comes through the image encoder only)."""
+    return ContextMode(int(n), True)
 
 
 def parse_mode(text: str, modules: int) -> ContextMode:
-    """Parse `R0`, `E`, `Rn` or `RnE` and check n <= K."""
-    match = _MODE.fullmatch(text.strip().upper())
-    if not match:
-        raise ContsupError(f"unknown context mode {text!r}; use R0, E, Rn or RnE (n >= 1), e.g. R1E")
-    if text.strip().upper() == "E":
-        return ContextMode(0, True)
-    n, image = int(match.group(1)), bool(match.group(2))
-    if n > modules:
-        raise ContsupError(f"context {text!r}: n = {n} is larger than the number of modules K = {modules}")
-    if n == 0 and image:
-        return ContextMode(0, True)
-    return ContextMode(n, image)
+    """The registered context mode named `text` (any case), checking n <= K."""
+    mode = CONTEXT_MODES[text.strip().upper()]()
+    if mode.window > modules:
+        raise ContsupError(f"context {text!r}: n = {mode.window} is larger than the number of modules K = {modules}")
+    return mode
 
 
 def adaptive_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Adaptive average pool to `size`; no work when the size already matches."""
-    return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
+    """Adaptive average pool to `size`; no work when the size already matches.
+
+    When `size` divides the input's size, the same averages come from the faster plain average pool.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == size:
+        return x
+    if h % size[0] == 0 and w % size[1] == 0:
+        return F.avg_pool2d(x, (h // size[0], w // size[1]))
+    return F.adaptive_avg_pool2d(x, size)
 
 
 IMAGE_ENCODERS = ["paper", "pooled"]
@@ -70,18 +102,47 @@ def check_image_encoder(name: str) -> None:
         raise ContsupError(f"unknown image encoder {name!r}; choose from {', '.join(IMAGE_ENCODERS)}")
 
 
-class ImageEncoder(nn.Module):
+class ConvEncoder(nn.Module):
+    """conv-BN-ReLU layers (`net`) and an adaptive average pool to the cut's size, after them or first.
+
+    `lean` computes the same function holding only its input for backward (contsup.method.lean; with plain
+    BatchNorm layers: the pipeline's synchronised BatchNorm runs the straightforward way);
+    `max_elements` bounds, per sample, the full-resolution intermediates the lean version makes at once.
+    """
+
+    def __init__(self, net: nn.Sequential, target: Shape, pool_first: bool, lean: bool, max_elements: int) -> None:
+        super().__init__()
+        self.net = net
+        self.size = (target.height, target.width)
+        self.pool_first = pool_first
+        self.lean = lean
+        self.max_elements = max_elements
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Adaptive average pool to the cut's size."""
+        return adaptive_pool(x, self.size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded input at the cut's shape."""
+        if self.lean and supported(self):
+            return lean_encode(self, x)
+        if self.pool_first:
+            return self.net(self.pool(x))
+        return self.pool(self.net(x))
+
+
+class ImageEncoder(ConvEncoder):
     """Mode E: conv3x3(in -> 12) -> BN -> ReLU -> conv3x3(12 -> C) -> BN -> ReLU -> pool to h_k's size.
 
     `pool_first` is a cheaper variant that is not the paper's: the image is pooled to h_k's size first,
     so both convolutions run at the cut's resolution (same parameters, different function).
     """
 
-    def __init__(self, in_ch: int, target: Shape, hidden: int = 12, pool_first: bool = False) -> None:
-        super().__init__()
-        self.size = (target.height, target.width)
-        self.pool_first = pool_first
-        self.net = nn.Sequential(
+    def __init__(
+        self, in_ch: int, target: Shape, hidden: int = 12, pool_first: bool = False, lean: bool = False,
+        max_elements: int = 0,
+    ) -> None:
+        net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 3, 1, 1),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
@@ -89,27 +150,17 @@ class ImageEncoder(nn.Module):
             nn.BatchNorm2d(target.channels),
             nn.ReLU(inplace=True),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoded image at h_k's shape."""
-        if self.pool_first:
-            return self.net(adaptive_pool(x, self.size))
-        return adaptive_pool(self.net(x), self.size)
+        super().__init__(net, target, pool_first, lean, max_elements)
 
 
-class ResidualEncoder(nn.Module):
+class ResidualEncoder(ConvEncoder):
     """Mode Rn: conv1x1(C_src -> C) -> BN -> ReLU -> pool to h_k's size."""
 
-    def __init__(self, in_ch: int, target: Shape) -> None:
-        super().__init__()
-        self.size = (target.height, target.width)
-        self.net = nn.Sequential(
+    def __init__(self, in_ch: int, target: Shape, lean: bool = False, max_elements: int = 0) -> None:
+        net = nn.Sequential(
             nn.Conv2d(in_ch, target.channels, 1), nn.BatchNorm2d(target.channels), nn.ReLU(inplace=True)
         )
-
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """Encoded earlier module input at h_k's shape."""
-        return adaptive_pool(self.net(s), self.size)
+        super().__init__(net, target, False, lean, max_elements)
 
 
 LOCAL_INITS = ["torch", "kaiming"]
@@ -138,18 +189,27 @@ def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_in
 
 
 class CutContext(nn.Module):
-    """Every encoder at one cut, and the sum that supplies h_k with context."""
+    """Every encoder at one cut, and the sum that supplies h_k with context.
+
+    `lean` and `max_elements` as in ConvEncoder (the default bound: the largest source, per sample).
+    """
 
     def __init__(
-        self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper"
+        self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper",
+        lean: bool = False, max_elements: int | None = None,
     ) -> None:
         super().__init__()
         check_image_encoder(image_encoder)
         self.cut = cut
         self.source_ids = mode.sources(cut)
-        self.residual = nn.ModuleList(ResidualEncoder(source_shapes[j].channels, target) for j in self.source_ids)
+        bound = max(s.channels * s.height * s.width for s in source_shapes) if max_elements is None else max_elements
+        self.residual = nn.ModuleList(
+            ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids
+        )
         pool_first = image_encoder == "pooled"
-        self.image = ImageEncoder(source_shapes[0].channels, target, pool_first=pool_first) if mode.image else None
+        self.image = ImageEncoder(
+            source_shapes[0].channels, target, pool_first=pool_first, lean=lean, max_elements=bound
+        ) if mode.image else None
 
     def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""

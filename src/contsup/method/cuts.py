@@ -12,8 +12,9 @@ from contsup.errors import ContsupError
 
 Named = tuple[int, int]
 
-# Spec §4. Keys: (arch, K). "equal" holds the equal-layer tables; the memory-balanced tables are keyed
-# by the dataset they were made for (spec: ResNet-32/110 on CIFAR-10, ResNet-110 on STL-10).
+# The paper's cut lists (docs/method.md, networks and where to cut). Keys: (arch, K). "equal" holds the
+# equal-layer tables; the memory-balanced tables are keyed by the dataset they were made for
+# (ResNet-32/110 on CIFAR-10, ResNet-110 on STL-10).
 _R32_K16: list[Named] = [(0, 0)] + [(s, b) for s in (1, 2, 3) for b in range(5)][:14]
 PAPER_CUTS: dict[str, dict[tuple[str, int], list[Named]]] = {
     "equal": {

@@ -1,13 +1,23 @@
-"""A backbone cut into K modules, with a local head (and decoder) and Context Supply at each cut."""
+"""A backbone cut into K modules, with a local head (and decoder) and Context Supply at each cut.
+
+Indices are 0-based throughout the package:
+- module k (0 <= k < K) is `blocks[k]`; it reads s_k (s_0 = x) and outputs h_k;
+- cut k (0 <= k < K-1) sits after module k (after unit `cuts[k]`): its head `heads[k]` (and decoder
+  `decoders[k]`) read h_k and give module k's local loss; its encoders `context[k]` turn h_k into
+  s_{k+1} = h_k^c. They run in front of module k+1, so module k+1's loss trains them;
+- `last_use[j]` is the last cut that reads s_j (-1: none), so s_j can be dropped once module
+  `last_use[j] + 1` has its input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Callable, Generator
 
 import torch
 from torch import nn
 
+from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method.balance import memory_model
 from contsup.method.context import (
@@ -19,39 +29,28 @@ from contsup.method.context import (
     parse_mode,
 )
 from contsup.method.cuts import TABLES, resolve_cuts
-from contsup.method.heads import Decoder, LocalHead, ReconWeights, head_out_dim
+from contsup.method.heads import LocalHead
+from contsup.method.losses import LOSSES
+from contsup.method.recon import Decoder
 from contsup.models.chain import Backbone, Shape, probe_shapes
 
+Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
+Supply = Callable[[int, torch.Tensor, Sources], torch.Tensor]  # (cut k, h_k, sources) -> h_k^c
 
-@dataclass
-class LocalConfig:
-    """How to cut a network and train it locally (defaults: the paper's ContSup setting)."""
 
-    modules: int = 4  # K; 1 is end-to-end training
-    context: str = "R1E"  # R0 (plain greedy local learning), E, Rn, RnE
-    head: str = "1c2f"  # local head shape <a>c<b>f (spec §3)
-    loss: str = "softmax"  # softmax | contrast
-    width: int = 128  # hidden width W of the heads
-    widen: float = 1.0  # multiplies the heads' widths
-    cut_table: str = "auto"  # auto | equal-units | balanced (rule) | a paper table (equal, balanced-cifar10, ...)
-    cuts: Sequence[int] | Sequence[tuple[int, int]] | None = None  # explicit cuts override the table
-    recon: ReconWeights | None = None  # InfoPro reconstruction term; None: task loss only
-    image_encoder: str = "paper"  # paper | pooled (pool the image first: cheaper, not the paper's function)
-    local_init: str = "torch"  # heads and encoders: torch (PyTorch defaults) | kaiming (the reference code's)
-    context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)
-    extra: dict = field(default_factory=dict)  # free-form notes kept in checkpoints
-
-    def validate(self) -> None:
-        """Fail early with one clear message on a bad setting."""
-        if self.cut_table not in TABLES:
-            raise ContsupError(f"unknown cut table {self.cut_table!r}; choose from {', '.join(TABLES)}")
-        LocalHead(8, self.head, 2)  # raises on an unknown head
-        head_out_dim(self.loss, 2, self.width, self.widen)  # raises on an unknown loss
-        parse_mode(self.context, self.modules)
-        check_image_encoder(self.image_encoder)
-        if self.local_init not in LOCAL_INITS or self.context_scale <= 0:
-            raise ContsupError(f"local_init must be one of {', '.join(LOCAL_INITS)} and context_scale > 0 "
-                               "(a zero scale would leave the encoders' ReLU dead for good)")
+def check_config(config: LocalConfig) -> None:
+    """Fail early with one clear message on a bad local-learning setting."""
+    if config.cut_table not in TABLES:
+        raise ContsupError(f"unknown cut table {config.cut_table!r}; choose from {', '.join(TABLES)}")
+    if isinstance(config.recon, str):
+        raise ContsupError(f"recon {config.recon!r} needs the network and dataset: set it through RunConfig")
+    LocalHead(8, config.head, 2)  # raises on an unknown head
+    LOSSES[config.loss]  # raises on an unknown loss
+    parse_mode(config.context, config.modules)
+    check_image_encoder(config.image_encoder)
+    if config.local_init not in LOCAL_INITS or config.context_scale <= 0:
+        raise ContsupError(f"local_init must be one of {', '.join(LOCAL_INITS)} and context_scale > 0 "
+                           "(a zero scale would leave the encoders' ReLU dead for good)")
 
 
 class LocalNetwork(nn.Module):
@@ -59,7 +58,7 @@ class LocalNetwork(nn.Module):
 
     def __init__(self, backbone: Backbone, config: LocalConfig, sample: torch.Tensor) -> None:
         super().__init__()
-        config.validate()
+        check_config(config)
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
@@ -68,8 +67,8 @@ class LocalNetwork(nn.Module):
             backbone.name, backbone.unit_names, config.modules, config.cut_table, config.cuts,
             memory=lambda: memory_model(
                 units, backbone.classifier, sample, self.unit_shapes, self.mode, config.head, config.loss,
-                self._num_classes(backbone.classifier, self.unit_shapes), config.width, config.widen,
-                config.recon is not None, config.image_encoder,
+                self._num_classes(backbone.classifier), config.width, config.widen,
+                config.recon is not None, config.image_encoder, config.lean_context,
             ),
         )
         x_shape = Shape(*sample.shape[-3:])
@@ -78,29 +77,28 @@ class LocalNetwork(nn.Module):
         self.classifier = backbone.classifier
         self.backbone_name = backbone.name
         self.unit_names = backbone.unit_names
-        # Shapes of the module inputs s_0 = x, s_j = h_j^c, and of each cut's output h_k.
+        # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c, and of each cut's h_k.
         cut_shapes = [self.unit_shapes[c] for c in self.cuts]
         self.source_shapes = [x_shape, *cut_shapes]
-        num_classes = self._num_classes(backbone.classifier, cut_shapes or self.unit_shapes[-1:])
-        out_dim = head_out_dim(config.loss, num_classes, config.width, config.widen)
+        self.objective = LOSSES[config.loss](self._num_classes(backbone.classifier), int(config.width * config.widen))
         self.heads = nn.ModuleList(
-            LocalHead(s.channels, config.head, out_dim, config.width, config.widen) for s in cut_shapes
+            LocalHead(s.channels, config.head, self.objective.out_dim, config.width, config.widen) for s in cut_shapes
         )
         self.decoders = nn.ModuleList(
             Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)) for s in cut_shapes
         ) if config.recon is not None else nn.ModuleList()
         self.context = nn.ModuleList(
-            CutContext(k + 1, self.mode, self.source_shapes, s, config.image_encoder) for k, s in enumerate(cut_shapes)
+            CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context)
+            for k, s in enumerate(cut_shapes)
         )
         init_local_modules(self.heads, self.context, config.local_init, config.context_scale)
-        # Last cut that reads each source s_j: after it, the step may drop s_j.
-        self.last_use = {j: 0 for j in range(len(self.source_shapes))}
+        self.last_use = {j: -1 for j in range(len(self.source_shapes))}
         for ctx in self.context:
             for j in ctx.source_ids + ([0] if ctx.image is not None else []):
                 self.last_use[j] = max(self.last_use[j], ctx.cut)
 
     @staticmethod
-    def _num_classes(classifier: nn.Module, shapes: Sequence[Shape]) -> int:
+    def _num_classes(classifier: nn.Module) -> int:
         """Number of classes the classifier predicts (its last Linear layer's out_features)."""
         linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
         if not linears:
@@ -112,34 +110,58 @@ class LocalNetwork(nn.Module):
         """K."""
         return len(self.blocks)
 
-    def supply(self, k: int, h: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
+    def supply(self, k: int, h: torch.Tensor, sources: Sources) -> torch.Tensor:
         """Module k's (0-based) output, detached and supplied with context, ready for module k+1."""
         return self.context[k](h, sources)
 
-    def module_input(self, k: int, h_prev: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Module k's input: x for k = 0, else module k-1's output supplied with context.
-
-        Records the input as source s_k and drops every source that no later cut reads.
-        """
-        if k == 0:
-            return h_prev
-        h_in = self.supply(k - 1, h_prev, sources)
-        self.keep_source(k, h_in, sources)
-        return h_in
-
-    def keep_source(self, k: int, s: torch.Tensor, sources: dict[int, torch.Tensor]) -> None:
-        """Record module k's input as source s_k (detached) and drop every source no later cut reads."""
+    def keep_source(self, k: int, s: torch.Tensor, sources: Sources) -> None:
+        """Record module k's input as source s_k (detached) and drop every source no cut from k on reads."""
         sources[k] = s.detach()
-        for j in [j for j in sources if self.last_use[j] <= k]:
+        for j in [j for j in sources if self.last_use[j] < k]:
             del sources[j]
+
+    def walk(
+        self, h: torch.Tensor, sources: Sources, modules: range | None = None,
+        autocast: torch.autocast | None = None, supply: Supply | None = None,
+    ) -> Generator[tuple[int, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The module walk every pass uses: yields (k, module k's input), takes module k's output back.
+
+        `h` is module `modules.start - 1`'s raw output (or x when the walk starts at module 0). Module k's
+        input is x for k = 0, else module k-1's output supplied with context (`supply`, default
+        `self.supply`, under `autocast`), recorded as source s_k. Drive it with `send` (see `run`);
+        returns the last module's output.
+        """
+        amp = autocast if autocast is not None else contextlib.nullcontext()
+        supply = supply or self.supply
+        for k in range(self.num_modules) if modules is None else modules:
+            if k > 0:
+                with amp:
+                    h = supply(k - 1, h, sources)
+                self.keep_source(k, h, sources)
+            h = yield k, h
+        return h
+
+    def run(
+        self, fn: Callable[[int, torch.Tensor], torch.Tensor], h: torch.Tensor, sources: Sources,
+        modules: range | None = None, autocast: torch.autocast | None = None,
+    ) -> torch.Tensor:
+        """Walk `modules` (default: all) with fn(k, module k's input) -> module k's output; the last output."""
+        walk = self.walk(h, sources, modules, autocast)
+        try:
+            k, h_in = next(walk)
+            while True:
+                k, h_in = walk.send(fn(k, h_in))
+        except StopIteration as done:
+            return done.value
+
+    def infer_module(self, k: int, h_in: torch.Tensor) -> torch.Tensor:
+        """Module k of the inference pass on its (supplied) input: its output, or the logits if last."""
+        h = self.blocks[k](h_in)
+        return self.classifier(h) if k == self.num_modules - 1 else h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every module in turn, context supplied at each cut, then the classifier."""
-        sources = {0: x}
-        h = x
-        for k, block in enumerate(self.blocks):
-            h = block(self.module_input(k, h, sources))
-        return self.classifier(h)
+        return self.run(self.infer_module, x, {0: x})
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by group: backbone (modules + classifier), heads, decoders, context encoders."""
@@ -168,7 +190,7 @@ class LocalNetwork(nn.Module):
         for k, block in enumerate(self.blocks):
             end = start + len(block) - 1
             n_params = sum(p.numel() for p in block.parameters())
-            line = f"  module {k + 1:2d}: units {start}..{end} {names[start]}..{names[end]}  {n_params:,} params"
+            line = f"  module {k:2d}: units {start}..{end} {names[start]}..{names[end]}  {n_params:,} params"
             if k < len(self.context):
                 ctx = self.context[k]
                 s = self.source_shapes[k + 1]

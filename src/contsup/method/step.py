@@ -1,9 +1,9 @@
 """The local-learning step: per batch, each module learns from its own loss; nothing crosses a cut.
 
-Per module k: supply module k-1's detached output with context, forward, backward the local loss at
-once (freeing module k's activations). Context encoders at cut k sit in front of module k+1, so module
-k+1's loss trains them. The optimizer steps all modules together afterwards. A pipeline stage runs the
-same `module_step` for the modules it owns.
+Per module k along `LocalNetwork.walk`: module k-1's detached output is supplied with context, module k
+runs forward and backwards its local loss at once (freeing its activations). Context encoders at cut k
+sit in front of module k+1, so module k+1's loss trains them. The optimizer steps all modules together
+afterwards. A pipeline stage runs the same `modules_step` for the modules it owns.
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from contsup.method.heads import task_loss
-from contsup.method.network import LocalNetwork
+from contsup.method.network import LocalNetwork, Sources
 
 
 @dataclass
 class StepOutput:
-    """What one local step measured: each module's loss, and the final module's logits (detached)."""
+    """What one local step measured: each module's loss and the final module's logits (detached, on the device).
 
-    losses: list[float]
+    The losses stay on the device, so that a training loop reads them once per log interval, not every step.
+    """
+
+    losses: torch.Tensor  # (K,)
     logits: torch.Tensor
 
 
@@ -30,7 +32,7 @@ def local_loss(
     net: LocalNetwork, k: int, h: torch.Tensor, y: torch.Tensor, pixels: torch.Tensor | None
 ) -> torch.Tensor:
     """Module k's local loss: head task term, plus the weighted reconstruction term when enabled."""
-    task = task_loss(net.heads[k](h), y, net.config.loss)
+    task = net.objective.fn(net.heads[k](h), y)
     if not len(net.decoders):
         return task
     if pixels is None:
@@ -42,20 +44,18 @@ def local_loss(
 def module_step(
     net: LocalNetwork,
     k: int,
-    h_prev: torch.Tensor,
-    sources: dict[int, torch.Tensor],
+    h_in: torch.Tensor,
     y: torch.Tensor,
     pixels: torch.Tensor | None = None,
     autocast: torch.autocast | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Module k's local step: supply its input, forward, local loss, backward at once.
+    """Module k's local step on its input (already supplied with context): forward, local loss, backward.
 
     Returns (module k's detached output, or the logits for the last module; the detached loss).
-    The encoders of cut k-1 run here, in front of module k, so module k's loss trains them.
     """
     amp = autocast if autocast is not None else contextlib.nullcontext()
     with amp:
-        h = net.blocks[k](net.module_input(k, h_prev, sources))
+        h = net.blocks[k](h_in)
         if k == net.num_modules - 1:
             h = net.classifier(h)
             loss = F.cross_entropy(h.float(), y)
@@ -63,6 +63,31 @@ def module_step(
             loss = local_loss(net, k, h, y, pixels)
     loss.backward()
     return h.detach(), loss.detach()
+
+
+def modules_step(
+    net: LocalNetwork,
+    modules: range,
+    h: torch.Tensor,
+    sources: Sources,
+    y: torch.Tensor,
+    pixels: torch.Tensor | None = None,
+    autocast: torch.autocast | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local steps of a run of modules (all of them, or a pipeline stage's) along the module walk.
+
+    `h` and `sources` are what enters the first module (x and {0: x} for module 0); `sources` is updated
+    in place. Returns (the last module's detached output, its losses stacked, detached).
+    """
+    losses: list[torch.Tensor] = []
+
+    def step(k: int, h_in: torch.Tensor) -> torch.Tensor:
+        out, loss = module_step(net, k, h_in, y, pixels, autocast)
+        losses.append(loss)
+        return out
+
+    h = net.run(step, h, sources, modules, autocast)
+    return h, torch.stack(losses)
 
 
 def local_step(
@@ -73,10 +98,5 @@ def local_step(
     autocast: torch.autocast | None = None,
 ) -> StepOutput:
     """Forward and backward every module on one batch (gradients accumulate; no optimizer step)."""
-    sources: dict[int, torch.Tensor] = {0: x}
-    losses: list[torch.Tensor] = []
-    h = x
-    for k in range(net.num_modules):
-        h, loss = module_step(net, k, h, sources, y, pixels, autocast)
-        losses.append(loss)
-    return StepOutput(torch.stack(losses).tolist(), h)
+    logits, losses = modules_step(net, range(net.num_modules), x, {0: x}, y, pixels, autocast)
+    return StepOutput(losses, logits)

@@ -33,11 +33,6 @@ class Shape:
     height: int
     width: int
 
-    @property
-    def numel(self) -> int:
-        """Elements per sample."""
-        return self.channels * self.height * self.width
-
 
 class Backbone(nn.Module):
     """Units applied one after the other, then a classifier; cuts fall between units."""

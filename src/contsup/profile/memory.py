@@ -93,10 +93,6 @@ class SavedTensorCounter:
         """Leave these tensors' storages out of the count (inputs held elsewhere anyway)."""
         self._skip.update(t.untyped_storage().data_ptr() for t in tensors)
 
-    def reset_peak(self) -> None:
-        """Start a new peak window at the current level."""
-        self.peak = self.current
-
     def _pack(self, t: torch.Tensor) -> _Saved:
         storage = t.untyped_storage()
         key = storage.data_ptr()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -15,13 +14,15 @@ from typing import Any
 
 import torch
 
+from contsup.config import LocalConfig, TrainConfig
 from contsup.errors import ContsupError
-from contsup.method.network import LocalConfig, LocalNetwork
+from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.models import build_arch
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
-from contsup.train.trainer import TrainConfig, make_optimizer, resolve_device
+from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
+from contsup.train.trainer import make_optimizer, resolve_device
 
 E2E = "E2E"
 
@@ -55,7 +56,7 @@ class ProfileRow:
 
     arch: str
     modules: int
-    context: str  # "E2E" for K = 1; "(pooled)" added with the pooled image encoder
+    context: str  # "E2E" for K = 1; "(pooled)", "(straightforward)" added for those encoders
     cuts: list[int]
     batch_size: int
     input_shape: list[int]
@@ -110,7 +111,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     net.train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
-    optimizer = make_optimizer(net, TrainConfig(lr=0.01))
+    optimizer = make_optimizer(net.parameters(), TrainConfig(lr=0.01))
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
@@ -141,8 +142,11 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
         _, saved = saved_bytes(step, exclude=net)
     flops = count_flops(net, step)[1] if cfg.flops else {}
     median = statistics.median(times) if times else float("nan")
-    if net.mode.image and net.config.image_encoder != "paper":
-        context = f"{context} ({net.config.image_encoder})"
+    labels = [net.config.image_encoder] if net.mode.image and net.config.image_encoder != "paper" else []
+    if not net.config.lean_context and (net.mode.image or net.mode.window):
+        labels.append("straightforward")
+    if labels:
+        context = f"{context} ({', '.join(labels)})"
     return ProfileRow(
         arch=cfg.arch, modules=modules, context=context, cuts=list(net.cuts), batch_size=cfg.batch_size,
         input_shape=list(cfg.input_shape), device=str(device), peak_bytes=peak.peak_bytes,
@@ -194,12 +198,7 @@ def table_cells(row: ProfileRow) -> list[str]:
 def format_table(rows: Sequence[ProfileRow], markdown: bool = False) -> str:
     """The rows as an aligned text table, or as a markdown table."""
     cells = [table_cells(r) for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*HEADER)] + [fmt.format(*c) for c in cells])
+    return markdown_table(HEADER, cells) if markdown else text_table(HEADER, cells)
 
 
 def flat(row: ProfileRow) -> dict[str, Any]:
@@ -215,12 +214,7 @@ def flat(row: ProfileRow) -> dict[str, Any]:
 
 def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
     """Peak memory and step time against K, one line per context mode (E2E as a marker at K = 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     for arch in dict.fromkeys(r.arch for r in rows):
         mine = [r for r in rows if r.arch == arch]
         e2e = [r for r in mine if r.context == E2E]
@@ -238,9 +232,7 @@ def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
     axes[0].set_yscale("log")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_outputs(rows: Sequence[ProfileRow], out_dir: str | Path, meta: dict[str, Any]) -> list[Path]:
@@ -249,10 +241,7 @@ def write_outputs(rows: Sequence[ProfileRow], out_dir: str | Path, meta: dict[st
     out.mkdir(parents=True, exist_ok=True)
     records = [flat(r) for r in rows]
     csv_path, json_path, png_path = out / "profile.csv", out / "profile.json", out / "profile.png"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
-        writer.writeheader()
-        writer.writerows(records)
+    write_csv(records, csv_path)
     json_path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     plot(rows, png_path, title=meta.get("title", ""))
     return [csv_path, json_path, png_path]

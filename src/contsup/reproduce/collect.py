@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import statistics
 import textwrap
 from collections.abc import Sequence
@@ -11,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from contsup.reproduce.presets import Job
+from contsup.reproduce.sweep import read_summary
+from contsup.tables import markdown_table, pyplot, save_figure, write_csv
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
@@ -32,7 +32,7 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         path = Path(job.config.out or "") / "summary.json"
         if not path.is_file():
             continue
-        s = json.loads(path.read_text())
+        s = read_summary(path)
         rows.append({
             "run": job.name, **{k: _flat(v) for k, v in job.settings.items()},
             "final_test_error": s["final_test_error"], "final_val_error": s.get("final_val_error"),
@@ -42,15 +42,6 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
             "params_total": s["params"]["total"], "params_context": s["params"]["context"], "device": s["device"],
         })
     return rows
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Every run's row, one line each."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -120,32 +111,32 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     head = ["K", "method", *varying, "seeds", "final test error %", *(["final val error %"] if val else []),
             "best epoch's test error % (selected on test)", "train time s", "images/s", "peak memory MiB", "params",
             "context params"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for a in aggs:
-        err = _mean_std(a, "final_test_error")
         best = f"{a['best_test_error_selected_on_test']:.2f}"
-        cells = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], err,
-                 *([_mean_std(a, "final_val_error")] if val else []), best,
-                 f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}", f"{a['peak_memory_mib']:.0f}",
-                 f"{a['params_total']:,.0f}", f"{a['params_context']:,.0f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        row = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], _mean_std(a, "final_test_error"),
+               *([_mean_std(a, "final_val_error")] if val else []), best,
+               f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}", f"{a['peak_memory_mib']:.0f}",
+               f"{a['params_total']:,.0f}", f"{a['params_context']:,.0f}"]
+        cells.append(row)
+    return "\n".join([*lines, markdown_table(head, cells)]) + "\n"
 
 
-def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path, title: str = "",
-         memory_kind: str = "") -> None:
-    """Two PNGs: test error against K (one line per method, E2E dashed) and error against peak memory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def methods_of(aggs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Aggregated rows grouped by method label (context mode plus the settings that vary)."""
     varying = _varying(aggs)
     methods: dict[str, list[dict[str, Any]]] = {}
     for a in aggs:
         methods.setdefault(label(a, varying), []).append(a)
+    return methods
+
+
+def plot_error_vs_k(methods: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> None:
+    """Test error against K, one line per method (E2E as a dashed horizontal line)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ks = sorted({a["modules"] for a in aggs if a["context"] != "E2E"}) or [1]
+    rows = [a for members in methods.values() for a in members]
+    ks = sorted({a["modules"] for a in rows if a["context"] != "E2E"}) or [1]
     for name, members in methods.items():
         members = sorted(members, key=lambda a: a["modules"])
         if all(a["context"] == "E2E" for a in members):
@@ -161,25 +152,25 @@ def plot(aggs: Sequence[dict[str, Any]], error_vs_k: Path, error_vs_memory: Path
     ax.set_title(textwrap.fill(title or "test error against K", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(error_vs_k, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+
+def plot_error_vs_memory(methods: dict[str, list[dict[str, Any]]], path: Path, title: str = "",
+                         memory_kind: str = "peak memory") -> None:
+    """Final test error against `peak_memory_mib`, one marker style per method, each point labelled K=."""
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.4))
     for name, members in methods.items():
         ax.errorbar([a["peak_memory_mib"] for a in members], [a["final_test_error"] for a in members],
                     yerr=[a["final_test_error_std"] for a in members], marker="o", ls="", capsize=3, label=name)
         for a in members:
             ax.annotate(f"K={a['modules']}", (a["peak_memory_mib"], a["final_test_error"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"peak memory (MiB{', ' + memory_kind if memory_kind else ''})")
+    ax.set_xlabel(f"{memory_kind} (MiB)")
     ax.set_ylabel("final test error (%)")
-    ax.set_title(textwrap.fill((title + ": " if title else "") + "error against peak memory", 70), fontsize=9)
+    ax.set_title(textwrap.fill((title + ": " if title else "") + "error against memory", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(error_vs_memory, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = "") -> dict[str, Any]:
@@ -198,5 +189,7 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
     text += (f"\nPeak memory: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
     paths["markdown"].write_text(text)
     if aggs:
-        plot(aggs, paths["error_vs_k"], paths["error_vs_memory"], title, ", ".join(kinds))
+        methods = methods_of(aggs)
+        plot_error_vs_k(methods, paths["error_vs_k"], title)
+        plot_error_vs_memory(methods, paths["error_vs_memory"], title, "peak memory, " + ", ".join(kinds))
     return {"runs": len(rows), "configurations": len(jobs), **{k: str(v) for k, v in paths.items()}}

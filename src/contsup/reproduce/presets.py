@@ -3,59 +3,54 @@
 A preset file holds a shared `[base]` of settings, one or more grids (`[grid]` or `[[grid]]`, each a
 table of setting -> list of values whose product is taken) and recipes `[recipe.NAME]` whose settings
 override the base and grid (with `[recipe.NAME.per_dataset.DATASET]` for dataset-specific values).
-Settings form one flat namespace (see `SETTINGS`); `context = "E2E"` means end-to-end training (K = 1).
+Settings are those of the one schema (`contsup.config`), named by key (`lr`, `dataset`) or dotted path
+(`train.lr`); a job's settings are keyed by key. `context = "E2E"` means end-to-end training (K = 1).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from contsup.checks import check_run, check_type
+from contsup.config import RunConfig, flatten, nest, resolve, resolve_name, settings
+from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
-from contsup.method.heads import ReconWeights, parse_recon
-from contsup.method.network import LocalConfig
-from contsup.run import DataConfig, RunConfig
-from contsup.train.trainer import TrainConfig
 
-# Every setting a preset may use, with its default (the paper's defaults, spec §3-§5).
-SETTINGS: dict[str, Any] = {
-    "dataset": "cifar10",
-    "data_root": None,
-    "train_subset": 0,
-    "val_split": 0,
-    "arch": "resnet32",
-    "modules": 4,
-    "context": "R1E",
-    "head": "1c2f",
-    "loss": "softmax",
-    "width": 128,
-    "widen": 1.0,
-    "cut_table": "auto",
-    "cuts": None,
-    "local_init": "torch",  # torch | kaiming (the reference code's init of heads and encoders)
-    "context_scale": 1.0,  # initial weight of each context encoder's last BatchNorm
-    "recon": "none",  # none | paper | [ixx1, ixy1, ixx2, ixy2]
-    "recon_dataset": None,  # with recon = "paper": take the paper's weights for this dataset instead
-    "epochs": 160,
-    "batch_size": 1024,
-    "lr": 0.8,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "schedule": "step",  # step | epoch (the paper's per-epoch rate)
-    "warmup_epochs": None,
-    "warmup_steps": None,
-    "context_lr_scale": 1.0,  # the context encoders' rate relative to the rest
-    "seed": 0,
-    "device": "auto",
-    "bf16": False,
-    "channels_last": False,
-}
+# Settings that say how a run is shown or where it is written, not what it computes: not preset settings.
+_NOT_PRESET = ("out", "progress")
 E2E = "E2E"
+# A preset value must have a TOML type that its setting's schema type allows (TOML has no null: a setting
+# whose default is None is left out or given a value); values are then checked as on the command line.
+_NUMBER = (int, float)
+_CONTEXT = re.compile(r"E2E|E|R\d{1,4}E?")
+_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def defaults() -> dict[str, Any]:
+    """Every preset setting by key, with its default from the schema."""
+    return {s.key: s.default for s in settings().values() if s.key not in _NOT_PRESET}
+
+
+def as_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A table of settings named by key or dotted path, keyed by key; unknown names raise ContsupError."""
+    out = {}
+    for name, value in table.items():
+        try:
+            key = settings()[resolve_name(name)].key
+        except ContsupError as err:
+            raise ContsupError(f"{where}: {err}") from None
+        if key in _NOT_PRESET:
+            raise ContsupError(f"{where}: {key} is not a preset setting")
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -90,10 +85,42 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in preset_dir().glob("*.toml"))
 
 
-def _check_keys(where: str, keys: Iterable[str]) -> None:
-    unknown = sorted(set(keys) - set(SETTINGS))
-    if unknown:
-        raise ContsupError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+def _toml_types(key: str) -> tuple[type, ...]:
+    """The TOML types a setting accepts, from its type in the schema (a float also takes an int)."""
+    t = settings()[resolve_name(key)].type
+    kinds: list[type] = []
+    for b in [a for a in typing.get_args(t) if a is not type(None)] or [t]:
+        origin = typing.get_origin(b) or b
+        kinds += [int, float] if origin is float else [str, list] if origin is Any else [origin]
+    return tuple(kinds)
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    """One preset value: its TOML type, and the strings that name files or folders."""
+    try:
+        check_type(key, value, _toml_types(key))
+        if key == "recon" and isinstance(value, list) and (
+                len(value) != 4 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)):
+            raise ContsupError(f"recon must be 'none', 'paper' or four numbers, got {value!r}")
+        if key == "context" and not _CONTEXT.fullmatch(value):
+            raise ContsupError(f"context must be E2E, E, Rn or RnE, got {value!r}")
+        if key in ("dataset", "recon_dataset") and value not in DATASETS:
+            raise ContsupError(f"{key} must be one of {', '.join(DATASETS)}, got {value!r}")
+    except ContsupError as err:
+        raise ContsupError(f"{where}: {err}") from None
+
+
+def _check_table(where: str, table: Any, grid: bool = False) -> dict[str, Any]:
+    """A table of settings keyed by key: known names, values of the right types (each listed value, in a grid)."""
+    if not isinstance(table, dict):
+        raise ContsupError(f"{where} must be a table")
+    keyed = as_keys(dict(flatten(table)), where)
+    for key, value in keyed.items():
+        if grid and (not isinstance(value, list) or not value):
+            raise ContsupError(f"{where}: {key} must be a non-empty list")
+        for v in value if grid else [value]:
+            _check_value(where, key, v)
+    return keyed
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
@@ -112,23 +139,29 @@ def load_preset(name_or_path: str | Path) -> Preset:
     unknown = sorted(set(doc) - {"title", "description", "base", "grid", "recipe"})
     if unknown:
         raise ContsupError(f"{path.name}: unknown table(s) or key(s) {', '.join(unknown)}")
-    base = doc.get("base", {})
-    _check_keys(f"{path.name} [base]", base)
+    for key in ("title", "description"):
+        if not isinstance(doc.get(key, ""), str):
+            raise ContsupError(f"{path.name}: {key} must be a string")
+    base = _check_table(f"{path.name} [base]", doc.get("base", {}))
     raw_grids = doc.get("grid", [{}])
-    grids = [raw_grids] if isinstance(raw_grids, dict) else list(raw_grids)
-    for g in grids:
-        _check_keys(f"{path.name} [grid]", g)
-        for k, v in g.items():
-            if not isinstance(v, list) or not v:
-                raise ContsupError(f"{path.name} [grid]: {k} must be a non-empty list")
-    recipes = doc.get("recipe", {})
-    if not recipes:
+    raw_grids = [raw_grids] if isinstance(raw_grids, dict) else raw_grids
+    if not isinstance(raw_grids, list):
+        raise ContsupError(f"{path.name}: grid must be a table or an array of tables")
+    grids = [_check_table(f"{path.name} [grid]", g, grid=True) for g in raw_grids]
+    raw_recipes = doc.get("recipe", {})
+    if not isinstance(raw_recipes, dict) or not raw_recipes:
         raise ContsupError(f"{path.name}: no [recipe.NAME] tables")
-    for rname, recipe in recipes.items():
-        per = recipe.get("per_dataset", {})
-        _check_keys(f"{path.name} [recipe.{rname}]", (k for k in recipe if k != "per_dataset"))
-        for ds, over in per.items():
-            _check_keys(f"{path.name} [recipe.{rname}.per_dataset.{ds}]", over)
+    recipes = {}
+    for rname, raw in raw_recipes.items():
+        if not isinstance(raw, dict):
+            raise ContsupError(f"{path.name}: recipe.{rname} must be a table")
+        per = raw.get("per_dataset", {})
+        if not isinstance(per, dict):
+            raise ContsupError(f"{path.name}: recipe.{rname}.per_dataset must be a table")
+        recipe = _check_table(f"{path.name} [recipe.{rname}]", {k: v for k, v in raw.items() if k != "per_dataset"})
+        recipe["per_dataset"] = {ds: _check_table(f"{path.name} [recipe.{rname}.per_dataset.{ds}]", over)
+                                 for ds, over in per.items()}
+        recipes[rname] = recipe
     return Preset(path.stem, doc.get("title", path.stem), doc.get("description", ""), base, grids, recipes, path)
 
 
@@ -141,10 +174,10 @@ def parse_only(items: Sequence[str] | None) -> dict[str, list[str]]:
     """`--only KEY=V1,V2` filters (values of one key are alternatives; keys must all match)."""
     out: dict[str, list[str]] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
+        name, sep, value = item.partition("=")
         if not sep or not value:
             raise ContsupError(f"--only takes KEY=VALUE[,VALUE...], got {item!r}")
-        _check_keys("--only", [key])
+        key = next(iter(as_keys({name: None}, "--only")))
         out.setdefault(key, []).extend(v.strip() for v in value.split(","))
     return out
 
@@ -157,8 +190,9 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any]:
     """Canonical settings: E2E is one module with no cuts, local heads, context or reconstruction."""
     s = dict(settings)
     if str(s["context"]).upper() == E2E:
-        s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon="none", recon_dataset=None,
-                 **{k: SETTINGS[k] for k in ("head", "loss", "width", "widen")})
+        d = defaults()
+        s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
+                 **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder")})
     return s
 
 
@@ -175,7 +209,7 @@ def expand(preset: Preset, recipe: str, seeds: Sequence[int] | None = None,
         grid_seeds = grid.pop("seed", None)
         for point in _grid_points(grid):
             for seed in seeds if seeds is not None else grid_seeds or [preset.base.get("seed", 0)]:
-                s = {**SETTINGS, **preset.base, **point, **rec, "seed": seed}
+                s = {**defaults(), **preset.base, **point, **rec, "seed": seed}
                 s.update(per.get(s["dataset"], {}))
                 s = normalize(s)
                 if only and not _matches(s, only):
@@ -194,14 +228,17 @@ def _num(v: float) -> str:
 
 
 def run_name(s: Mapping[str, Any]) -> str:
-    """Folder name of a configuration, from the settings that tell configurations apart."""
+    """Folder name of a configuration, from the settings that differ from the schema's defaults."""
+    d = defaults()
     parts = [s["arch"], s["dataset"], f"K{s['modules']}", s["context"]]
-    if s["loss"] != "softmax":
+    if s["loss"] != d["loss"]:
         parts.append(s["loss"])
-    if s["head"] != "1c2f":
+    if s["head"] != d["head"]:
         parts.append(s["head"])
-    if s["width"] != 128 or s["widen"] != 1.0:
+    if s["width"] != d["width"] or s["widen"] != d["widen"]:
         parts.append(f"w{s['width']}x{_num(s['widen'])}")
+    if s["image_encoder"] != d["image_encoder"]:
+        parts.append(f"enc-{s['image_encoder']}")
     if s["cuts"] is not None:
         parts.append("cuts" + "_".join(str(c).replace(", ", ".").strip("()[]") for c in s["cuts"]))
     elif s["cut_table"] not in ("auto", "equal"):
@@ -209,7 +246,7 @@ def run_name(s: Mapping[str, Any]) -> str:
     recon = s["recon"]
     if isinstance(recon, list):
         parts.append("recon" + "_".join(_num(v) for v in recon))
-    elif recon != "none":
+    elif recon not in (None, "none"):
         parts.append(f"recon-{recon}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")
@@ -217,34 +254,22 @@ def run_name(s: Mapping[str, Any]) -> str:
     return "-".join(str(p) for p in parts)
 
 
-def resolve_recon(s: Mapping[str, Any]) -> ReconWeights | None:
-    """The reconstruction weights of a configuration: none, the paper's (for `recon_dataset`), or 4 numbers."""
-    recon = s["recon"]
-    text = ",".join(str(v) for v in recon) if isinstance(recon, list) else str(recon)
-    balanced = str(s["cut_table"]).startswith("balanced")
-    return parse_recon(text, s["arch"], s["recon_dataset"] or s["dataset"], s["modules"], balanced)
-
-
 def to_config(s: Mapping[str, Any], out: str | Path | None = None, progress: bool = False) -> RunConfig:
     """The typed RunConfig of one configuration's settings."""
-    e2e = s["context"] == E2E
-    cuts = s["cuts"]
-    if cuts is not None:
-        cuts = [tuple(c) if isinstance(c, list) else c for c in cuts]
-    local = LocalConfig(
-        modules=s["modules"], context="R0" if e2e else s["context"], head=s["head"], loss=s["loss"],
-        width=s["width"], widen=s["widen"], cut_table=s["cut_table"], cuts=cuts, recon=resolve_recon(s),
-        local_init=s["local_init"], context_scale=s["context_scale"],
-    )
-    local.validate()
-    train = TrainConfig(
-        epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], momentum=s["momentum"],
-        weight_decay=s["weight_decay"], schedule=s["schedule"], warmup_epochs=s["warmup_epochs"],
-        warmup_steps=s["warmup_steps"], context_lr_scale=s["context_lr_scale"], seed=s["seed"], device=s["device"],
-        bf16=s["bf16"], channels_last=s["channels_last"], progress=progress,
-    )
-    data = DataConfig(s["dataset"], s["data_root"], True, s["val_split"], s["train_subset"])
-    return RunConfig(data, s["arch"], local, train, None if out is None else str(out))
+    over = {**s, "out": None if out is None else str(out), "progress": progress}
+    if s["context"] == E2E:
+        over["context"] = "R0"
+    cfg = resolve(nest(over))
+    check_run(cfg)
+    return cfg
+
+
+def run_folder(out_dir: str | Path, name: str) -> Path:
+    """`out_dir/name`, refused unless `name` is one plain folder name that stays inside `out_dir`."""
+    folder = Path(out_dir) / name
+    if not _FOLDER.fullmatch(name) or folder.resolve().parent != Path(out_dir).resolve():
+        raise ContsupError(f"run folder name {name!r} is not a plain folder name inside {out_dir}")
+    return folder
 
 
 def jobs(preset: Preset, recipe: str, out_dir: str | Path, seeds: Sequence[int] | None = None,
@@ -254,6 +279,8 @@ def jobs(preset: Preset, recipe: str, out_dir: str | Path, seeds: Sequence[int] 
     result = []
     for s in expand(preset, recipe, seeds, only):
         s = {**s, **(overrides or {})}
+        config = to_config(s, None, progress)  # checks every value before any of them names a folder
         name = run_name(s)
-        result.append(Job(name, s, to_config(s, Path(out_dir) / name, progress)))
+        config.out = str(run_folder(out_dir, name))
+        result.append(Job(name, s, config))
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from contsup.errors import ContsupError
-from contsup.reproduce.presets import SETTINGS, Job
+from contsup.files import read_json, write_json
+from contsup.reproduce.presets import Job, defaults
 from contsup.run import RunConfig, run_training
 
 SETTINGS_FILE = "settings.json"
@@ -34,8 +36,30 @@ class SweepReport:
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as stored in JSON, defaults filled in (so settings added later match old runs), place left out."""
-    full = {**SETTINGS, **settings}
+    full = {**defaults(), **settings}
+    if full["recon"] == "none":  # how sweeps before the one configuration schema stored "no reconstruction"
+        full["recon"] = None
     return json.loads(json.dumps({k: v for k, v in full.items() if k not in _PLACE}))
+
+
+# Fields of summary.json that sweeps and collect read, with their types.
+_SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
+    "epochs": (int,), "final_test_error": (int, float, type(None)),
+    "best_test_error_selected_on_test": (int, float, type(None)), "train_time_s": (int, float),
+    "images_per_s": (int, float), "peak_memory_bytes": (int, float), "peak_memory_kind": (str,),
+    "device": (str,), "params": (dict,),
+}
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json, checked for the fields that sweeps and collect read."""
+    s = read_json(path, "run summary")
+    ok = isinstance(s, dict) and all(isinstance(s.get(k, ...), t) for k, t in _SUMMARY_FIELDS.items()) \
+        and all(isinstance(s["params"].get(k), int) for k in ("total", "context"))
+    if not ok:
+        raise ContsupError(f"cannot read run summary {path} (fields missing or of the wrong type); "
+                           "delete it and resume the run")
+    return s
 
 
 def job_state(job: Job) -> str:
@@ -47,23 +71,28 @@ def job_state(job: Job) -> str:
         return "new"
     if not stored.is_file():
         raise ContsupError(f"{folder} holds a run that no sweep started; move it or choose another --out")
-    if _comparable(json.loads(stored.read_text())) != _comparable(job.settings):
+    settings = read_json(stored, "sweep settings")
+    if not isinstance(settings, dict) or _comparable(settings) != _comparable(job.settings):
         raise ContsupError(f"{folder} holds a run with other settings (another recipe?); choose another --out")
-    if has_summary and json.loads((folder / "summary.json").read_text())["epochs"] >= job.config.train.epochs:
+    if has_summary and read_summary(folder / "summary.json")["epochs"] >= job.config.train.epochs:
         return "done"
     return "resume"  # killed mid-run, or stopped early on purpose (Trainer.fit(until=...))
 
 
 def _train(cfg: dict[str, Any], resume: bool) -> None:
-    """Child-process entry: train one configuration (its summary lands in the run folder)."""
-    run_training(RunConfig.from_dict(cfg), resume=resume)
+    """Child-process entry: train one configuration (its summary lands in the run folder); a user error is one line."""
+    try:
+        run_training(RunConfig.from_dict(cfg), resume=resume)
+    except ContsupError as err:
+        print(f"contsup: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
     """Train one configuration (in a fresh process with `isolate`, so peak memory is its own); its summary."""
     folder = Path(job.config.out or "")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / SETTINGS_FILE).write_text(json.dumps(job.settings, indent=2) + "\n")
+    write_json(folder / SETTINGS_FILE, job.settings)
     if not isolate:
         run_training(job.config, resume=resume)
     else:
@@ -72,7 +101,7 @@ def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
         proc.join()
         if proc.exitcode != 0:
             raise ContsupError(f"run {job.name} failed (exit code {proc.exitcode}); its output is above")
-    return json.loads((folder / "summary.json").read_text())
+    return read_summary(folder / "summary.json")
 
 
 def run_sweep(jobs: Sequence[Job], isolate: bool = True, log: Callable[[str], None] = print,

@@ -1,7 +1,11 @@
 """Training loop, schedule, checkpoints and memory readings."""
 
+from contsup.config import TrainConfig
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.schedule import lr_at
-from contsup.train.trainer import TrainConfig, Trainer, evaluate, resolve_device
+from contsup.train.trainer import LocalStep, Step, Trainer, evaluate, resolve_device
 
-__all__ = ["TrainConfig", "Trainer", "evaluate", "load_checkpoint", "lr_at", "resolve_device", "save_checkpoint"]
+__all__ = [
+    "LocalStep", "Step", "TrainConfig", "Trainer", "evaluate", "load_checkpoint", "lr_at", "resolve_device",
+    "save_checkpoint",
+]

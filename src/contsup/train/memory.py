@@ -1,11 +1,18 @@
-"""Peak memory of a run: allocator peak on CUDA, process peak resident set size on CPU."""
+"""Memory of a run: its process peak (allocator peak on CUDA, peak resident set size on CPU), and the
+measured peak of one training step of its network (`step_peak`, the step `contsup profile` measures)."""
 
 from __future__ import annotations
 
+import copy
 import resource
 import sys
+from typing import Any
 
 import torch
+
+from contsup.method.network import LocalNetwork
+from contsup.method.step import local_step
+from contsup.profile.memory import PeakMemory, measure_peak
 
 
 def reset_peak(device: torch.device) -> None:
@@ -20,3 +27,20 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
         return float(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
+
+
+def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, autocast: Any = None,
+              seed: int = 0) -> PeakMemory:
+    """Measured peak memory of one local step (forward and backward of every module) of a copy of `net`.
+
+    The batch is random, of `batch_size` images of the network's input shape. The optimizer step is left
+    out: it runs after the last backward, when the activations are gone, so the peak is the same. The
+    network passed in, its BatchNorm statistics and the global random generators are left untouched.
+    """
+    twin = copy.deepcopy(net).to(device).train()
+    g = torch.Generator().manual_seed(seed)
+    shape = twin.source_shapes[0]
+    x = torch.randn(batch_size, shape.channels, shape.height, shape.width, generator=g).to(device)
+    y = torch.randint(0, LocalNetwork._num_classes(twin.classifier), (batch_size,), generator=g).to(device)
+    pixels = torch.rand(x.shape, generator=g).to(device) if len(twin.decoders) else None
+    return measure_peak(lambda: local_step(twin, x, y, pixels, autocast), device)[1]

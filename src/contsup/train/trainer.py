@@ -1,4 +1,9 @@
-"""The training loop, apart from the model: schedule, local steps, evaluation, metrics, checkpoints."""
+"""The one training loop, apart from the model: schedule, seeding, steps, evaluation, metrics, checkpoints.
+
+`Trainer.fit` is the same for one process and for every rank of a pipeline; only the `Step` differs:
+`LocalStep` below runs every module's local step in this process, `contsup.distributed.pipeline.PipelineStep`
+runs one stage's modules and passes the batch on.
+"""
 
 from __future__ import annotations
 
@@ -6,80 +11,196 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from contsup.method.context import CutContext
+from contsup.checks import device_from_name
+from contsup.config import TrainConfig
+from contsup.errors import ContsupError
+from contsup.files import atomic_write, write_json
 from contsup.method.network import LocalNetwork
-from contsup.method.step import local_step
+from contsup.method.step import modules_step
+from contsup.profile.memory import PeakMemory
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
-from contsup.train.memory import peak_memory, reset_peak
+from contsup.train.guard import FiniteWatch, check_row
+from contsup.train.memory import peak_memory, reset_peak, step_peak
+from contsup.train.report import TAIL, epoch_line, legend, postfix
 from contsup.train.schedule import make_schedule
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation recipe; defaults are the paper's CIFAR-10 recipe (spec §5)."""
-
-    epochs: int = 160
-    batch_size: int = 1024
-    lr: float = 0.8
-    momentum: float = 0.9  # Nesterov
-    weight_decay: float = 1e-4
-    schedule: str = "step"  # step: warm-up and cosine set every step | epoch: set per epoch (the paper's code)
-    warmup_epochs: float | None = None  # None: 10 of every 160 epochs (per step: at least min(1, epochs/4))
-    warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)
-    warmup_start_lr: float = 0.01
-    context_lr_scale: float = 1.0  # the context encoders' rate relative to the rest (1.0: as in the paper)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # bf16 autocast (CUDA)
-    channels_last: bool = False  # channels_last memory format (CUDA)
-    progress: bool = True  # tqdm progress bar
+from contsup.train.tensorboard import TensorBoardLog
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto` picks CUDA when available, else the CPU; a device this machine lacks raises ContsupError."""
+    return device_from_name(name)
 
 
-def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay; the context encoders' rate scaled by `context_lr_scale`."""
-    params: Any = net.parameters()
+def bf16_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on the device (`--bf16`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig,
+                   context: Iterable[nn.Parameter] = ()) -> torch.optim.SGD:
+    """SGD with Nesterov momentum and weight decay; the `context` parameters' rate scaled by `context_lr_scale`."""
+    groups: Any = list(params)
     if cfg.context_lr_scale != 1.0:
-        ctx = {id(p) for m in net.modules() if isinstance(m, CutContext) for p in m.parameters()}
-        params = [{"params": [p for p in net.parameters() if id(p) not in ctx]},
-                  {"params": [p for p in net.parameters() if id(p) in ctx], "lr_scale": cfg.context_lr_scale}]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        ctx = {id(p) for p in context}
+        groups = [{"params": [p for p in groups if id(p) not in ctx]},
+                  {"params": [p for p in groups if id(p) in ctx], "lr_scale": cfg.context_lr_scale}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None) -> dict[str, float]:
-    """Error (%) and mean cross entropy of the network's inference pass over a loader."""
+def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None, bar: str | None = None) -> dict[str, float]:
+    """Error (%) and mean cross entropy of the network's inference pass over a loader (a progress bar named `bar`)."""
     was_training = net.training
     net.eval()
     amp = autocast if autocast is not None else contextlib.nullcontext()
-    wrong = total = 0
-    loss_sum = torch.zeros(())
-    for x, y in loader:
+    counts = torch.zeros(3, dtype=torch.float64, device=next(net.parameters()).device)  # wrong, total, loss sum
+    for x, y in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
         with amp:
             logits = net(x).float()
-        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").cpu()
-        wrong += int((logits.argmax(1) != y).sum())
-        total += y.numel()
+        count_errors(counts, logits, y)
     net.train(was_training)
-    return {"error": 100.0 * wrong / max(total, 1), "loss": float(loss_sum) / max(total, 1)}
+    return error_and_loss(counts.cpu())
+
+
+def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Add a batch's (wrong, total, summed cross entropy) to `counts`, on the device (no host sync)."""
+    counts[0] += (logits.argmax(1) != y).sum()
+    counts[1] += y.numel()
+    counts[2] += F.cross_entropy(logits, y, reduction="sum")
+
+
+def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
+    """Error (%) and mean loss from summed (wrong, total, loss) counts."""
+    total = max(float(counts[1]), 1.0)
+    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total}
+
+
+class Step(Protocol):
+    """What differs between one process and a pipeline rank; the Trainer's loop is the same for both."""
+
+    net: LocalNetwork
+    device: torch.device
+    modules: range  # the modules whose local steps this process runs
+    main: bool  # this process prints the log line and writes the run folder
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """The parameters this process optimises."""
+        ...
+
+    def train(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Local steps of `modules` on one batch (gradients ready to step): (losses, logits or None, labels)."""
+        ...
+
+    def infer(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The inference pass of `modules` on one batch: (final logits or None, labels)."""
+        ...
+
+    def end_phase(self) -> None:
+        """Close an epoch's training or an evaluation pass (a pipeline tells the next stage)."""
+        ...
+
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """`t` (on the CPU) summed (or `max`) over every process."""
+        ...
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """{"model", "optimizer"} state of the whole network on the main process; None elsewhere."""
+        ...
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """A checkpoint payload, on every process."""
+        ...
+
+    def restore(self, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        """Load this process's share of a checkpoint's model and optimizer state."""
+        ...
+
+    def describe(self) -> tuple[str, str]:
+        """For the summary: (the device(s) the step runs on, what its peak memory measures)."""
+        ...
+
+
+class LocalStep:
+    """Every module's local step in this process, on one device."""
+
+    def __init__(self, net: LocalNetwork, device: torch.device, bf16: bool = False, channels_last: bool = False,
+                 pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.device = device
+        self.channels_last = channels_last and device.type == "cuda"
+        self.net = net.to(device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.modules = range(self.net.num_modules)
+        self.main = True
+        self.autocast = bf16_autocast(device) if bf16 else None
+        # Reconstruction targets are the un-normalised image: the loader's inverse transform, if any.
+        self.pixels = pixels if len(self.net.decoders) else None
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """Every parameter of the network."""
+        return self.net.parameters()
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def train(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`local_step` on one (x, y) batch."""
+        x, y = self._to_device(*batch)
+        pixels = self.pixels(x) if self.pixels is not None else None
+        logits, losses = modules_step(self.net, self.modules, x, {0: x}, y, pixels, self.autocast)
+        return losses, logits, y
+
+    def infer(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's inference pass on one (x, y) batch."""
+        x, y = self._to_device(*batch)
+        with self.autocast if self.autocast is not None else contextlib.nullcontext():
+            return self.net(x), y
+
+    def end_phase(self) -> None:
+        """Nothing to close in one process."""
+
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """One process: `t` itself."""
+        return t
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The network's and the optimizer's state."""
+        return {"model": self.net.state_dict(), "optimizer": optimizer.state_dict()}
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """The checkpoint at `path`, on this device."""
+        return load_checkpoint(path, map_location=self.device)
+
+    def restore(self, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        """Load the model and optimizer state."""
+        self.net.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+
+    def describe(self) -> tuple[str, str]:
+        """This device, and its peak memory reading."""
+        return str(self.device), peak_memory(self.device)[1]
 
 
 class Trainer:
-    """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`."""
+    """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`.
+
+    Without `step`, every module trains in this process (`LocalStep`); a pipeline rank passes its
+    `PipelineStep` and the loaders of its stage.
+    """
+
+    LOG_EVERY = 20  # batches between progress-bar loss readings (each reading waits for the device)
 
     def __init__(
         self,
@@ -91,35 +212,37 @@ class Trainer:
         val_loader: Iterable | None = None,
         pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
         meta: dict[str, Any] | None = None,
+        step: Step | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.net = net.to(self.device)
-        if cfg.channels_last and self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.step: Step = step or LocalStep(
+            net, resolve_device(cfg.device), cfg.bf16, cfg.channels_last,
+            pixels or getattr(train_loader, "denormalize", None) or (lambda x: x),
+        )
+        self.net, self.device = self.step.net, self.step.device
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
-        # Reconstruction targets are the un-normalised image: the loader's inverse transform, if any.
-        self.pixels = pixels or getattr(train_loader, "denormalize", None) or (lambda x: x)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
-        self.optimizer = make_optimizer(self.net, cfg)
-        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, len(train_loader),  # type: ignore[arg-type]
-                                      cfg.warmup_epochs, cfg.warmup_steps, cfg.warmup_start_lr)
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else None
-        )
+        self.optimizer = make_optimizer(self.step.parameters(), cfg, self.net.context.parameters())
+        steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
+        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_steps,
+                                      cfg.warmup_start_lr)
         self.epoch = 0
+        self.step_memory: PeakMemory | None = None
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
         self.images = 0
 
     # -- checkpoints -------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly."""
+    def state(self) -> dict[str, Any] | None:
+        """Everything needed to continue this run exactly (on the main process; None elsewhere)."""
+        parts = self.step.checkpoint(self.optimizer)
+        if parts is None:
+            return None
         return {
             "epoch": self.epoch,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **parts,
             "history": self.history,
             "train_time": self.train_time,
             "images": self.images,
@@ -128,107 +251,163 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint written by this trainer."""
-        payload = load_checkpoint(path, map_location=self.device)
-        self.net.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        """Continue from a checkpoint written by a Trainer (one process or a pipeline)."""
+        payload = self.step.read(Path(path))
+        self.step.restore(payload, self.optimizer)
         self.epoch = payload["epoch"]
         self.history = payload["history"]
         self.train_time = payload["train_time"]
         self.images = payload["images"]
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.step.main:
             rewrite_metrics(self.out_dir, self.history)
 
     # -- loop -------------------------------------------------------------------------------------
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if self.cfg.channels_last and self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
-
     def train_epoch(self) -> dict[str, Any]:
-        """One epoch of local steps, the learning rate set by the schedule before each."""
-        lr = self.schedule.lr(self.epoch, 0)
+        """One epoch of local steps, the learning rate set by the schedule before each; metrics over every process."""
+        lr = self.schedule.lr(self.epoch, 0)  # the epoch's first rate, for the log line
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(self.epoch)
         torch.manual_seed(self.cfg.seed * 1000 + self.epoch)
         self.net.train()
-        needs_pixels = len(self.net.decoders) > 0
-        sums: torch.Tensor | None = None
-        correct = seen = batches = 0
+        k_total = self.net.num_modules
+        mods = self.step.modules
+        # [loss sum per module..., correct, seen, batches]; each process fills its own modules' entries.
+        stats = torch.zeros(k_total + 3, dtype=torch.float64, device=self.device)
+        steps: list[torch.Tensor] = []  # each step's losses, for the means over the epoch's last quarter
         bar = tqdm(
             self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-            disable=not self.cfg.progress, dynamic_ncols=True,
+            disable=not (self.cfg.progress and self.step.main), dynamic_ncols=True,
         )
+        watch = FiniteWatch(k_total, self.device)
         start = time.perf_counter()
-        for i, (x, y) in enumerate(bar):
-            lr = self.schedule.apply(self.optimizer, self.epoch, i)
-            x, y = self._to_device(x, y)
+        for i, batch in enumerate(bar):
+            self.schedule.apply(self.optimizer, self.epoch, i)
             self.optimizer.zero_grad(set_to_none=True)
-            out = local_step(self.net, x, y, self.pixels(x) if needs_pixels else None, self.autocast)
+            losses, logits, y = self.step.train(batch)
             self.optimizer.step()
-            losses = torch.tensor(out.losses)
-            sums = losses if sums is None else sums + losses
-            correct += int((out.logits.argmax(1) == y).sum())
-            seen += y.numel()
-            batches += 1
-            bar.set_postfix(loss=f"{out.losses[-1]:.3f}", local=f"{losses[:-1].mean():.3f}" if len(losses) > 1 else "-")
+            stats[mods.start:mods.stop] += losses.double()
+            watch.update(mods, losses, i)
+            steps.append(losses)
+            if logits is not None:
+                stats[k_total] += (logits.argmax(1) == y).sum()
+                stats[k_total + 1] += y.numel()
+                stats[k_total + 2] += 1
+            if not bar.disable and i % self.LOG_EVERY == 0:
+                bar.set_postfix(postfix(losses.tolist(), mods.stop == k_total))
+        self.step.end_phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        self.train_time += elapsed
-        self.images += seen
-        mean = (sums / max(batches, 1)).tolist() if sums is not None else []
+        stats, tail = self.step.reduce(stats.cpu()), self.step.reduce(self._tail_sums(steps))
+        watch.check(self.step.reduce(watch.first.cpu(), "max"), self.epoch + 1)
+        seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
+        batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
+        mean = (stats[:k_total] / batches).tolist()
+        end = (tail[:k_total] / max(float(tail[k_total]), 1.0)).tolist()
+        self.train_time += seconds
+        self.images += int(seen)
         return {
-            "lr": lr,
-            "train_loss": mean[-1] if mean else float("nan"),
-            "local_losses": mean[:-1],
-            "train_error": 100.0 * (1 - correct / max(seen, 1)),
-            "epoch_time": elapsed,
-            "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+            "lr": lr, "train_loss": mean[-1], "local_losses": mean[:-1],  # epoch means of each module's loss
+            "train_loss_end": end[-1], "local_losses_end": end[:-1],  # the same over the epoch's last quarter
+            "train_error": 100.0 * (1 - float(stats[-3]) / max(seen, 1.0)),
+            "epoch_time": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
         }
 
-    def fit(self, until: int | None = None) -> dict[str, Any]:
-        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch."""
+    def _tail_sums(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        """[loss sum per module over the last quarter of the steps..., steps counted] (the last stage counts)."""
+        k_total, mods = self.net.num_modules, self.step.modules
+        n = max(1, round(len(steps) * TAIL)) if steps else 0
+        tail = torch.zeros(k_total + 1, dtype=torch.float64)
+        if steps:
+            tail[mods.start:mods.stop] = torch.stack(steps[-n:]).double().sum(0).cpu()
+        if mods.stop == k_total:
+            tail[k_total] = n
+        return tail
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable, split: str = "test") -> dict[str, float]:
+        """Error (%) and mean cross entropy of the inference pass over a loader, over every process."""
+        self.net.eval()
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)  # wrong, total, loss sum
+        hidden = not (self.cfg.progress and self.step.main)
+        for batch in tqdm(loader, desc=f"evaluating on the {split} set", leave=False, disable=hidden,
+                          dynamic_ncols=True):
+            logits, y = self.step.infer(batch)
+            if logits is not None:
+                count_errors(counts, logits.float(), y)
+        self.step.end_phase()
+        self.net.train()
+        return error_and_loss(self.step.reduce(counts.cpu()))
+
+    def fit(self, until: int | None = None) -> dict[str, Any] | None:
+        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
+
+        Then, in one process, measures the peak memory of one local step of this network at the run's
+        batch size (on a copy, after the epochs so that the process peak excludes it; see `step_peak`),
+        reported in the summary beside the process peak.
+        Returns the summary on the main process, None on the other ranks of a pipeline.
+        """
+        board = self._tensorboard()
+        if self.cfg.progress and self.step.main:
+            tqdm.write(legend(self.net.num_modules))
         reset_peak(self.device)
         stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.val_loader is not None:
-                row["val_error"] = evaluate(self.net, self.val_loader, self.autocast)["error"]
-            test = evaluate(self.net, self.test_loader, self.autocast)
+                row["val_error"] = self.evaluate(self.val_loader, "validation")["error"]
+            test = self.evaluate(self.test_loader)
             row["test_error"], row["test_loss"] = test["error"], test["loss"]
-            row["peak_memory_bytes"] = peak_memory(self.device)[0]
+            row["peak_memory_bytes"] = self._peak()
+            check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
             self.epoch += 1
             self.history.append(row)
-            self._log(row)
-        return self.summary()
+            self._save(row)
+            if board is not None:
+                board.log(row)
+        if board is not None:
+            board.close()
+        if self.step_memory is None and isinstance(self.step, LocalStep):
+            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast)
+        return self.summary() if self.step.main else None
 
-    def _log(self, row: dict[str, Any]) -> None:
-        msg = (
-            f"epoch {row['epoch']}/{self.cfg.epochs}  lr {row['lr']:.4f}  train loss {row['train_loss']:.4f}  "
-            f"test error {row['test_error']:.2f}%  {row['images_per_s']:.0f} img/s"
-        )
-        tqdm.write(msg) if self.cfg.progress else None
+    def _tensorboard(self) -> TensorBoardLog | None:
+        """The TensorBoard writer of this run's folder, on the main process, when asked for."""
+        if not (self.cfg.tensorboard and self.step.main):
+            return None
+        if self.out_dir is None:
+            raise ContsupError("TensorBoard logging needs a run folder (out_dir)")
+        return TensorBoardLog(self.out_dir / "tensorboard")
+
+    def _peak(self) -> float:
+        """Peak memory of the largest process so far."""
+        return float(self.step.reduce(torch.tensor([peak_memory(self.device)[0]], dtype=torch.float64), "max"))
+
+    def _save(self, row: dict[str, Any]) -> None:
+        """The epoch's log line, checkpoint and metrics row (main process)."""
+        payload = self.state()
+        if payload is None:
+            return
+        tqdm.write(epoch_line(row, self.cfg.epochs))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(self.out_dir / "checkpoint.pt", self.state())
+            save_checkpoint(self.out_dir / "checkpoint.pt", payload)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
-        peak, how = peak_memory(self.device)
-        out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, how, str(self.device),
-                          self.net.param_counts())
+        peak = self.history[-1]["peak_memory_bytes"] if self.history else peak_memory(self.device)[0]
+        device, kind = self.step.describe()
+        out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, kind, device,
+                          self.net.param_counts(), self.step_memory)
         if self.out_dir is not None:
-            (self.out_dir / "summary.json").write_text(json.dumps({**out, "meta": self.meta}, indent=2) + "\n")
+            write_json(self.out_dir / "summary.json", {**out, "meta": self.meta})
         return out
 
 
 def run_summary(
     history: list[dict[str, Any]], epochs: int, train_time: float, images: int, peak: float, peak_kind: str,
-    device: str, params: dict[str, int],
+    device: str, params: dict[str, int], step_memory: PeakMemory | None = None,
 ) -> dict[str, Any]:
     """The summary of a run from its per-epoch history: final-epoch test error first, best epoch labelled."""
     best = min(history, key=lambda r: r["test_error"]) if history else None
@@ -241,6 +420,8 @@ def run_summary(
         "images_per_s": images / train_time if train_time else 0.0,
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
+        **({"step_peak_memory_bytes": step_memory.peak_bytes, "step_peak_memory_kind": step_memory.method}
+           if step_memory is not None else {}),
         "device": device,
         "params": params,
     }
@@ -252,4 +433,5 @@ def run_summary(
 def rewrite_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl as the checkpoint's history (rows past the checkpoint belong to a lost epoch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(out_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,157 @@
+"""Type and range checks of every setting, shared by the command line, presets and checkpoint metadata.
+
+Each check raises ContsupError with one line naming the setting, the value and the allowed range.
+The rules are the same wherever a setting comes from, so a preset or a checkpoint cannot hold a
+value that the command line would refuse (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from contsup.data.specs import DATASETS
+from contsup.errors import ContsupError
+from contsup.models import BACKBONES
+
+MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
+MAX_SEED = 2**32 - 1
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+ARCH_PATTERN = re.compile(r"resnet(\d{1,4})")
+
+
+def _bad(name: str, value: Any, rule: str) -> ContsupError:
+    return ContsupError(f"{name} must be {rule}, got {value!r}")
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """An int (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise _bad(name, value, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
+
+
+def check_float(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """A finite real number in the interval from low to high (open where asked)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        rule = f"a finite number {'>' if low_open else '>='} {low:g}"
+        if math.isfinite(high):
+            rule += f" and {'<' if high_open else '<='} {high:g}"
+        raise _bad(name, value, rule)
+
+
+def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    """`value` is an instance of `kind` (a bool is not an int)."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                 else (kind,))):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise _bad(name, value, f"of type {names}")
+
+
+def check_known_keys(where: str, d: Any, cls: type) -> dict[str, Any]:
+    """`d` is a dict whose keys are all fields of the dataclass `cls`; returns it."""
+    if not isinstance(d, dict):
+        raise ContsupError(f"{where} must be a table of settings, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ContsupError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    return d
+
+
+def check_device_name(name: Any) -> None:
+    """auto, cpu, cuda or cuda:N (whether that device exists is checked by `device_from_name`)."""
+    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
+        raise ContsupError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def device_from_name(name: str) -> torch.device:
+    """The device to run on: `auto` picks CUDA when available; a CUDA device this machine lacks is refused."""
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ContsupError(f"device {name!r}: this PyTorch build or machine has no CUDA device; use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ContsupError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_arch(arch: Any) -> None:
+    """A registered backbone (`contsup.models.BACKBONES`); a CIFAR ResNet's N = 6n + 2 up to MAX_DEPTH."""
+    check_type("arch", arch, str)
+    BACKBONES[arch]  # raises on a name no backbone takes
+    match = ARCH_PATTERN.fullmatch(arch)
+    if match and arch not in BACKBONES.names() and (
+            (int(match.group(1)) - 2) % 6 or not 8 <= int(match.group(1)) <= MAX_DEPTH):
+        raise ContsupError(f"unknown architecture {arch!r}: use resnetN with N = 6n+2 from 8 to {MAX_DEPTH}, "
+                           f"e.g. resnet32, or one of {BACKBONES.describe()}")
+
+
+def check_train(t: Any) -> None:
+    """Every field of a TrainConfig: types, finite numbers, ranges (momentum 0 would disable Nesterov)."""
+    check_int("epochs", t.epochs, 1, 100_000)
+    check_int("batch_size", t.batch_size, 1, 2**24)
+    check_float("lr", t.lr, 0.0, low_open=True)
+    check_float("momentum (Nesterov SGD)", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
+    check_float("weight_decay", t.weight_decay, 0.0)
+    if t.warmup_epochs is not None:
+        check_int("warmup_epochs", t.warmup_epochs, 0, t.epochs)
+    check_float("warmup_start_lr", t.warmup_start_lr, 0.0, low_open=True)
+    check_int("seed", t.seed, 0, MAX_SEED)
+    check_device_name(t.device)
+    for name in ("bf16", "channels_last", "progress"):
+        check_type(name, getattr(t, name), bool)
+
+
+def check_data(d: Any) -> None:
+    """Every field of a DataConfig."""
+    if d.name not in DATASETS:
+        raise ContsupError(f"unknown dataset {d.name!r}; valid names: {', '.join(DATASETS)}")
+    if d.root is not None:
+        check_type("data_root", d.root, str)
+    check_type("download", d.download, bool)
+    check_int("val_split", d.val_split, 0)
+    check_int("train_subset", d.train_subset, 0)
+
+
+def _check_cuts(cuts: Any) -> None:
+    ok = isinstance(cuts, (list, tuple)) and all(
+        (isinstance(c, int) and not isinstance(c, bool)) or (
+            isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in c))
+        for c in cuts)
+    if not ok:
+        raise _bad("cuts", cuts, "a list of unit indices [3, 7] or [stage, block] pairs [[1, 2], [2, 1]]")
+
+
+def check_local(local: Any) -> None:
+    """Every field of a LocalConfig: types and head sizes here, names and K by LocalConfig.validate."""
+    check_int("modules", local.modules, 1, 10_000)
+    for name in ("context", "head", "loss", "cut_table", "image_encoder"):
+        check_type(name, getattr(local, name), str)
+    check_int("width", local.width, 1, 65_536)
+    check_float("widen", local.widen, 0.0, 64.0, low_open=True)
+    if local.cuts is not None:
+        _check_cuts(local.cuts)
+    if local.recon is not None:
+        for f in fields(local.recon):
+            check_float(f"recon {f.name}", getattr(local.recon, f.name), 0.0, 1e6)
+    local.validate()
+
+
+def check_run(cfg: Any) -> None:
+    """A whole RunConfig: data, architecture, local learning, training and the run folder's type."""
+    check_data(cfg.data)
+    check_arch(cfg.arch)
+    check_local(cfg.local)
+    check_train(cfg.train)
+    if cfg.out is not None:
+        check_type("out", cfg.out, str)

@@ -1,0 +1,310 @@
+"""The one configuration schema: every setting of a run, its type, default and meaning, written once.
+
+Everything else is derived from these dataclasses: the `contsup train` flags (a field's trailing comment
+is its help text, its key its flag), preset keys (`reproduce/presets.py`), `--config` TOML files,
+`--print-config`, and the run configuration stored in checkpoints (read back by `RunConfig.from_dict`,
+which rejects unknown settings and fills missing ones with their defaults). A setting is named by its
+dotted path (`train.lr`) or by its key: the field name, or the `key` given in its metadata (`dataset`
+for `data.name`); keys are unique across the schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import tokenize
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from functools import cache
+from typing import Any
+
+from contsup.errors import ContsupError
+
+
+def named(default: Any, key: str, *aliases: str) -> Any:
+    """A field whose preset key / flag is `key` (plus `aliases`, e.g. an older flag name)."""
+    return field(default=default, metadata={"key": key, "aliases": aliases})
+
+
+@dataclass(frozen=True)
+class ReconWeights:
+    """(lambda_x, lambda_y) at the first cut (ixx_1, ixy_1) and at the last cut (ixx_2, ixy_2)."""
+
+    ixx_1: float
+    ixy_1: float
+    ixx_2: float
+    ixy_2: float
+
+    def at(self, cut: int, num_cuts: int) -> tuple[float, float]:
+        """(lambda_x, lambda_y) at cut index `cut` (0-based) of `num_cuts`, linearly interpolated."""
+        t = cut / (num_cuts - 1) if num_cuts > 1 else 0.0
+        return (self.ixx_1 + (self.ixx_2 - self.ixx_1) * t, self.ixy_1 + (self.ixy_2 - self.ixy_1) * t)
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how much of it."""
+
+    name: str = named("fashion-mnist", "dataset", "data")  # dataset name (see `contsup data list`)
+    root: str | None = named(None, "data_root", "data_dir")  # directory holding the dataset's files
+    download: bool = True  # download the dataset when it is missing
+    val_split: int = 0  # training images held out for validation
+    train_subset: int = 0  # train on this many images only (0: all)
+
+
+@dataclass
+class LocalConfig:
+    """How to cut the network and train it locally (defaults: the paper's ContSup setting)."""
+
+    modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
+    context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
+    head: str = "1c2f"  # local head shape <a>c<b>f (docs/method.md, heads)
+    loss: str = "softmax"  # local loss: softmax or contrast
+    width: int = 128  # hidden width W of the local heads
+    widen: float = 1.0  # multiplies the heads' widths
+    cut_table: str = "auto"  # auto, equal-units, balanced (rules) or a paper table (equal, balanced-cifar10, ...)
+    cuts: Any = None  # explicit cuts: unit indices 3,7,11 or stage.block pairs 1.2,2.1 (or a cut table's name)
+    recon: Any = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
+    recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
+    image_encoder: str = "paper"  # paper (runs at the image's resolution) or pooled (cheaper, not the paper's)
+    lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
+    local_init: str = "torch"  # heads and encoders: torch (PyTorch defaults) or kaiming (the reference code's)
+    context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)
+
+    def __post_init__(self) -> None:
+        from contsup.method.cuts import TABLES, parse_cut_list  # the method code imports this schema
+
+        if isinstance(self.cuts, str):
+            if self.cuts in TABLES:
+                self.cut_table, self.cuts = self.cuts, None
+            else:
+                self.cuts = parse_cut_list(self.cuts)
+        elif self.cuts is not None:
+            self.cuts = [tuple(c) if isinstance(c, list) else c for c in self.cuts]
+        if isinstance(self.recon, Mapping):
+            self.recon = ReconWeights(**self.recon)
+        elif isinstance(self.recon, (list, tuple)):
+            self.recon = ",".join(str(v) for v in self.recon)
+        if isinstance(self.recon, str) and self.recon.lower() in ("", "none", "off"):
+            self.recon = None
+
+    def validate(self) -> None:
+        """Fail early with one clear message on a bad setting."""
+        from contsup.method.network import check_config  # the method code imports this schema
+
+        check_config(self)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe; defaults are the paper's CIFAR-10 recipe (docs/method.md, recipe)."""
+
+    epochs: int = 160  # training epochs
+    batch_size: int = 1024  # images per step
+    lr: float = 0.8  # peak learning rate (after warm-up; cosine decay to 0 at the last epoch)
+    momentum: float = 0.9  # Nesterov momentum
+    weight_decay: float = 1e-4  # L2 weight decay
+    schedule: str = "step"  # step: warm-up and cosine set every step | epoch: set per epoch (the paper's code)
+    warmup_epochs: float | None = None  # warm-up epochs; None: 10 of every 160 (per step: at least min(1, epochs/4))
+    warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)
+    warmup_start_lr: float = 0.01  # learning rate at the start of the warm-up
+    context_lr_scale: float = 1.0  # the context encoders' rate relative to the rest (1.0: as in the paper)
+    seed: int = 0  # seeds the weights, the data order and augmentation, and any split
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    bf16: bool = False  # bf16 autocast (CUDA)
+    channels_last: bool = False  # channels_last memory format (CUDA)
+    progress: bool = True  # progress bars (training: last = the last module's loss, local = the heads' mean)
+    tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
+
+
+@dataclass
+class PipelineConfig:
+    """How the ranks of a pipelined run (`torchrun ... contsup train --pipeline`) split the work."""
+
+    replicas: int = 1  # data-parallel copies R of the pipeline; P = world size / R stages each
+    stage_sizes: list[int] | None = None  # modules per stage, e.g. 3,5,8; None: balanced by measured cost
+    inflight: int = 2  # micro-batches a stage may have sent but not yet delivered
+    timeout_s: float = named(300.0, "dist_timeout")  # seconds before a silent peer counts as failed
+    backend: str = "auto"  # auto (nccl with CUDA, else gloo), gloo or nccl
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stage_sizes, str):
+            try:
+                self.stage_sizes = [int(v) for v in self.stage_sizes.split(",")]
+            except ValueError:
+                raise ContsupError(f"cannot read stage_sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
+        if self.inflight < 1 or self.timeout_s <= 0:
+            raise ContsupError("inflight and dist_timeout must be positive")
+
+
+@dataclass
+class RunConfig:
+    """One training job."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: str = "resnet32"  # backbone (see `contsup.models.ARCHS`): resnetN (N = 6n+2), resnet18, resnet34
+    local: LocalConfig = field(default_factory=LocalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    out: str | None = None  # run folder: checkpoint.pt, metrics.jsonl, summary.json
+
+    def __post_init__(self) -> None:
+        from contsup.method.recon import parse_recon  # the method code imports this schema
+
+        self.arch = self.arch.lower()
+        local = self.local
+        if isinstance(local.recon, str):
+            balanced = local.cut_table.startswith("balanced")
+            local.recon = parse_recon(local.recon, self.arch, local.recon_dataset or self.data.name, local.modules,
+                                      balanced)
+        for name in ("epochs", "batch_size", "lr"):
+            if getattr(self.train, name) <= 0:
+                raise ContsupError(f"{name} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, stored in checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "run configuration") -> RunConfig:
+        """Inverse of `to_dict`; unknown settings raise (naming `where`), missing ones take their defaults."""
+        return build(cls, d, where)
+
+
+def build(cls: type, d: Mapping[str, Any], where: str, prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from nested plain data, checked against its fields."""
+    if not isinstance(d, Mapping):
+        raise ContsupError(f"{where}: {prefix.rstrip('.') or 'the settings'} must be a table, got {d!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(str(k) for k in set(d) - set(known))
+    if unknown:
+        raise ContsupError(f"{where}: unknown setting(s) {', '.join(prefix + k for k in unknown)}; "
+                           f"known: {', '.join(prefix + k for k in known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in d.items():
+        sub = hints[name]
+        kwargs[name] = build(sub, value, where, f"{prefix}{name}.") if is_dataclass(sub) and not isinstance(
+            value, sub) else value
+    return cls(**kwargs)
+
+
+# -- settings by name ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One leaf setting of the schema: its dotted path, names, type, default and help text."""
+
+    path: str  # e.g. "train.lr"
+    key: str  # the name used by presets and flags, e.g. "lr"
+    aliases: tuple[str, ...]
+    type: Any
+    default: Any
+    help: str
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """The trailing comment of each field line in a dataclass's source (its help text)."""
+    out: dict[str, str] = {}
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return out
+    line_field: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.start[0] not in line_field:
+            line_field[tok.start[0]] = tok.string
+        elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
+            out[line_field[tok.start[0]]] = tok.string.lstrip("# ").strip()
+    return out
+
+
+@cache
+def settings() -> dict[str, Setting]:
+    """Every leaf setting of RunConfig by dotted path, in schema order."""
+    out: dict[str, Setting] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints, helps = typing.get_type_hints(cls), _comments(cls)
+        for f in fields(cls):
+            if is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            key = f.metadata.get("key", f.name)
+            out[prefix + f.name] = Setting(prefix + f.name, key, tuple(f.metadata.get("aliases", ())),
+                                           hints[f.name], default, helps.get(f.name, ""))
+
+    walk(RunConfig, "")
+    keys = [n for s in out.values() for n in (s.key, *s.aliases)]
+    assert len(keys) == len(set(keys)), "setting keys must be unique"
+    return out
+
+
+def resolve_name(name: str) -> str:
+    """The dotted path of a setting named by its path, key or alias; unknown names raise ContsupError."""
+    table = settings()
+    if name in table:
+        return name
+    for s in table.values():
+        if name == s.key or name in s.aliases:
+            return s.path
+    raise ContsupError(f"unknown setting {name!r}; known: {', '.join(s.key for s in table.values())}")
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 0.1, "dataset": "svhn"} -> {"train": {"lr": 0.1}, "data": {"name": "svhn"}}."""
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = resolve_name(name).split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of nested settings (a ReconWeights counts as a leaf)."""
+    for k, v in d.items():
+        if isinstance(v, Mapping) and f"{prefix}{k}" not in settings():
+            yield from flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested settings, later layers overriding earlier ones leaf by leaf."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for path, value in flatten(layer):
+            node = out
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return out
+
+
+def resolve(*layers: Mapping[str, Any]) -> RunConfig:
+    """The RunConfig of the defaults overridden by nested `layers` in order (a file, then flags)."""
+    return RunConfig.from_dict(merge(*layers))
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The configuration as a TOML file that `--config` reads back (None-valued settings left out)."""
+    lines: list[str] = []
+    sections: dict[str, list[str]] = {}
+    for path, value in flatten(cfg.to_dict()):
+        if value is None:
+            continue
+        *parents, leaf = path.split(".")
+        if isinstance(value, Mapping):  # ReconWeights
+            value = list(value.values())
+        text = json.dumps([list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, Sequence)
+                          and not isinstance(value, str) else value)
+        (sections.setdefault(".".join(parents), []) if parents else lines).append(f"{leaf} = {text}")
+    for name, body in sections.items():
+        lines += ["", f"[{name}]", *body]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""Memory-lean context encoders: the same function, with only the encoder's input kept for backward.
+
+A context encoder is conv-BN-ReLU layers and an adaptive average pool to the cut's size (after the
+layers, or before them in the pooled image-encoder variant). Run by autograd, it keeps every
+intermediate at the source's resolution alive until its module's backward. The lean version runs the
+forward without autograd (BatchNorm with batch statistics, running buffers updated once) and keeps
+only its input, already alive as a context source; its backward recomputes the layers with autograd
+and back-propagates through them at once, after the module's own activations are freed.
+
+The last layer runs in chunks of its output channels, so that no full-resolution intermediate is
+larger than `max_elements` per sample. BatchNorm normalises each channel over the whole batch, so a
+channel chunk has exactly the whole-batch statistics.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from contsup.method.context import ConvEncoder
+
+
+def _layers(enc: ConvEncoder) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """The (conv, BN) pairs of the encoder's conv-BN-ReLU layers."""
+    mods = list(enc.net)
+    return [(mods[i], mods[i + 1]) for i in range(0, len(mods), 3)]
+
+
+def _bn_factor(bn: nn.BatchNorm2d) -> float:
+    """Count one training batch and return the running-average factor, as nn.BatchNorm2d.forward does."""
+    bn.num_batches_tracked.add_(1)
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+
+
+def _conv_bn_relu(
+    h: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, params: list[torch.Tensor], chunk: slice,
+    factor: float | None,
+) -> torch.Tensor:
+    """One layer on output channels `chunk`; params = conv weight, conv bias, BN weight, BN bias.
+
+    In training, BN normalises with the batch statistics and updates its running buffers only when
+    `factor` is given (the forward pass), never in the recomputation.
+    """
+    w, b, gamma, beta = params
+    a = F.conv2d(h, w[chunk], b[chunk], conv.stride, conv.padding, conv.dilation, conv.groups)
+    if bn.training and factor is None:
+        y = F.batch_norm(a, None, None, gamma[chunk], beta[chunk], True, 0.0, bn.eps)
+    else:
+        y = F.batch_norm(a, bn.running_mean[chunk], bn.running_var[chunk], gamma[chunk], beta[chunk],
+                         bn.training, factor or 0.0, bn.eps)
+    return F.relu(y, inplace=True)
+
+
+def _chunks(enc: ConvEncoder, h: torch.Tensor) -> list[slice]:
+    """Output-channel chunks of the last layer: at most `max_elements` per sample at h's resolution."""
+    channels = enc.net[-3].out_channels
+    step = max(1, enc.max_elements // (h.shape[-2] * h.shape[-1])) if enc.max_elements else channels
+    return [slice(i, min(i + step, channels)) for i in range(0, channels, step)]
+
+
+def _front(enc: ConvEncoder, x: torch.Tensor, params: list[torch.Tensor], factors: list | None) -> torch.Tensor:
+    """The encoder up to the last layer's input: the pool first (pooled variant) and the earlier layers."""
+    h = enc.pool(x) if enc.pool_first else x
+    for i, (conv, bn) in enumerate(_layers(enc)[:-1]):
+        h = _conv_bn_relu(h, conv, bn, params[4 * i:4 * i + 4], slice(None), factors[i] if factors else None)
+    return h
+
+
+def _last(enc: ConvEncoder, h: torch.Tensor, params: list[torch.Tensor], chunk: slice,
+          factor: float | None) -> torch.Tensor:
+    """The last layer on output channels `chunk`, then the pool (unless it came first)."""
+    conv, bn = _layers(enc)[-1]
+    out = _conv_bn_relu(h, conv, bn, params[-4:], chunk, factor)
+    return out if enc.pool_first else enc.pool(out)
+
+
+class _LeanEncode(torch.autograd.Function):
+    """Forward without a graph; backward recomputes the encoder from its input and back-propagates it."""
+
+    @staticmethod
+    def forward(ctx: Any, enc: ConvEncoder, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.enc = enc
+        ctx.autocast = (x.device.type, torch.get_autocast_dtype(x.device.type),
+                        torch.is_autocast_enabled(x.device.type))
+        ctx.save_for_backward(x, *params)
+        factors = [_bn_factor(bn) if bn.training else None for _, bn in _layers(enc)]
+        h = _front(enc, x, list(params), factors)
+        outs = [_last(enc, h, list(params), c, factors[-1]) for c in _chunks(enc, h)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, *params = ctx.saved_tensors
+        enc = ctx.enc
+        device, dtype, enabled = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype, enabled):  # the forward's autocast state
+            xs = x.detach().requires_grad_(ctx.needs_input_grad[1])
+            ps = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[2:], strict=True)]
+            h = _front(enc, xs, ps, None)
+            mid = h.detach().requires_grad_(h.requires_grad) if h.grad_fn is not None else h
+            for chunk in _chunks(enc, mid):
+                torch.autograd.backward(_last(enc, mid, ps, chunk, None), grad[:, chunk])
+            if mid is not h and mid.grad is not None:
+                torch.autograd.backward(h, mid.grad)
+        return None, xs.grad, *(p.grad for p in ps)
+
+
+def supported(enc: ConvEncoder) -> bool:
+    """Whether every BN of the encoder is a plain nn.BatchNorm2d (a synchronised BN runs straightforwardly)."""
+    return all(type(bn) is nn.BatchNorm2d for _, bn in _layers(enc))
+
+
+def lean_encode(enc: ConvEncoder, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's output on x, holding only x for backward (module docstring)."""
+    params = [t for conv, bn in _layers(enc) for t in (conv.weight, conv.bias, bn.weight, bn.bias)]
+    return _LeanEncode.apply(enc, x, *params)

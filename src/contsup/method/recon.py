@@ -1,0 +1,87 @@
+"""InfoPro's reconstruction term: the decoder, and the paper's weights of it by network, data and K."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contsup.config import ReconWeights
+from contsup.errors import ContsupError
+
+__all__ = ["RECON_PRESETS", "Decoder", "ReconWeights", "parse_recon"]
+
+
+class Decoder(nn.Module):
+    """InfoPro's reconstruction decoder: upsample h_k to the image, conv3x3 -> BN -> ReLU -> conv3x3 -> sigmoid."""
+
+    def __init__(self, channels: int, image_channels: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 12, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(12),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(12, image_channels, 3, 1, 1, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Reconstructed image in [0, 1]."""
+        if tuple(h.shape[-2:]) != tuple(self.image_size):
+            h = F.interpolate(h, size=self.image_size, mode="bilinear", align_corners=True)
+        return self.net(h)
+
+    def loss(self, h: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Binary cross entropy of the reconstruction against the un-normalised image."""
+        return F.binary_cross_entropy(self(h).float(), pixels.float())
+
+
+# The paper's [ixx_1, ixy_1, ixx_2, ixy_2] by (arch, dataset, K) (docs/method.md, reconstruction);
+# "-balanced" for the memory-balanced cut tables.
+RECON_PRESETS: dict[tuple[str, str, int], tuple[float, float, float, float]] = {
+    ("resnet32", "cifar10", 2): (5, 1, 0, 0),
+    ("resnet32", "cifar10", 4): (6, 0, 1, 2),
+    ("resnet32", "cifar10", 8): (5, 0, 0, 2),
+    ("resnet32", "cifar10", 16): (5, 0.05, 0.2, 0.5),
+    ("resnet110", "cifar10", 2): (5, 0.5, 0, 0),
+    ("resnet110", "cifar10", 4): (1, 0, 0, 1),
+    ("resnet110", "cifar10", 8): (5, 0, 0, 1),
+    ("resnet110", "cifar10", 16): (5, 0, 0.5, 1),
+    ("resnet110", "stl10", 2): (10, 1, 0, 0),
+    ("resnet110", "stl10", 4): (20, 0.2, 5, 2),
+    ("resnet110", "stl10", 8): (20, 0.2, 5, 1),
+    ("resnet110", "stl10", 16): (20, 0.5, 10, 0.1),
+    ("resnet110", "svhn", 2): (1, 0.1, 0, 0),
+    ("resnet110", "svhn", 4): (5, 0, 0.5, 0),
+    ("resnet110", "svhn", 8): (5, 0, 0.5, 2),
+    ("resnet110", "svhn", 16): (5, 0.2, 0.5, 1),
+    ("resnet32", "cifar10-balanced", 2): (5, 0.1, 0, 0),
+    ("resnet32", "cifar10-balanced", 3): (5, 0, 5, 0.1),
+    ("resnet32", "cifar10-balanced", 4): (5, 0, 0, 0.1),
+    ("resnet32", "cifar10-balanced", 8): (5, 0, 0, 2),
+    ("resnet110", "cifar10-balanced", 2): (5, 0.1, 0, 0),
+    ("resnet110", "cifar10-balanced", 3): (5, 0, 5, 0.1),
+    ("resnet110", "cifar10-balanced", 4): (5, 0, 0, 0.1),
+}
+
+
+def parse_recon(text: str | None, arch: str, dataset: str, modules: int, balanced: bool) -> ReconWeights | None:
+    """`--recon`: none, `paper` (the preset for this arch/dataset/K) or four numbers ixx1,ixy1,ixx2,ixy2."""
+    if text is None or text.lower() in ("", "none", "off"):
+        return None
+    if text.lower() == "paper":
+        key = (arch, dataset + ("-balanced" if balanced else ""), modules)
+        if key not in RECON_PRESETS:
+            raise ContsupError(
+                f"the paper gives no reconstruction weights for {key[0]} on {key[1]} at K={key[2]}; "
+                "pass four numbers: --recon ixx1,ixy1,ixx2,ixy2"
+            )
+        return ReconWeights(*RECON_PRESETS[key])
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ContsupError(f"--recon takes 'paper', 'none' or four numbers ixx1,ixy1,ixx2,ixy2; got {text!r}")
+    return ReconWeights(*values)

@@ -1,0 +1,41 @@
+"""What a training run shows while it runs: the progress bar's fields and one line per epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The epoch line reports the losses of the last part of the epoch: an epoch mean is dominated by the
+# first batches' losses, which can be large while the learning rate warms up.
+TAIL = 0.25
+
+
+def legend(modules: int) -> str:
+    """One line naming the progress bar's fields."""
+    if modules == 1:
+        return "progress bar: loss = the network's training loss on the current batch"
+    return (f"progress bar: last = loss of the last module (the network's output), local = mean loss of the "
+            f"{modules - 1} local heads, both on the current batch")
+
+
+def postfix(losses: list[float], last: bool = True) -> dict[str, str]:
+    """The progress bar's fields for one step's losses of this process's modules (`last`: with the output's)."""
+    if not last:
+        return {"local": f"{sum(losses) / len(losses):.3f}"}
+    if len(losses) == 1:
+        return {"loss": f"{losses[0]:.3f}"}
+    return {"last": f"{losses[-1]:.3f}", "local": f"{sum(losses[:-1]) / (len(losses) - 1):.3f}"}
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The line printed after each epoch; losses are the means over the epoch's last quarter."""
+    end = [*row["local_losses_end"], row["train_loss_end"]]
+    if len(end) == 1:
+        losses = f"loss {end[0]:.3f}"
+    else:
+        losses = f"loss last {end[-1]:.3f} local {sum(end[:-1]) / (len(end) - 1):.3f}"
+    parts = [f"epoch {row['epoch']}/{epochs}", f"lr {row['lr']:.4f}", f"{losses} (last {TAIL:.0%} of the epoch)",
+             f"train error {row['train_error']:.2f}%"]
+    if "val_error" in row:
+        parts.append(f"val error {row['val_error']:.2f}%")
+    parts += [f"test error {row['test_error']:.2f}%", f"{row['images_per_s']:.0f} img/s"]
+    return "  ".join(parts)

@@ -1,0 +1,137 @@
+"""What a run folder holds, and the rules that keep one folder to one run (docs/security.md).
+
+A run folder holds exactly one run: `checkpoint.pt` (the last finished epoch), `metrics.jsonl` (one
+row per finished epoch, rewritten from the checkpoint on resume), `summary.json` (written when the
+run ends) and, in sweeps, `settings.json`. A new run refuses a folder that holds any of the first
+three; `--resume` continues only the same settings (only the place it runs on, and a larger number
+of epochs, may change) and refuses a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contsup.errors import ContsupError
+from contsup.files import TMP_SUFFIX, remove_stale_temps
+
+CHECKPOINT, METRICS, SUMMARY, SETTINGS = "checkpoint.pt", "metrics.jsonl", "summary.json", "settings.json"
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
+# Settings that say where or how a run executes, not what it computes: they may change on --resume.
+PLACE = ("out", "data.root", "data.download", "train.device", "train.progress")
+
+
+def check_run_folder(out: str | Path | None, resume: bool) -> None:
+    """Refuse, before anything is loaded or written, a run folder this run cannot use."""
+    if out is None:
+        if resume:
+            raise ContsupError("--resume needs a run folder (--out)")
+        return
+    folder = Path(out)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ContsupError(f"run folder {folder} is a file; choose another --out")
+        if resume and not (folder / CHECKPOINT).is_file():
+            raise ContsupError(f"nothing to resume: no {CHECKPOINT} in {folder}")
+        held = [name for name in RUN_FILES if (folder / name).exists()]
+    except OSError as err:
+        raise ContsupError(f"cannot use run folder {folder}: {err.strerror or err}; choose another --out") from None
+    if resume:
+        return
+    if held:
+        raise ContsupError(f"{folder} already holds a run ({', '.join(held)}): pass --resume to continue it, "
+                           "or choose another --out")
+
+
+def open_run_folder(out: str | Path) -> None:
+    """Create the run folder, prove it writable with the longest file name a run writes, drop stale temporaries."""
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=CHECKPOINT + ".", suffix=TMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or err
+        raise ContsupError(f"cannot write to run folder {folder}: {reason}; choose another --out") from None
+    remove_stale_temps(folder, (CHECKPOINT, METRICS, SUMMARY, SETTINGS))
+
+
+def _flat(run: dict[str, Any]) -> dict[str, Any]:
+    """`{"train": {"lr": ..}}` -> `{"train.lr": ..}`, values in their JSON form (tuples as lists)."""
+    out: dict[str, Any] = {}
+    for key, value in run.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return json.loads(json.dumps(out))
+
+
+def changed_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`name old -> new` for every setting (place and epochs aside) that differs between two run configs."""
+    old, new = _flat(stored), _flat(now)
+    skip = set(PLACE) | {"train.epochs"}
+    return [f"{k.split('.')[-1]} {old.get(k)!r} -> {new.get(k)!r}"
+            for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
+
+
+def check_resume(path: Path, payload: dict[str, Any], stored: dict[str, Any], now: dict[str, Any],
+                 epochs: int) -> None:
+    """Refuse a resume that would change what the run computes, or continue a finished run."""
+    changed = changed_settings(stored, now)
+    if changed:
+        raise ContsupError(f"--resume with other settings than the run in {path.parent}: {'; '.join(changed)}; "
+                           "pass the run's settings, or choose another --out")
+    done = payload["epoch"]
+    if done >= epochs:
+        raise ContsupError(f"the run in {path.parent} is finished ({done} of {epochs} epochs): nothing to resume; "
+                           "pass a larger --epochs to train on, or choose another --out")
+    history = payload["history"]
+    ok = len(history) == done and all(
+        isinstance(r, dict) and r.get("epoch") == i + 1 and isinstance(r.get("test_error"), (int, float))
+        and math.isfinite(r["test_error"]) for i, r in enumerate(history))
+    if not ok:
+        raise ContsupError(f"{path}: malformed checkpoint (its history does not list epochs 1..{done})")
+
+
+def check_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Refuse weights that do not fit `net` (other K, arch, context mode ...) or that are not finite."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {name}, e.g. {v[0]}" for name, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        raise ContsupError(f"{path}: its weights do not fit the network its metadata describes ({what}): "
+                           + "; ".join(parts))
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ContsupError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity, e.g. {bad[0]}")
+
+
+def check_optimizer(state: dict[str, Any], params: list[torch.nn.Parameter], hyper: dict[str, Any],
+                    path: str | Path) -> None:
+    """Refuse an optimizer state that does not fit the network's parameters or the run's SGD settings."""
+    groups, per = state.get("param_groups"), state.get("state")
+    ok = isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict) \
+        and groups[0].get("params") == list(range(len(params))) and isinstance(per, dict) \
+        and all(groups[0].get(k) == v for k, v in hyper.items())
+    for i, s in per.items() if ok else ():
+        if not (isinstance(i, int) and 0 <= i < len(params) and isinstance(s, dict)):
+            ok = False
+            break
+        buf = s.get("momentum_buffer")
+        if buf is not None and (not isinstance(buf, torch.Tensor) or buf.shape != params[i].shape):
+            ok = False
+            break
+    if not ok:
+        raise ContsupError(f"{path}: malformed checkpoint (its optimizer state does not fit the network "
+                           "or the run's SGD settings)")

@@ -1,0 +1,65 @@
+"""Bad settings on the command line: exit 2, one line, nothing written."""
+
+import pytest
+import torch
+from tests.conftest import cli_error, snapshot
+
+TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", "64", "--batch-size", "32",
+         "--lr", "0.05", "--device", "cpu", "--no-progress", "--epochs", "1", "--modules", "2"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "nan"], "lr must be a finite number > 0"),
+    (["--lr", "inf"], "lr must be a finite number > 0"),
+    (["--lr", "-1"], "lr must be"),
+    (["--momentum", "-0.5"], "momentum (Nesterov SGD) must be"),
+    (["--momentum", "0"], "momentum (Nesterov SGD) must be"),
+    (["--momentum", "1.5"], "momentum (Nesterov SGD) must be"),
+    (["--weight-decay=-1e-4"], "weight_decay must be"),
+    (["--weight-decay", "nan"], "weight_decay must be"),
+    (["--seed", "-1"], "seed must be"),
+    (["--epochs", "0"], "epochs must be"),
+    (["--batch-size", "0"], "batch_size must be"),
+    (["--warmup-epochs", "-1"], "warmup_epochs must be"),
+    (["--width", "0"], "width must be"),
+    (["--widen", "0"], "widen must be"),
+    (["--widen", "0.001"], "no channels"),
+    (["--val-split", "-1"], "val_split must be"),
+    (["--device", "bogus"], "unknown device"),
+    (["--arch", "resnet9"], "unknown architecture"),
+    (["--train-subset", "16"], "no training step would run"),
+    (["--batch-size", "128"], "no training step would run"),
+])
+def test_bad_setting(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_build(tmp_path, capsys):
+    assert "no CUDA device" in cli_error(capsys, [*TRAIN, "--device", "cuda", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_cannot_hold_a_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep me")
+    before = snapshot(tmp_path)
+    assert "is a file" in cli_error(capsys, [*TRAIN, "--out", str(tmp_path / "file")])
+    assert "cannot" in cli_error(capsys, [*TRAIN, "--out", str(tmp_path / ("x" * 300))])
+    assert "cannot write to run folder" in cli_error(capsys, [*TRAIN, "--out", str(tmp_path / "file" / "run")])
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--input", "0x32x32"], "channels must be"),
+    (["--input", "3x-2x32"], "height and width"),
+    (["--input", "3x100000x100000"], "height and width"),
+    (["--classes", "1"], "--classes must be"),
+    (["--seed", "-3"], "seed must be"),
+])
+def test_profile_degenerate_sizes(flags, message, tmp_path, capsys):
+    argv = ["profile", "--arch", "resnet8", "-K", "2", "--contexts", "R1E", "--batch-size", "2", "--steps", "1",
+            "--out", str(tmp_path / "prof"), *flags]
+    assert message in cli_error(capsys, argv)
+    assert not (tmp_path / "prof").exists()

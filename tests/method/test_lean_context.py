@@ -1,0 +1,96 @@
+import copy
+
+import pytest
+import torch
+from tests.conftest import tiny_net
+
+from contsup.method import local_step
+from contsup.method.context import ImageEncoder, ResidualEncoder
+from contsup.models.chain import Shape
+
+TOL = 1e-5
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, rtol=TOL, atol=TOL)
+
+
+def encoders() -> dict[str, torch.nn.Module]:
+    target = Shape(20, 4, 4)
+    return {
+        "image": ImageEncoder(3, target),
+        "image pooled": ImageEncoder(3, target, pool_first=True),
+        "residual": ResidualEncoder(6, target),
+    }
+
+
+@pytest.mark.parametrize("name", ["image", "image pooled", "residual"])
+@pytest.mark.parametrize("max_elements", [0, 7 * 64])  # 7 channels of 8x8 a chunk: chunks 7, 7, 6
+def test_lean_encoder_equals_straightforward(name, max_elements):
+    # float64: the conv bias in front of BN has a zero gradient, which float32 rounds to noise near 1e-5.
+    torch.manual_seed(0)
+    plain = encoders()[name].double().train()
+    lean = copy.deepcopy(plain)
+    lean.lean, lean.max_elements = True, max_elements
+    x = torch.randn(5, plain.net[0].in_channels, 8, 8, dtype=torch.float64)
+    grad = torch.randn(5, 20, 4, 4, dtype=torch.float64)
+    outs, input_grads = [], []
+    for enc in (plain, lean):
+        xi = x.clone().requires_grad_()
+        for _ in range(2):  # the running buffers move twice
+            out = enc(xi)
+        out.backward(grad)
+        outs.append(out)
+        input_grads.append(xi.grad)
+    assert close(*outs) and close(*input_grads)
+    for (n, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
+        assert close(p.grad, q.grad), n
+    for (n, a), b in zip(plain.named_buffers(), lean.buffers(), strict=True):
+        assert close(a.float(), b.float()), n
+    plain.eval(), lean.eval()
+    assert close(plain(x), lean(x))
+
+
+@pytest.mark.parametrize("context", ["E", "R1", "R1E"])
+def test_lean_network_steps_equal_straightforward(context, batch):
+    x, y = batch
+    plain, lean = tiny_net(4, context, lean_context=False), tiny_net(4, context)
+    # The last cut's encoder of this ResNet-20 runs in several channel chunks (16x16 images).
+    enc = lean.context[-1].residual[0] if context == "R1" else lean.context[-1].image
+    assert 0 < enc.max_elements < enc.net[-3].out_channels * 16 * 16
+    nets = (plain, lean)
+    opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9) for n in nets]
+    for _ in range(3):
+        outs = []
+        for net, opt in zip(nets, opts, strict=True):
+            opt.zero_grad()
+            outs.append(local_step(net, x, y))
+        assert close(outs[0].losses, outs[1].losses)
+        assert close(outs[0].logits, outs[1].logits)
+        for (n, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
+            assert close(p.grad, q.grad), n
+        for opt in opts:
+            opt.step()
+    for (n, a), b in zip(plain.named_buffers(), lean.buffers(), strict=True):
+        assert close(a.float(), b.float()), n
+    assert plain.state_dict().keys() == lean.state_dict().keys()
+
+
+def test_lean_recompute_keeps_the_forward_autocast(batch):
+    x, y = batch
+    plain, lean = tiny_net(4, "R1E", lean_context=False), tiny_net(4, "R1E")
+    for net in (plain, lean):
+        local_step(net, x, y, autocast=torch.autocast("cpu", torch.bfloat16))
+    for (n, p), q in zip(plain.context.named_parameters(), lean.context.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-2, atol=1e-2), n
+
+
+def test_other_batchnorms_run_straightforward():
+    class OtherBN(torch.nn.BatchNorm2d):
+        pass
+
+    enc = ResidualEncoder(6, Shape(20, 4, 4), lean=True)
+    x = torch.randn(5, 6, 8, 8)
+    assert type(enc(x).grad_fn).__name__ == "_LeanEncodeBackward"
+    enc.net[1] = OtherBN(20)
+    assert type(enc(x).grad_fn).__name__ != "_LeanEncodeBackward"

@@ -1,0 +1,70 @@
+"""Presets and sweep folders that are wrong or hostile: one line, nothing created outside --out."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.conftest import cli_error, snapshot
+from tests.reproduce.tiny import TINY
+
+from contsup.errors import ContsupError
+from contsup.reproduce.presets import jobs, load_preset, run_folder
+
+
+@pytest.mark.parametrize("line,message", [
+    ('modules = "2"', "modules must be of type int"),
+    ("lr = [0.1]", "lr must be of type int or float"),
+    ("bf16 = 1", "bf16 must be of type bool"),
+    ('dataset = "../../../tmp/x"', "dataset must be one of"),
+    ('arch = "resnet8/../../../x"', "unknown architecture"),
+    ('context = "R1E/../../x"', "context must be"),
+    ('device = "bogus"', "unknown device"),
+    ("width = 0", "width must be"),
+    ("momentum = 0.0", "momentum (Nesterov SGD) must be"),
+    ("recon = [1, 2]", "recon must be"),
+])
+def test_bad_preset_value(line, message, tmp_path, capsys):
+    preset = tmp_path / "bad.toml"
+    preset.write_text(f"{TINY}\n[recipe.bad]\n{line}\n")
+    before = snapshot(tmp_path)
+    assert message in cli_error(capsys, ["reproduce", str(preset), "--recipe", "bad", "--out", str(tmp_path / "out")])
+    assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_negative_seed_in_a_grid(tmp_path, capsys):
+    preset = tmp_path / "bad.toml"
+    preset.write_text(TINY.replace("seed = [0]", "seed = [-1]"))
+    assert "seed must be" in cli_error(capsys, ["reproduce", str(preset), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_folder_stays_inside_out(tmp_path):
+    assert run_folder(tmp_path, "resnet8-synthetic-K2-R1E-s0") == tmp_path / "resnet8-synthetic-K2-R1E-s0"
+    for name in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(ContsupError, match="not a plain folder name"):
+            run_folder(tmp_path, name)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ContsupError, match="not a plain folder name"):
+        run_folder(tmp_path / "out", "link")
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("settings.json", "{", "cannot read sweep settings"),
+    ("summary.json", '{"epochs": ', "cannot read run summary"),
+    ("summary.json", '{"epochs": "1"}', "fields missing or of the wrong type"),
+])
+def test_corrupt_sweep_files(name, text, message, tmp_path, capsys):
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY)
+    out = tmp_path / "out"
+    job = jobs(load_preset(preset), "cpu", out)[0]
+    folder = Path(job.config.out)
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps(job.settings))
+    (folder / "summary.json").write_text('{"epochs": 1}')
+    (folder / name).write_text(text)
+    before = snapshot(tmp_path)
+    assert message in cli_error(capsys, ["reproduce", str(preset), "--out", str(out), "--in-process"])
+    assert snapshot(tmp_path) == before

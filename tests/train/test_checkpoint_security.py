@@ -1,0 +1,136 @@
+"""Hostile and damaged checkpoints: refused with one line, nothing run, nothing written."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import cli_error, snapshot
+from tests.reproduce.tiny import TINY
+
+from contsup.cli import main
+from contsup.data import dataset_info
+from contsup.train.checkpoint import tensor_digest
+
+TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", "64", "--batch-size", "32",
+         "--lr", "0.05", "--device", "cpu", "--no-progress", "--modules", "2", "--context", "R1E"]
+
+
+class RunsCode:
+    """Pickles into a call of open(marker, "w"): loading it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished one-epoch run folder."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main([*TRAIN, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def evil_checkpoint(path: Path, marker: Path) -> None:
+    torch.save({"format": "contsup-checkpoint", "version": 2, "meta": RunsCode(marker)}, path)
+
+
+def edited(trained: Path, path: Path, edit) -> Path:
+    """A copy of the trained checkpoint changed by `edit(payload)` (its digest kept unless edit resets it)."""
+    payload = torch.load(trained / "checkpoint.pt", weights_only=True)
+    edit(payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def test_code_in_a_checkpoint_never_runs(tmp_path, capsys, trained):
+    marker = tmp_path / "marker"
+    evil_checkpoint(tmp_path / "evil.pt", marker)
+    assert "refusing" in cli_error(capsys, ["eval", str(tmp_path / "evil.pt"), "--device", "cpu"])
+    # --resume of a run folder whose checkpoint was replaced
+    run = tmp_path / "run"
+    run.mkdir()
+    evil_checkpoint(run / "checkpoint.pt", marker)
+    before = snapshot(run)
+    assert "refusing" in cli_error(capsys, [*TRAIN, "--epochs", "2", "--out", str(run), "--resume"])
+    assert snapshot(run) == before
+    # analyze, next to a good run
+    line = cli_error(capsys, ["analyze", str(trained), str(run), "--out", str(tmp_path / "an"), "--no-recon"])
+    assert "refusing" in line and not (tmp_path / "an").exists()
+    assert not marker.exists()
+
+
+def test_sweep_resume_never_runs_code(tmp_path, capsys):
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY)
+    out = tmp_path / "sweep"
+    assert main(["reproduce", str(preset), "--out", str(out), "--dry-run"]) == 0
+    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]]
+    marker = tmp_path / "marker"
+    from contsup.reproduce.presets import jobs, load_preset
+
+    for job in jobs(load_preset(preset), "cpu", out):
+        folder = Path(job.config.out)
+        folder.mkdir(parents=True)
+        (folder / "settings.json").write_text(json.dumps(job.settings))
+        evil_checkpoint(folder / "checkpoint.pt", marker)
+    assert main(["reproduce", str(preset), "--out", str(out), "--in-process"]) == 1
+    text = capsys.readouterr().out
+    assert text.count("FAILED: refusing") == len(names) == 2
+    assert not marker.exists()
+
+
+def test_damaged_weights_are_reported(tmp_path, capsys, trained):
+    def damage(p):
+        next(v for v in p["model"].values() if v.is_floating_point()).view(-1)[0] += 1.0
+
+    path = edited(trained, tmp_path / "damaged.pt", damage)
+    assert "damaged" in cli_error(capsys, ["eval", str(path), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["meta"]["run"]["local"].update(modules=3), "do not fit"),
+    (lambda p: p["meta"]["run"]["local"].update(context="R0"), "do not fit"),
+    (lambda p: p["meta"]["run"].update(arch="resnet14"), "do not fit"),
+    (lambda p: p["meta"]["run"]["train"].update(lr="fast"), "lr must be"),
+    (lambda p: p["meta"]["run"]["train"].update(lr=float("nan")), "lr must be"),
+    (lambda p: p["meta"]["run"]["local"].update(width=-4), "width must be"),
+    (lambda p: p["meta"]["run"]["data"].update(name="../../etc"), "unknown dataset"),
+    (lambda p: p["meta"]["run"]["data"].update(surprise=1), "unknown setting"),
+    (lambda p: p["meta"]["run"].update(arch="resnet999998"), "unknown architecture"),
+    (lambda p: p["meta"]["dataset"].update(size=10**6), "dataset description"),
+    (lambda p: p["meta"].update(hook="x"), "unknown key"),
+    (lambda p: p.update(epoch="3"), "malformed checkpoint"),
+    (lambda p: p.update(model=[1, 2]), "malformed checkpoint"),
+    (lambda p: p.update(version=1), "version"),
+])
+def test_malformed_metadata_one_line(edit, message, tmp_path, capsys, trained):
+    path = edited(trained, tmp_path / "bad.pt", edit)
+    assert message in cli_error(capsys, ["eval", str(path), "--device", "cpu"])
+
+
+def test_eval_never_downloads_or_writes_where_the_checkpoint_says(tmp_path, capsys, trained, monkeypatch):
+    monkeypatch.setenv("CONTSUP_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    elsewhere = tmp_path / "elsewhere"
+
+    def to_cifar(p):  # synthetic images have CIFAR-10's shape, so the weights still fit
+        p["meta"]["run"]["data"].update(name="cifar10", root=str(elsewhere), download=True)
+        p["meta"]["dataset"] = {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in dataset_info("cifar10").__dict__.items()}
+
+    path = edited(trained, tmp_path / "cifar.pt", to_cifar)
+    before = snapshot(tmp_path)
+    assert "cifar10 not found" in cli_error(capsys, ["eval", str(path), "--device", "cpu"])
+    assert snapshot(tmp_path) == before and not elsewhere.exists()
+
+
+def test_digest_covers_names_and_values():
+    a = {"w": torch.ones(3), "b": torch.zeros(2)}
+    assert tensor_digest(a) == tensor_digest(dict(reversed(a.items())))
+    assert tensor_digest(a) != tensor_digest({"w": torch.ones(3), "c": torch.zeros(2)})
+    assert tensor_digest(a) != tensor_digest({"w": torch.ones(3), "b": torch.zeros(2, dtype=torch.float64)})

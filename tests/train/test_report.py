@@ -1,0 +1,17 @@
+from contsup.train.report import epoch_line, legend, postfix
+
+
+def test_progress_fields_and_their_legend():
+    assert postfix([1.5, 2.5, 0.5]) == {"last": "0.500", "local": "2.000"}
+    assert postfix([0.25]) == {"loss": "0.250"}
+    assert postfix([1.0, 2.0], last=False) == {"local": "1.500"}  # a pipeline stage without the last module
+    assert "last = loss of the last module" in legend(16) and "15 local heads" in legend(16)
+    assert "last" not in legend(1)
+
+
+def test_epoch_line_labels_the_tail_means():
+    row = {"epoch": 1, "lr": 0.1, "train_loss": 9.0, "local_losses": [3.0], "train_loss_end": 0.5,
+           "local_losses_end": [0.75], "train_error": 30.0, "test_error": 25.0, "images_per_s": 100.0}
+    line = epoch_line(row, 3)
+    assert line.startswith("epoch 1/3") and "loss last 0.500 local 0.750 (last 25% of the epoch)" in line
+    assert "test error 25.00%" in line and "9.0" not in line
