@@ -102,8 +102,13 @@ def check_train(t: Any) -> None:
     check_float("lr", t.lr, 0.0, low_open=True)
     check_float("momentum (Nesterov SGD)", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
     check_float("weight_decay", t.weight_decay, 0.0)
+    if t.schedule not in ("step", "epoch"):
+        raise ContsupError(f"unknown schedule {t.schedule!r}; choose from step, epoch")
     if t.warmup_epochs is not None:
-        check_int("warmup_epochs", t.warmup_epochs, 0, t.epochs)
+        check_float("warmup_epochs", t.warmup_epochs, 0.0, t.epochs)
+    if t.warmup_steps is not None:
+        check_int("warmup_steps", t.warmup_steps, 0)
+    check_float("context_lr_scale", t.context_lr_scale, 0.0, low_open=True)
     check_float("warmup_start_lr", t.warmup_start_lr, 0.0, low_open=True)
     check_int("seed", t.seed, 0, MAX_SEED)
     check_device_name(t.device)
@@ -135,8 +140,9 @@ def _check_cuts(cuts: Any) -> None:
 def check_local(local: Any) -> None:
     """Every field of a LocalConfig: types and head sizes here, names and K by LocalConfig.validate."""
     check_int("modules", local.modules, 1, 10_000)
-    for name in ("context", "head", "loss", "cut_table", "image_encoder"):
+    for name in ("context", "head", "loss", "cut_table", "image_encoder", "local_init"):
         check_type(name, getattr(local, name), str)
+    check_float("context_scale", local.context_scale, 0.0, 1e3, low_open=True)
     check_int("width", local.width, 1, 65_536)
     check_float("widen", local.widen, 0.0, 64.0, low_open=True)
     if local.cuts is not None:
