@@ -99,9 +99,9 @@ class LocalConfig:
 class TrainConfig:
     """The optimisation recipe; defaults are the paper's CIFAR-10 recipe (docs/method.md, recipe)."""
 
-    epochs: int = 160  # training epochs
-    batch_size: int = 1024  # images per step
-    lr: float = 0.8  # peak learning rate (after warm-up; cosine decay to 0 at the last epoch)
+    epochs: int = 160  # training epochs (the paper's recipe)
+    batch_size: int = 1024  # images per step (the paper's recipe)
+    lr: float = 0.8  # peak learning rate of SGD (the paper's, for batch 1024; scale it with the batch size)
     momentum: float = 0.9  # Nesterov momentum
     weight_decay: float = 1e-4  # L2 weight decay
     warmup_epochs: int | None = None  # linear warm-up epochs; None: 10 of every 160, as in the paper
