@@ -129,9 +129,9 @@ class PipelineConfig:
             try:
                 self.stage_sizes = [int(v) for v in self.stage_sizes.split(",")]
             except ValueError:
-                raise ContsupError(f"cannot read stage_sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
+                raise ContsupError(f"cannot read --stage-sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
         if self.inflight < 1 or self.timeout_s <= 0:
-            raise ContsupError("inflight and dist_timeout must be positive")
+            raise ContsupError("--inflight and --dist-timeout must be positive")
 
 
 @dataclass
