@@ -53,4 +53,5 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.8; train.lr)" in text and "--data-dir" in text and "--no-progress" in text
+    assert "training epochs (the paper's recipe) (default: 160)" in text and "train settings (train.*)" in text
+    assert "--data-dir" in text and "--no-progress" in text

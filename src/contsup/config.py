@@ -101,9 +101,9 @@ class LocalConfig:
 class TrainConfig:
     """The optimisation recipe; defaults are the paper's CIFAR-10 recipe (docs/method.md, recipe)."""
 
-    epochs: int = 160  # training epochs
-    batch_size: int = 1024  # images per step
-    lr: float = 0.8  # peak learning rate (after warm-up; cosine decay to 0 at the last epoch)
+    epochs: int = 160  # training epochs (the paper's recipe)
+    batch_size: int = 1024  # images per step (the paper's recipe)
+    lr: float = 0.8  # peak learning rate of SGD (the paper's, for batch 1024; scale it with the batch size)
     momentum: float = 0.9  # Nesterov momentum
     weight_decay: float = 1e-4  # L2 weight decay
     schedule: str = "step"  # step: warm-up and cosine set every step | epoch: set per epoch (the paper's code)
@@ -134,9 +134,9 @@ class PipelineConfig:
             try:
                 self.stage_sizes = [int(v) for v in self.stage_sizes.split(",")]
             except ValueError:
-                raise ContsupError(f"cannot read stage_sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
+                raise ContsupError(f"cannot read --stage-sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
         if self.inflight < 1 or self.timeout_s <= 0:
-            raise ContsupError("inflight and dist_timeout must be positive")
+            raise ContsupError("--inflight and --dist-timeout must be positive")
 
 
 @dataclass

@@ -37,7 +37,7 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         g = groups.setdefault(section, p.add_argument_group(f"{section} settings ({section}.*)"
                                                             if section != "run" else "run settings"))
         flags = [f"-{n}" if len(n) == 1 else f"--{n.replace('_', '-')}" for n in (s.key, *s.aliases)]
-        help_text = f"{s.help} (default: {s.default}; {s.path})"
+        help_text = f"{s.help} (default: {s.default})"
         if s.type is bool:
             g.add_argument(*flags, dest=s.path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
