@@ -20,7 +20,7 @@ def one_step(net, optimizer, batch):
 def test_options_off_give_todays_step_bit_for_bit(batch, monkeypatch):
     cfg = TrainConfig(lr=0.1, device="cpu")
     net = tiny_net(4, "R1E", local_init="torch", context_scale=1.0)
-    after = one_step(net, make_optimizer(net, cfg), batch)
+    after = one_step(net, make_optimizer(net.parameters(), cfg, net.context.parameters()), batch)
     monkeypatch.setattr(network, "init_local_modules", lambda *a: None)  # today's network: no init pass at all
     old = tiny_net(4, "R1E")
     sgd = torch.optim.SGD(old.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
@@ -48,7 +48,7 @@ def test_kaiming_init_touches_heads_and_encoders_only():
 
 def test_context_lr_scale_puts_encoders_in_their_own_group():
     net = tiny_net(4, "R1E")
-    opt = make_optimizer(net, TrainConfig(lr=0.1, context_lr_scale=0.1))
+    opt = make_optimizer(net.parameters(), TrainConfig(lr=0.1, context_lr_scale=0.1), net.context.parameters())
     assert [g.get("lr_scale", 1.0) for g in opt.param_groups] == [1.0, 0.1]
     assert len(opt.param_groups[1]["params"]) == len(list(net.context.parameters()))
 
