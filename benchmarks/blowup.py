@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from contsup.method.network import LocalConfig
-from contsup.method.step import local_step
+from contsup.method.step import clip_module_grads, local_step
 from contsup.run import DataConfig, RunConfig, build_network, load_data, make_loaders
 from contsup.train.schedule import make_schedule
 from contsup.train.trainer import TrainConfig, evaluate, make_optimizer
@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--local-init", default="torch", help="torch | kaiming (heads and encoders)")
     p.add_argument("--context-scale", type=float, default=1.0, help="initial weight of each encoder's last BN")
     p.add_argument("--context-lr-scale", type=float, default=1.0, help="the encoders' rate relative to the rest")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="clip each module's gradient norm (0: off)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: the whole run)")
     p.add_argument("--val-split", type=int, default=0,
                    help="hold out this many training images and print the final validation error (0: none)")
@@ -75,7 +76,7 @@ def main() -> None:
                         context_scale=a.context_scale)
     train = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, schedule=a.schedule,
                         warmup_steps=a.warmup_steps, seed=a.seed, device="cpu", progress=False,
-                        context_lr_scale=a.context_lr_scale)
+                        context_lr_scale=a.context_lr_scale, clip_grad=a.clip_grad)
     cfg = RunConfig(DataConfig("fashion-mnist", val_split=a.val_split, train_subset=a.train_subset), "resnet32",
                     local, train)
     data = load_data(cfg)
@@ -83,7 +84,7 @@ def main() -> None:
     loaders = make_loaders(cfg, data, torch.device("cpu"))
     loader = loaders["train"]
     assert loader is not None
-    opt = make_optimizer(net, train)
+    opt = make_optimizer(net.parameters(), train, net.context.parameters())
     sched = make_schedule(train.schedule, train.lr, train.epochs, len(loader), None, train.warmup_steps)
     row: dict[str, Any] = {}
     attach_probes(net, row)
@@ -101,13 +102,20 @@ def main() -> None:
             lr = sched.apply(opt, epoch, i)
             opt.zero_grad(set_to_none=True)
             out = local_step(net, x, y)
+            norms = [float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.module_parameters(k)
+                                                                  if p.grad is not None])))
+                     for k in range(net.num_modules)]
+            if a.clip_grad:
+                clip_module_grads(net, range(net.num_modules), a.clip_grad)
             opt.step()
-            rows.append({"step": step, "lr": lr, "loss": out.losses, **json.loads(json.dumps(row))})
+            rows.append({"step": step, "lr": lr, "loss": out.losses.tolist(), "grad": norms,
+                         **json.loads(json.dumps(row))})
             if log:
                 log.write(json.dumps(rows[-1]) + "\n")
                 log.flush()
             if step % 20 == 0:
-                print(f"step {step} loss last {out.losses[-1]:.2f} max {max(out.losses):.2f} "
+                print(f"step {step} loss last {rows[-1]['loss'][-1]:.2f} max {max(rows[-1]['loss']):.2f} "
+                      f"grad last {norms[-1]:.2f} max {max(norms):.2f} "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             step += 1
             if a.steps and step >= a.steps:
@@ -126,7 +134,8 @@ def summarize(rows: list[dict[str, Any]], a: argparse.Namespace, seconds: float)
     """Peak loss per module (and when), and the norms at the last cuts at a few steps."""
     k = len(rows[0]["loss"])
     print(f"{a.context} K={a.modules} seed {a.seed} schedule {a.schedule} warmup_steps {a.warmup_steps} "
-          f"local_init {a.local_init} context_scale {a.context_scale} context_lr_scale {a.context_lr_scale}: "
+          f"local_init {a.local_init} context_scale {a.context_scale} context_lr_scale {a.context_lr_scale} "
+          f"clip_grad {a.clip_grad}: "
           f"{len(rows)} steps in {seconds:.0f} s (load average {os.getloadavg()[0]:.1f})")
     peaks = [max(range(len(rows)), key=lambda s, m=m: rows[s]["loss"][m]) for m in range(k)]
     print("peak loss per module (step): " + "  ".join(

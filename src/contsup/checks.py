@@ -21,7 +21,7 @@ from contsup.models import BACKBONES
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
-ARCH_PATTERN = re.compile(r"resnet(\d{1,4})")
+ARCH_PATTERN = re.compile(r"resnet(\d+)")
 
 
 def _bad(name: str, value: Any, rule: str) -> ContsupError:
@@ -109,6 +109,7 @@ def check_train(t: Any) -> None:
     if t.warmup_steps is not None:
         check_int("warmup_steps", t.warmup_steps, 0)
     check_float("context_lr_scale", t.context_lr_scale, 0.0, low_open=True)
+    check_float("clip_grad", t.clip_grad, 0.0)
     check_float("warmup_start_lr", t.warmup_start_lr, 0.0, low_open=True)
     check_int("seed", t.seed, 0, MAX_SEED)
     check_device_name(t.device)

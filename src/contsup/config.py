@@ -111,6 +111,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)
     warmup_start_lr: float = 0.01  # learning rate at the start of the warm-up
     context_lr_scale: float = 1.0  # the context encoders' rate relative to the rest (1.0: as in the paper)
+    clip_grad: float = 0.0  # clip each module's gradient norm (its block, head and incoming encoders) to this; 0: off
     seed: int = 0  # seeds the weights, the data order and augmentation, and any split
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     bf16: bool = False  # bf16 autocast (CUDA)
@@ -153,15 +154,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         from contsup.method.recon import parse_recon  # the method code imports this schema
 
-        self.arch = self.arch.lower()
+        if isinstance(self.arch, str):
+            self.arch = self.arch.lower()
         local = self.local
         if isinstance(local.recon, str):
             balanced = local.cut_table.startswith("balanced")
             local.recon = parse_recon(local.recon, self.arch, local.recon_dataset or self.data.name, local.modules,
                                       balanced)
-        for name in ("epochs", "batch_size", "lr"):
-            if getattr(self.train, name) <= 0:
-                raise ContsupError(f"{name} must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, stored in checkpoints."""

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from tests.conftest import tiny_net
 
 from contsup.method import LocalConfig, LocalNetwork, ReconWeights, local_step
+from contsup.method.step import clip_module_grads
 from contsup.models import resnet
 
 
@@ -148,3 +149,30 @@ def test_param_counts_resnet32_k16(mode, window, image):
     assert counts["decoders"] == 0
     assert counts["context"] == expected_context(window, image)
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+@pytest.mark.parametrize("mode", ["R0", "R1E"])
+def test_module_parameters_partition_the_network(mode):
+    """Every parameter belongs to exactly one module: the one whose loss trains it."""
+    net = tiny_net(4, mode, recon=ReconWeights(1.0, 1.0, 1.0, 1.0))
+    owned = [id(p) for k in range(net.num_modules) for p in net.module_parameters(k)]
+    assert sorted(owned) == sorted(id(p) for p in net.parameters())
+
+
+def test_clipping_bounds_each_module_alone(batch):
+    """clip_module_grads scales each module's gradient to at most the bound; modules under it are untouched."""
+    x, y = batch
+    net = tiny_net(4, "R1E")
+    local_step(net, x, y)
+    norms = [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.module_parameters(k)]))
+             for k in range(4)]
+    bound = float(sorted(norms)[1]) * 1.01  # two modules above the bound, two below
+    before = grads(net)
+    clip_module_grads(net, range(4), bound)
+    for k, norm in enumerate(norms):
+        params = net.module_parameters(k)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        if norm <= bound:
+            assert all(torch.equal(p.grad, before[n]) for n, p in net.named_parameters() if any(p is q for q in params))
+        else:
+            assert after == pytest.approx(bound, rel=1e-4)

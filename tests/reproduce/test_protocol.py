@@ -8,7 +8,7 @@ from contsup.reproduce.sweep import run_sweep
 def test_protocol_grid_and_budget(tmp_path):
     todo = jobs(load_preset("protocol"), "cpu", tmp_path)
     cells = Counter((j.settings["modules"], j.settings["context"], j.settings["recon"]) for j in todo)
-    expected = {(1, "E2E", "none")} | {(16, c, "none") for c in ("R0", "E", "R1", "R1E")} | {(16, "R0", "paper")}
+    expected = {(1, "E2E", None)} | {(16, c, "none") for c in ("R0", "E", "R1", "R1E")} | {(16, "R0", "paper")}
     expected |= {(k, c, "none") for k in (2, 4, 8) for c in ("R0", "R1E")}
     assert set(cells) == expected and set(cells.values()) == {3}  # three seeds in every cell
     budgets = {(j.config.train.epochs, j.config.train.batch_size, j.config.train.lr, j.config.data.train_subset,

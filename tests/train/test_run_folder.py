@@ -11,6 +11,7 @@ from contsup.cli import main
 from contsup.errors import ContsupError
 from contsup.run import RunConfig, build_network, load_data, make_trainer
 from contsup.train.checkpoint import load_checkpoint
+from contsup.train.schedule import make_schedule
 
 TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", "64", "--batch-size", "32",
          "--lr", "0.05", "--device", "cpu", "--no-progress", "--modules", "2"]
@@ -69,7 +70,8 @@ def test_non_finite_loss_stops_the_run(finished, capsys):
     data = load_data(cfg)
     trainer = make_trainer(cfg, data, build_network(cfg, data.info.channels, data.info.num_classes, data.info.size))
     trainer.resume(finished / "checkpoint.pt")
-    trainer.cfg = replace(cfg.train, lr=1e30)  # diverges in the second epoch
+    trainer.cfg = replace(cfg.train, lr=1e30, schedule="epoch")  # the full rate from its first step: diverges
+    trainer.schedule = make_schedule("epoch", 1e30, 2, len(trainer.train_loader))
     before = snapshot(finished)
     with pytest.raises(ContsupError, match=r"loss of module 1 stopped being finite at epoch 2, step \d+"):
         trainer.fit()
@@ -79,6 +81,7 @@ def test_non_finite_loss_stops_the_run(finished, capsys):
 
 
 def test_non_finite_loss_one_line(tmp_path, capsys):
-    line = cli_error(capsys, [*TRAIN, "--epochs", "2", "--lr", "1e30", "--out", str(tmp_path / "run")])
+    line = cli_error(capsys, [*TRAIN, "--epochs", "2", "--lr", "1e30", "--schedule", "epoch",  # no warm-up
+                              "--out", str(tmp_path / "run")])
     assert "stopped being finite at epoch 1" in line
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()

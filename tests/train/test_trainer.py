@@ -90,3 +90,13 @@ def test_tensorboard_log_in_the_run_folder(tmp_path):
 def test_tensorboard_needs_a_run_folder():
     with pytest.raises(ContsupError, match="run folder"):
         make_trainer(epochs=1, tensorboard=True).fit()
+
+
+@pytest.mark.parametrize("clip,moves", [(0.0, True), (1e-9, False)])
+def test_clip_grad_bounds_every_update(clip, moves):
+    """--clip-grad reaches the optimizer: with a tiny bound (and no weight decay) the weights barely move."""
+    trainer = make_trainer("R1E", 4, epochs=1, clip_grad=clip, weight_decay=0.0)
+    before = [p.detach().clone() for p in trainer.net.parameters()]
+    trainer.fit()
+    change = max(float((p.detach() - b).abs().max()) for p, b in zip(trainer.net.parameters(), before, strict=True))
+    assert (change > 1e-3) if moves else (change < 1e-6)

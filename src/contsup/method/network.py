@@ -163,6 +163,13 @@ class LocalNetwork(nn.Module):
         """Inference: every module in turn, context supplied at each cut, then the classifier."""
         return self.run(self.infer_module, x, {0: x})
 
+    def module_parameters(self, k: int) -> list[nn.Parameter]:
+        """What module k's loss trains: its block, its head (the classifier if last), decoder and cut k-1's encoders."""
+        parts: list[nn.Module] = [self.blocks[k], self.classifier if k == self.num_modules - 1 else self.heads[k]]
+        parts += [self.decoders[k]] if k < len(self.decoders) else []
+        parts += [self.context[k - 1]] if k > 0 else []
+        return [p for part in parts for p in part.parameters()]
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by group: backbone (modules + classifier), heads, decoders, context encoders."""
         return {

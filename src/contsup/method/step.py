@@ -100,3 +100,13 @@ def local_step(
     """Forward and backward every module on one batch (gradients accumulate; no optimizer step)."""
     logits, losses = modules_step(net, range(net.num_modules), x, {0: x}, y, pixels, autocast)
     return StepOutput(losses, logits)
+
+
+def clip_module_grads(net: LocalNetwork, modules: range, max_norm: float) -> None:
+    """Clip each module's gradient norm to `max_norm`, module by module (their losses are independent).
+
+    A module's parameters are `LocalNetwork.module_parameters(k)`; with K = 1 this is ordinary clipping of the
+    whole network's gradient. The norms stay on the device (no host synchronisation).
+    """
+    for k in modules:
+        torch.nn.utils.clip_grad_norm_(net.module_parameters(k), max_norm, foreach=True)

@@ -25,7 +25,7 @@ from contsup.config import TrainConfig
 from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
 from contsup.method.network import LocalNetwork
-from contsup.method.step import modules_step
+from contsup.method.step import clip_module_grads, modules_step
 from contsup.profile.memory import PeakMemory
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.guard import FiniteWatch, check_row
@@ -284,6 +284,8 @@ class Trainer:
             self.schedule.apply(self.optimizer, self.epoch, i)
             self.optimizer.zero_grad(set_to_none=True)
             losses, logits, y = self.step.train(batch)
+            if self.cfg.clip_grad:
+                clip_module_grads(self.net, mods, self.cfg.clip_grad)
             self.optimizer.step()
             stats[mods.start:mods.stop] += losses.double()
             watch.update(mods, losses, i)
