@@ -32,6 +32,12 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def same(cls: type, **settings: object) -> dict[str, object]:
+    """The settings that `cls` has: on today's code they select what the old code did (straightforward encoders,
+    the per-epoch rate); the old code has no such fields and always did that."""
+    return {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
+
+
 def main() -> None:
     """Train resnet32 cut into 16 modules (R1E) on synthetic data for 2 epochs and print the weights' hash."""
     torch.set_num_threads(1)
@@ -39,8 +45,9 @@ def main() -> None:
         cfg = RunConfig(
             data=DataConfig(name="synthetic", train_subset=128),
             arch="resnet32",
-            local=LocalConfig(modules=16, context="R1E"),
-            train=TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup_epochs=1, device="cpu", progress=False),
+            local=LocalConfig(modules=16, context="R1E", **same(LocalConfig, lean_context=False)),
+            train=TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup_epochs=1, device="cpu", progress=False,
+                              **same(TrainConfig, schedule="epoch")),
             out=out,
         )
         summary = run_training(cfg)
