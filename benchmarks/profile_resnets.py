@@ -147,7 +147,7 @@ def top_ops(args: argparse.Namespace, count: int = 8) -> str:
 
     from contsup.method.step import local_step
     from contsup.profile.runner import build
-    from contsup.train.trainer import resolve_device
+    from contsup.train.steps import resolve_device
 
     device = resolve_device(args.device)
     columns = []

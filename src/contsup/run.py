@@ -23,7 +23,8 @@ from contsup.train.runfolder import (
     check_weights,
     open_run_folder,
 )
-from contsup.train.trainer import Trainer, evaluate, resolve_device
+from contsup.train.steps import resolve_device
+from contsup.train.trainer import Trainer, evaluate
 
 __all__ = [
     "DataConfig", "LocalConfig", "PipelineConfig", "RunConfig", "TrainConfig", "build_network", "evaluate_checkpoint",

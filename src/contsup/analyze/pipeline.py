@@ -16,7 +16,7 @@ from contsup.data import Dataset, DeviceLoader, Split
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.run import RunConfig, load_data, load_run
-from contsup.train.trainer import resolve_device
+from contsup.train.steps import resolve_device
 
 
 @dataclass

@@ -29,7 +29,7 @@ __all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]
 from contsup.method.step import modules_step
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.memory import peak_memory
-from contsup.train.trainer import bf16_autocast
+from contsup.train.steps import bf16_autocast
 
 
 @dataclass

@@ -22,7 +22,8 @@ from contsup.models import build_arch
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
-from contsup.train.trainer import make_optimizer, resolve_device
+from contsup.train.steps import resolve_device
+from contsup.train.trainer import make_optimizer
 
 E2E = "E2E"
 

@@ -3,7 +3,8 @@
 from contsup.config import TrainConfig
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.schedule import lr_at
-from contsup.train.trainer import LocalStep, Step, Trainer, evaluate, resolve_device
+from contsup.train.steps import LocalStep, Step, resolve_device
+from contsup.train.trainer import Trainer, evaluate
 
 __all__ = [
     "LocalStep", "Step", "TrainConfig", "Trainer", "evaluate", "load_checkpoint", "lr_at", "resolve_device",
