@@ -70,7 +70,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     run_profile(cfg, report)
     print(format_table(rows))
     info = machine()
-    print(f"device {rows[0].device}, {info['torch_threads']} threads, load {info.get('loadavg')}; "
+    load = " ".join(f"{v:.2f}" for v in info["loadavg"]) if info.get("loadavg") else "unknown"
+    print(f"device {rows[0].device}, {info['torch_threads']} threads, load average {load} (1, 5, 15 min); "
           f"peak = {rows[0].peak_method}, above the bytes allocated when the step starts")
     if args.out:
         meta = {"config": vars(args) | {"func": None}, "machine": info,
