@@ -146,6 +146,8 @@ def check_local(local: Any) -> None:
     check_float("context_scale", local.context_scale, 0.0, 1e3, low_open=True)
     check_int("width", local.width, 1, 65_536)
     check_float("widen", local.widen, 0.0, 64.0, low_open=True)
+    if local.width * local.widen > 65_536:  # a head this wide would take gigabytes before any weight is checked
+        raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cuts is not None:
         _check_cuts(local.cuts)
     if local.recon is not None:
