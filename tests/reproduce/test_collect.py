@@ -79,3 +79,17 @@ def test_val_error_is_collected_and_averaged(finished, tmp_path):
     with open(result["csv"]) as f:
         assert {float(r["final_val_error"]) for r in csv.DictReader(f)} == {30.0, 31.0}
     assert "final val error %" in open(result["markdown"]).read() and "30.50 ± 0.71" in open(result["markdown"]).read()
+
+
+def test_step_peak_column_when_runs_measured_it(finished, tmp_path):
+    """Runs whose summary has the measured step peak get it in the CSV and the table; older runs show '-'."""
+    for i, job in enumerate(finished):
+        path = tmp_path / job.name / "summary.json"
+        if path.is_file() and job.settings["context"] == "R0":
+            summary = json.loads(path.read_text())
+            path.write_text(json.dumps({**summary, "step_peak_memory_bytes": (40 + i) * 2**20}))
+    rows = {r["run"]: r for r in collect_rows(finished)}
+    assert {r["step_peak_mib"] is None for r in rows.values() if r["context"] != "R0"} == {True}
+    assert all(r["step_peak_mib"] >= 40 for r in rows.values() if r["context"] == "R0")
+    text = open(collect(finished, tmp_path / "results", "ablation-cpu", "Ablation")["markdown"]).read()
+    assert "step peak MiB" in text and "| - |" in text

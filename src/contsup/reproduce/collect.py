@@ -18,7 +18,7 @@ KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_tab
 BUDGET = ["dataset", "train_subset", "val_split", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
           "warmup_steps", "local_init", "context_scale", "context_lr_scale"]
 METRICS = ["final_test_error", "final_val_error", "best_test_error_selected_on_test", "train_time_s", "images_per_s",
-           "peak_memory_mib", "params_total", "params_context"]
+           "peak_memory_mib", "step_peak_mib", "params_total", "params_context"]
 
 
 def _flat(value: Any) -> Any:
@@ -39,6 +39,8 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
             "best_test_error_selected_on_test": s["best_test_error_selected_on_test"],
             "epochs_done": s["epochs"], "train_time_s": s["train_time_s"], "images_per_s": s["images_per_s"],
             "peak_memory_mib": s["peak_memory_bytes"] / 2**20, "peak_memory_kind": s["peak_memory_kind"],
+            # the measured tensor memory of one training step (what local learning saves); older runs lack it
+            "step_peak_mib": s["step_peak_memory_bytes"] / 2**20 if "step_peak_memory_bytes" in s else None,
             "params_total": s["params"]["total"], "params_context": s["params"]["context"], "device": s["device"],
         })
     return rows
@@ -109,14 +111,15 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
                   + " (E2E: one module, no cuts or local heads)", ""]
     val = any(a["final_val_error"] is not None for a in aggs)
     head = ["K", "method", *varying, "seeds", "final test error %", *(["final val error %"] if val else []),
-            "best epoch's test error % (selected on test)", "train time s", "images/s", "peak memory MiB", "params",
-            "context params"]
+            "best epoch's test error % (selected on test)", "train time s", "images/s", "step peak MiB",
+            "process peak MiB", "params", "context params"]
     cells = []
     for a in aggs:
         best = f"{a['best_test_error_selected_on_test']:.2f}"
         row = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], _mean_std(a, "final_test_error"),
                *([_mean_std(a, "final_val_error")] if val else []), best,
-               f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}", f"{a['peak_memory_mib']:.0f}",
+               f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}",
+               "-" if a["step_peak_mib"] is None else f"{a['step_peak_mib']:.1f}", f"{a['peak_memory_mib']:.0f}",
                f"{a['params_total']:,.0f}", f"{a['params_context']:,.0f}"]
         cells.append(row)
     return "\n".join([*lines, markdown_table(head, cells)]) + "\n"
@@ -156,14 +159,14 @@ def plot_error_vs_k(methods: dict[str, list[dict[str, Any]]], path: Path, title:
 
 
 def plot_error_vs_memory(methods: dict[str, list[dict[str, Any]]], path: Path, title: str = "",
-                         memory_kind: str = "peak memory") -> None:
-    """Final test error against `peak_memory_mib`, one marker style per method, each point labelled K=."""
+                         memory_kind: str = "peak memory", metric: str = "peak_memory_mib") -> None:
+    """Final test error against memory (`metric`, MiB), one marker style per method, each point labelled K=."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.4))
     for name, members in methods.items():
-        ax.errorbar([a["peak_memory_mib"] for a in members], [a["final_test_error"] for a in members],
+        ax.errorbar([a[metric] for a in members], [a["final_test_error"] for a in members],
                     yerr=[a["final_test_error_std"] for a in members], marker="o", ls="", capsize=3, label=name)
         for a in members:
-            ax.annotate(f"K={a['modules']}", (a["peak_memory_mib"], a["final_test_error"]), fontsize=7,
+            ax.annotate(f"K={a['modules']}", (a[metric], a["final_test_error"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"{memory_kind} (MiB)")
     ax.set_ylabel("final test error (%)")
@@ -186,10 +189,14 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
     if rows:
         text += "\n" + budget(rows) + ".\n"
     kinds = sorted({r["peak_memory_kind"] for r in rows})
-    text += (f"\nPeak memory: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
+    text += (f"\nStep peak: one training step's tensor memory at the run's batch size, measured after training; "
+             f"process peak: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
     paths["markdown"].write_text(text)
     if aggs:
         methods = methods_of(aggs)
         plot_error_vs_k(methods, paths["error_vs_k"], title)
-        plot_error_vs_memory(methods, paths["error_vs_memory"], title, "peak memory, " + ", ".join(kinds))
+        step = all(a["step_peak_mib"] is not None for a in aggs)
+        plot_error_vs_memory(methods, paths["error_vs_memory"], title,
+                             "step peak memory (one training step's tensors)" if step else
+                             "peak memory, " + ", ".join(kinds), "step_peak_mib" if step else "peak_memory_mib")
     return {"runs": len(rows), "configurations": len(jobs), **{k: str(v) for k, v in paths.items()}}
