@@ -16,7 +16,7 @@ from contsup.tables import markdown_table, pyplot, save_figure, write_csv
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
 # The budget every run of a sweep shares, written next to its table.
 BUDGET = ["dataset", "train_subset", "val_split", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
-          "warmup_steps", "local_init", "context_scale", "context_lr_scale"]
+          "warmup_steps", "local_init", "context_scale", "context_lr_scale", "clip_grad"]
 METRICS = ["final_test_error", "final_val_error", "best_test_error_selected_on_test", "train_time_s", "images_per_s",
            "peak_memory_mib", "step_peak_mib", "params_total", "params_context"]
 
