@@ -182,7 +182,9 @@ def plot_curves(records: Sequence[RunRecord], path: str | Path) -> None:
     ax.legend(fontsize=7)
     for ax, record, name in zip(flat[1:], records, names, strict=False):
         epochs = [r["epoch"] for r in record.history]
-        losses = [[*r["local_losses"], r["train_loss"]] for r in record.history]
+        end = all("train_loss_end" in r for r in record.history)  # the epoch line's figure; older runs: epoch mean
+        losses = [[*r["local_losses_end"], r["train_loss_end"]] if end else [*r["local_losses"], r["train_loss"]]
+                  for r in record.history]
         k = len(losses[0]) if losses else 0
         cmap = plt.get_cmap("viridis")
         for m in range(k):
@@ -190,13 +192,16 @@ def plot_curves(records: Sequence[RunRecord], path: str | Path) -> None:
             tag = f"module {m + 1}" + (" (output)" if last else "") if m in (0, k - 2, k - 1) else None
             ax.plot(epochs, [row[m] for row in losses], "o-", ms=2, lw=2.2 if last else 1,
                     color="black" if last else cmap(m / max(k - 1, 1)), label=tag)
-        ax.set(xlabel="epoch", ylabel="training loss (epoch mean)", title=f"{name} ({record.method})", yscale="log")
+        ax.set(xlabel="epoch", ylabel="training loss (" + ("last quarter of the epoch" if end else "epoch mean") + ")",
+               title=f"{name} ({record.method})", yscale="log")
         ax.yaxis.set_major_formatter(ticker.LogFormatter())
         ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
         ax.legend(fontsize=7)
+    last_epoch = max((r["epoch"] for record in records for r in record.history), default=1)
     for ax in flat:
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MultipleLocator(max(1, math.ceil(last_epoch / 8))))  # whole epochs
+        ax.set_xlim(0.5, last_epoch + 0.5)
     for ax in flat[panels:]:
         ax.set_visible(False)
     save_figure(fig, path, dpi=110)
