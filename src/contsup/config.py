@@ -157,7 +157,7 @@ class RunConfig:
         if isinstance(self.arch, str):
             self.arch = self.arch.lower()
         local = self.local
-        if isinstance(local.recon, str):
+        if isinstance(local.recon, str) and isinstance(local.cut_table, str):  # other types: the checks refuse
             balanced = local.cut_table.startswith("balanced")
             local.recon = parse_recon(local.recon, self.arch, local.recon_dataset or self.data.name, local.modules,
                                       balanced)

@@ -90,7 +90,7 @@ def run_from_checkpoint(payload: dict[str, Any], path: str | Path) -> RunConfig:
     try:
         cfg = RunConfig.from_dict(run, "metadata")
         check_run(cfg)
-    except (ContsupError, TypeError) as err:
+    except (ContsupError, TypeError, ValueError, AttributeError) as err:  # values of any type: one line each
         raise ContsupError(f"{path}: malformed checkpoint {err}") from None
     info = asdict(dataset_info(cfg.data.name))
     stored = meta.get("dataset")

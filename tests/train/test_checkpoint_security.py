@@ -101,6 +101,8 @@ def test_damaged_weights_are_reported(tmp_path, capsys, trained):
     (lambda p: p["meta"]["run"]["local"].update(width=-4), "width must be"),
     (lambda p: p["meta"]["run"]["data"].update(name="../../etc"), "unknown dataset"),
     (lambda p: p["meta"]["run"]["data"].update(surprise=1), "unknown setting"),
+    (lambda p: p["meta"]["run"]["local"].update(cut_table=5, recon="paper"), "malformed checkpoint"),
+    (lambda p: p["meta"]["run"].update(arch=32), "malformed checkpoint"),
     (lambda p: p["meta"]["run"].update(arch="resnet999998"), "unknown architecture"),
     (lambda p: p["meta"]["dataset"].update(size=10**6), "dataset description"),
     (lambda p: p["meta"].update(hook="x"), "unknown key"),
