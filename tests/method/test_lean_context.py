@@ -26,13 +26,14 @@ def encoders() -> dict[str, torch.nn.Module]:
 
 @pytest.mark.parametrize("name", ["image", "image pooled", "residual"])
 @pytest.mark.parametrize("max_elements", [0, 7 * 64])  # 7 channels of 8x8 a chunk: chunks 7, 7, 6
-def test_lean_encoder_equals_straightforward(name, max_elements):
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_lean_encoder_equals_straightforward(name, max_elements, fmt):
     # float64: the conv bias in front of BN has a zero gradient, which float32 rounds to noise near 1e-5.
     torch.manual_seed(0)
-    plain = encoders()[name].double().train()
+    plain = encoders()[name].double().train().to(memory_format=fmt)
     lean = copy.deepcopy(plain)
     lean.lean, lean.max_elements = True, max_elements
-    x = torch.randn(5, plain.net[0].in_channels, 8, 8, dtype=torch.float64)
+    x = torch.randn(5, plain.net[0].in_channels, 8, 8, dtype=torch.float64).contiguous(memory_format=fmt)
     grad = torch.randn(5, 20, 4, 4, dtype=torch.float64)
     outs, input_grads = [], []
     for enc in (plain, lean):

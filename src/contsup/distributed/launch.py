@@ -100,7 +100,7 @@ def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
     check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
     net = build_network(cfg, info.channels, info.num_classes, info.size).to(device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
     ranges = assign_modules(net, cfg, topo, ctrl, device)
     stage = Stage(net, ranges[topo.stage])

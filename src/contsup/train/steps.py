@@ -82,7 +82,7 @@ class LocalStep:
     def __init__(self, net: LocalNetwork, device: torch.device, bf16: bool = False, channels_last: bool = False,
                  pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.device = device
-        self.channels_last = channels_last and device.type == "cuda"
+        self.channels_last = channels_last
         self.net = net.to(device)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
