@@ -15,3 +15,10 @@ def test_epoch_line_labels_the_tail_means():
     line = epoch_line(row, 3)
     assert line.startswith("epoch 1/3") and "loss last 0.500 local 0.750 (last 25% of the epoch)" in line
     assert "test error 25.00%" in line and "9.0" not in line
+
+
+def test_epoch_line_gives_the_rate_at_both_ends_of_the_epoch():
+    row = {"epoch": 1, "lr": 0.01, "lr_end": 0.05, "train_loss": 1.0, "local_losses": [], "train_loss_end": 0.5,
+           "local_losses_end": [], "train_error": 30.0, "test_error": 25.0, "images_per_s": 100.0}
+    assert "lr 0.0100->0.0500 " in epoch_line(row, 2)
+    assert "lr 0.0500 " in epoch_line({**row, "lr": 0.05}, 2)  # a constant rate (per-epoch schedule): one value

@@ -100,3 +100,11 @@ def test_clip_grad_bounds_every_update(clip, moves):
     trainer.fit()
     change = max(float((p.detach() - b).abs().max()) for p, b in zip(trainer.net.parameters(), before, strict=True))
     assert (change > 1e-3) if moves else (change < 1e-6)
+
+
+def test_history_records_the_rate_at_the_epoch_ends():
+    trainer = make_trainer("R0", 2, epochs=2)  # per-step cosine decay: the rate falls within each epoch
+    trainer.fit()
+    first = trainer.history[0]
+    assert first["lr"] == pytest.approx(trainer.schedule.lr(0, 0)) and first["lr"] > first["lr_end"]
+    assert trainer.history[-1]["lr_end"] == pytest.approx(trainer.optimizer.param_groups[0]["lr"])

@@ -144,7 +144,6 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
         """One epoch of local steps, the learning rate set by the schedule before each; metrics over every process."""
-        lr = self.schedule.lr(self.epoch, 0)  # the epoch's first rate, for the log line
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(self.epoch)
         torch.manual_seed(self.cfg.seed * 1000 + self.epoch)
@@ -183,12 +182,14 @@ class Trainer:
         watch.check(self.step.reduce(watch.first.cpu(), "max"), self.epoch + 1)
         seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
         batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
+        first_lr, last_lr = self.schedule.lr(self.epoch, 0), self.schedule.lr(self.epoch, max(len(steps) - 1, 0))
         mean = (stats[:k_total] / batches).tolist()
         end = (tail[:k_total] / max(float(tail[k_total]), 1.0)).tolist()
         self.train_time += seconds
         self.images += int(seen)
         return {
-            "lr": lr, "train_loss": mean[-1], "local_losses": mean[:-1],  # epoch means of each module's loss
+            "lr": first_lr, "lr_end": last_lr,  # the rate at the epoch's first and last step
+            "train_loss": mean[-1], "local_losses": mean[:-1],  # epoch means of each module's loss
             "train_loss_end": end[-1], "local_losses_end": end[:-1],  # the same over the epoch's last quarter
             "train_error": 100.0 * (1 - float(stats[-3]) / max(seen, 1.0)),
             "epoch_time": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
