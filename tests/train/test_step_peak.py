@@ -17,3 +17,10 @@ def test_step_peak_of_a_run_network_matches_profile_and_leaves_it_untouched():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics too
     assert torch.equal(rng, torch.get_rng_state())
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_step_peak_of_a_channels_last_run_matches_profile():
+    cfg = ProfileConfig(arch="resnet32", batch_size=16, input_shape=(3, 16, 16), warmup=1, steps=0, device="cpu",
+                        flops=False, channels_last=True)
+    net = build(cfg, 16, "R1E", CPU).to(memory_format=torch.channels_last)
+    assert step_peak(net, 16, CPU, channels_last=True).peak_bytes == profile_one(cfg, 16, "R1E").peak_bytes

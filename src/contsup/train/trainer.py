@@ -250,7 +250,8 @@ class Trainer:
         if board is not None:
             board.close()
         if self.step_memory is None and isinstance(self.step, LocalStep):
-            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast)
+            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast,
+                                         self.step.channels_last)
         return self.summary() if self.step.main else None
 
     def _tensorboard(self) -> TensorBoardLog | None:
