@@ -122,7 +122,7 @@ def speed(args: argparse.Namespace) -> str:
     for channels_last in (False, True):
         cfg = ProfileConfig(arch="resnet32", batch_size=args.speed_batch, input_shape=(1, 28, 28),
                             warmup=args.warmup, steps=args.steps, device=args.device, channels_last=channels_last,
-                            memory=False, flops=False)
+                            memory=False, flops=not channels_last)
         fmt = "channels_last" if channels_last else "contiguous (default)"
         e2e = run(cfg, 1, E2E)
         lean = {r.context: r for r in [run(cfg, 16, m) for m in ("R0", "R1", "E", "R1E")]}
@@ -133,11 +133,17 @@ def speed(args: argparse.Namespace) -> str:
                                   (f"{fmt}, lean, pooled image encoder (not the paper's)", pooled, " - | - |")):
             table.append(f"| {name} | {e2e.step_ms:.0f} ms |{lead} " + " | ".join(f"{r.step_ms:.0f} ms" for r in group)
                          + " | " + ", ".join(f"{r.context} {r.step_ms / e2e.step_ms:.2f}x" for r in group) + " |")
+        if not channels_last:  # FLOPs do not depend on the memory format
+            checks.append("- FLOPs of a step (forward and backward, recomputation included) against E2E's "
+                          f"{e2e.flops['total'] / 1e9:.1f} GFLOP, the ratio an equally efficient step would "
+                          "take: " + ", ".join(f"{r.context} {r.flops['total'] / e2e.flops['total']:.2f}x"
+                                               for r in [*lean.values(), *straight, *pooled]))
         checks.append(f"- {fmt}, lean: " + "; ".join(
             f"{m} {lean[m].step_ms / e2e.step_ms:.2f}x (target <= {t}x: "
             f"{'met' if lean[m].step_ms / e2e.step_ms <= t else 'missed'})" for m, t in SPEED_TARGETS.items()))
         checks.append(f"- {fmt}: time of the lean encoders, lean / straightforward step: " + ", ".join(
             f"{r.context.split()[0]} {lean[r.context.split()[0]].step_ms / r.step_ms:.2f}x" for r in straight))
+    checks.append("- channels_last rows: `contsup train --channels-last` (off by default, on the CPU as on CUDA)")
     return "\n".join(table) + "\n\n" + "\n".join(checks) + "\n\n" + top_ops(args)
 
 
