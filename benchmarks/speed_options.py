@@ -18,6 +18,7 @@ Timings need a quiet machine (the load average is written next to them).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -148,8 +149,9 @@ def compile_part(args: argparse.Namespace) -> str:
             net = build(cfg, modules, context, torch.device("cpu")).train()
             if compile_it:
                 compiled(net)
-            first = timed(lambda net=net: local_step(net, x, y), 1)[0]
-            medians.append((first, statistics.median(timed(lambda net=net: local_step(net, x, y), args.steps))))
+            step = functools.partial(local_step, net, x, y)
+            first = timed(step, 1)[0]
+            medians.append((first, statistics.median(timed(step, args.steps))))
         name = f"{context} K={modules}" + (" (straightforward encoders)" if local else "")
         rows.append(f"| {name} | {medians[0][1]:.0f} ms | {medians[1][0] / 1000:.0f} s | {medians[1][1]:.0f} ms | "
                     f"{medians[1][1] / medians[0][1]:.2f}x |")
