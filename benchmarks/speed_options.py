@@ -35,7 +35,6 @@ from contsup.profile.runner import E2E, ProfileConfig, build, machine
 from docregion import write_region
 
 ROOT = Path(__file__).resolve().parents[1]
-HIDDEN = 12  # the image encoder's hidden channels (ImageEncoder)
 
 
 def load() -> str:
@@ -64,7 +63,8 @@ def fused_encoders(encs: list[ImageEncoder], x: torch.Tensor, grouped: bool) -> 
     conv1 = [e.net[0] for e in encs]
     w1, b1 = torch.cat([c.weight for c in conv1]), torch.cat([c.bias for c in conv1])
     hidden = bn_relu(F.conv2d(x, w1, b1, padding=1), [e.net[1] for e in encs])
-    parts = hidden.split(HIDDEN, 1)
+    width = conv1[0].out_channels  # hidden channels per encoder
+    parts = hidden.split(width, 1)
     if not grouped:
         return [e.pool(e.net[3:](h)) for e, h in zip(encs, parts, strict=True)]
     out: list[torch.Tensor | None] = [None] * len(encs)
@@ -74,7 +74,7 @@ def fused_encoders(encs: list[ImageEncoder], x: torch.Tensor, grouped: bool) -> 
     for channels, idx in stages.items():
         conv2 = [encs[i].net[3] for i in idx]
         w2, b2 = torch.cat([c.weight for c in conv2]), torch.cat([c.bias for c in conv2])
-        h = torch.cat([parts[i] for i in idx], 1)
+        h = hidden.narrow(1, width * idx[0], width * len(idx))  # a stage's cuts are consecutive
         y = bn_relu(F.conv2d(h, w2, b2, padding=1, groups=len(idx)), [encs[i].net[4] for i in idx])
         for i, part in zip(idx, y.split(channels, 1), strict=True):
             out[i] = encs[i].pool(part)
@@ -112,7 +112,7 @@ def fused(args: argparse.Namespace) -> str:
         if not same:
             raise SystemExit(f"{name}: not the same function as the encoders one by one")
     start = load()
-    times = {name: [] for name in ways}
+    times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.steps):  # interleaved, so that a change of load hits every way alike
         for name, way in ways.items():
             times[name] += timed(lambda way=way: run(way), 1)
@@ -121,12 +121,14 @@ def fused(args: argparse.Namespace) -> str:
             "|---|---|---|"]
     rows += [f"| {name} | {statistics.median(t):.0f} ms | {statistics.median(t) / base:.2f}x |"
              for name, t in times.items()]
-    return (f"Batch {args.batch}, 1x28x28, {args.steps} interleaved repeats, load average {start} at start, "
-            f"{load()} at end. Outputs and gradients of each way checked equal to one by one first.\n\n"
+    return (f"Batch {args.batch}, 1x28x28, contiguous, {args.steps} interleaved repeats, load average {start} at "
+            f"start, {load()} at end. Every way runs under autograd, as the straightforward encoders do (the lean "
+            "ones recompute in backward, which fusing would not change); outputs and gradients of each way were "
+            "checked equal to one by one first.\n\n"
             + "\n".join(rows))
 
 
-def compiled(net: nn.Module) -> None:
+def compile_in_place(net: nn.Module) -> None:
     """torch.compile every block, head, the classifier and every cut's encoders, in place."""
     for parts in (net.blocks, net.heads, net.context):
         for i in range(len(parts)):
@@ -148,15 +150,15 @@ def compile_part(args: argparse.Namespace) -> str:
         for compile_it in (False, True):
             net = build(cfg, modules, context, torch.device("cpu")).train()
             if compile_it:
-                compiled(net)
+                compile_in_place(net)
             step = functools.partial(local_step, net, x, y)
             first = timed(step, 1)[0]
             medians.append((first, statistics.median(timed(step, args.steps))))
         name = f"{context} K={modules}" + (" (straightforward encoders)" if local else "")
-        rows.append(f"| {name} | {medians[0][1]:.0f} ms | {medians[1][0] / 1000:.0f} s | {medians[1][1]:.0f} ms | "
+        rows.append(f"| {name} | {medians[0][1]:.0f} ms | {medians[1][0] / 1000:.1f} s | {medians[1][1]:.0f} ms | "
                     f"{medians[1][1] / medians[0][1]:.2f}x |")
-    return (f"Batch {args.batch}, 1x28x28, median of {args.steps} steps after the first, load average {start} at "
-            f"start, {load()} at end.\n\n" + "\n".join(rows))
+    return (f"Batch {args.batch}, 1x28x28, contiguous, median of {args.steps} steps after the first, load "
+            f"average {start} at start, {load()} at end.\n\n" + "\n".join(rows))
 
 
 def main() -> None:
@@ -168,6 +170,8 @@ def main() -> None:
     p.add_argument("--parts", default="fused,compile", help="comma-separated: fused, compile")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args()
+    if not set(args.parts.split(",")) <= {"fused", "compile"}:
+        p.error(f"--parts {args.parts!r}: choose from fused, compile")
     torch.set_num_threads(args.threads)
     command = ("`PYTHONPATH=src python benchmarks/speed_options.py --parts " + args.parts
                + f" --batch {args.batch} --steps {args.steps} --threads {args.threads}`")

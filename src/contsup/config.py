@@ -115,7 +115,7 @@ class TrainConfig:
     seed: int = 0  # seeds the weights, the data order and augmentation, and any split
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     bf16: bool = False  # bf16 autocast (CUDA)
-    channels_last: bool = False  # channels_last memory format (faster on this CPU too: docs/benchmarks.md)
+    channels_last: bool = False  # channels_last memory format of the network and batches (CPU and CUDA)
     progress: bool = True  # progress bars (training: last = the last module's loss, local = the heads' mean)
     tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
 

@@ -45,7 +45,7 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
     assert got_opt["param_groups"] == want_opt["param_groups"]
     assert pipe["epoch"] == ref["epoch"] == 2
     for got, want in zip(pipe["history"], ref["history"], strict=True):
-        assert got["lr"] == want["lr"]
+        assert got["lr"] == want["lr"] and got["lr_end"] == want["lr_end"]
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-4)
         assert got["local_losses"] == pytest.approx(want["local_losses"], abs=1e-4)
         assert got["train_loss_end"] == pytest.approx(want["train_loss_end"], abs=1e-4)  # reduced over ranks
@@ -55,7 +55,7 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
 
 @pytest.mark.parametrize("world,flags,pipe_flags", [
     (2, ["--modules", "4", "--context", "R1E", "--recon", "5,1,0,1"], []),
-    (3, ["--modules", "4", "--context", "R2E"], ["--stage-sizes", "1,2,1", "--inflight", "1"]),
+    (3, ["--modules", "4", "--context", "R2E", "--channels-last"], ["--stage-sizes", "1,2,1", "--inflight", "1"]),
 ])
 def test_pipeline_equals_single_process(ranks, tmp_path, world, flags, pipe_flags):
     flags = [*flags, "--batch-size", "32"]

@@ -34,7 +34,7 @@ def test_lean_encoder_equals_straightforward(name, max_elements, fmt):
     lean = copy.deepcopy(plain)
     lean.lean, lean.max_elements = True, max_elements
     x = torch.randn(5, plain.net[0].in_channels, 8, 8, dtype=torch.float64).contiguous(memory_format=fmt)
-    grad = torch.randn(5, 20, 4, 4, dtype=torch.float64)
+    grad = torch.randn(5, 20, 4, 4, dtype=torch.float64).contiguous(memory_format=fmt)
     outs, input_grads = [], []
     for enc in (plain, lean):
         xi = x.clone().requires_grad_()

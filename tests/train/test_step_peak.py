@@ -19,8 +19,18 @@ def test_step_peak_of_a_run_network_matches_profile_and_leaves_it_untouched():
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_step_peak_of_a_channels_last_run_matches_profile():
+def test_step_peak_of_a_channels_last_run_steps_on_a_channels_last_batch(monkeypatch):
+    import contsup.train.memory as memory
+
     cfg = ProfileConfig(arch="resnet32", batch_size=16, input_shape=(3, 16, 16), warmup=1, steps=0, device="cpu",
                         flops=False, channels_last=True)
     net = build(cfg, 16, "R1E", CPU).to(memory_format=torch.channels_last)
+    layouts, real_step = [], memory.local_step
+
+    def step(twin, x, *args):
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return real_step(twin, x, *args)
+
+    monkeypatch.setattr(memory, "local_step", step)
     assert step_peak(net, 16, CPU, channels_last=True).peak_bytes == profile_one(cfg, 16, "R1E").peak_bytes
+    assert layouts == [True]

@@ -15,6 +15,10 @@ def test_channels_last_step_on_cpu_equals_contiguous(context, batch):
     fast = LocalStep(copy.deepcopy(net), torch.device("cpu"), channels_last=True)
     convs = [m.weight for m in fast.net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    layouts = []  # the batch's layout as the first block sees it
+    fast.net.blocks[0].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                       and not args[0].is_contiguous()))
     (losses_a, logits_a, _), (losses_b, logits_b, _) = plain.train(batch), fast.train(batch)
     assert torch.allclose(losses_a, losses_b, atol=1e-4) and torch.allclose(logits_a, logits_b, atol=1e-4)
     for (name, p), q in zip(plain.net.named_parameters(), fast.net.parameters(), strict=True):
@@ -22,3 +26,4 @@ def test_channels_last_step_on_cpu_equals_contiguous(context, batch):
     logits_a, _ = plain.infer(batch)
     logits_b, _ = fast.infer(batch)
     assert torch.allclose(logits_a, logits_b, atol=1e-4)
+    assert layouts == [True, True]  # a training and an inference batch

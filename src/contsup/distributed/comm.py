@@ -37,8 +37,10 @@ class Link:
     """The boundary in front of module k: who sends, who receives, and what the tensors look like."""
 
     def __init__(self, net: LocalNetwork, k: int, device: torch.device, comm_device: torch.device,
-                 inflight: int = 2) -> None:
+                 inflight: int = 2, channels_last: bool = False) -> None:
         self.source_ids = boundary_sources(net, k)
+        # The memory format received images and feature maps are put in (the network's).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.h_shape = dims(net.source_shapes[k])
         self.source_shapes = [dims(net.source_shapes[j]) for j in self.source_ids]
         self.pixel_shape = dims(net.source_shapes[0]) if len(net.decoders) else None
@@ -87,7 +89,8 @@ class Link:
         works = [dist.irecv(b, src, tag=1 + i) for i, b in enumerate(bufs)]
         for work in works:
             work.wait()
-        bufs = [b.to(self.device) for b in bufs]
+        bufs = [b.to(self.device).contiguous(memory_format=self.memory_format) if b.dim() == 4 else b.to(self.device)
+                for b in bufs]
         n = 1 + len(self.source_ids)
         pixels = bufs[n] if len(shapes) > n else None
         return Message(kind, bufs[0], dict(zip(self.source_ids, bufs[1:n], strict=True)), bufs[-1], pixels)

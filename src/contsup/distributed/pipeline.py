@@ -50,8 +50,10 @@ class PipelineStep:
         self.main = topo.rank == 0
         self.autocast = bf16_autocast(device) if bf16 else None
         self.channels_last = channels_last
-        self.link_in = Link(net, self.modules.start, device, comm_device, inflight) if not topo.first else None
-        self.link_out = Link(net, self.modules.stop, device, comm_device, inflight) if not topo.last else None
+        self.link_in = Link(net, self.modules.start, device, comm_device, inflight,
+                            channels_last) if not topo.first else None
+        self.link_out = Link(net, self.modules.stop, device, comm_device, inflight,
+                             channels_last) if not topo.last else None
 
     def parameters(self) -> Iterable[nn.Parameter]:
         """The parameters of this stage's modules."""

@@ -35,14 +35,15 @@ def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, autocast
 
     The batch is random, of `batch_size` images of the network's input shape, channels_last if the run's
     is. The optimizer step is left out: it runs after the last backward, when the activations are gone,
-    so the peak is the same. The
-    network passed in, its BatchNorm statistics and the global random generators are left untouched.
+    so the peak is the same. The network passed in, its BatchNorm statistics and the global random
+    generators are left untouched.
     """
     twin = copy.deepcopy(net).to(device).train()
     g = torch.Generator().manual_seed(seed)
     shape = twin.source_shapes[0]
     x = torch.randn(batch_size, shape.channels, shape.height, shape.width, generator=g).to(device)
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, LocalNetwork._num_classes(twin.classifier), (batch_size,), generator=g).to(device)
-    pixels = torch.rand(x.shape, generator=g).to(device) if len(twin.decoders) else None
+    pixels = torch.rand(x.shape, generator=g).to(device).contiguous(memory_format=fmt) if len(twin.decoders) else None
     return measure_peak(lambda: local_step(twin, x, y, pixels, autocast), device)[1]

@@ -33,9 +33,8 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         losses = f"loss {end[0]:.3f}"
     else:
         losses = f"loss last {end[-1]:.3f} local {sum(end[:-1]) / (len(end) - 1):.3f}"
-    lr = f"lr {row['lr']:.4f}"
-    if row.get("lr_end", row["lr"]) != row["lr"]:  # per-step schedule: the rate at the first and last step
-        lr += f"->{row['lr_end']:.4f}"
+    lr, lr_end = f"{row['lr']:.4f}", f"{row.get('lr_end', row['lr']):.4f}"
+    lr = f"lr {lr}" if lr == lr_end else f"lr {lr}->{lr_end}"  # per-step schedule: at the first and last step
     parts = [f"epoch {row['epoch']}/{epochs}", lr, f"{losses} (last {TAIL:.0%} of the epoch)",
              f"train error {row['train_error']:.2f}%"]
     if "val_error" in row:
