@@ -93,3 +93,16 @@ def test_step_peak_column_when_runs_measured_it(finished, tmp_path):
     assert all(r["step_peak_mib"] >= 40 for r in rows.values() if r["context"] == "R0")
     text = open(collect(finished, tmp_path / "results", "ablation-cpu", "Ablation")["markdown"]).read()
     assert "step peak MiB" in text and "| - |" in text
+
+
+def test_e2e_rows_show_no_local_settings(finished):
+    from contsup.reproduce.collect import markdown
+
+    rows = collect_rows(finished)
+    for r in rows:  # reconstruction varies between the local-learning rows, so it becomes a column
+        r["recon"] = "paper" if r["context"] == "R0" else None
+    lines = markdown(aggregate(rows)).splitlines()
+    assert "| K | method | recon |" in lines[next(i for i, x in enumerate(lines) if x.startswith("| K"))]
+    assert any(x.startswith("| 1 | E2E | - |") for x in lines)
+    assert any(x.startswith("| 2 | R0 | paper |") for x in lines)
+    assert any(x.startswith("| 2 | R1E | None |") for x in lines)

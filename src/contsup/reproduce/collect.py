@@ -100,6 +100,11 @@ def budget(rows: Sequence[dict[str, Any]]) -> str:
     return "Budget of every run: " + ", ".join(parts)
 
 
+def _setting(agg: dict[str, Any], key: str) -> Any:
+    """A row's setting for the table; "-" for the local-learning settings of E2E, which has none."""
+    return "-" if agg["context"] == "E2E" and key not in ("arch", "dataset") else agg[key]
+
+
 def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     """The aggregated table in markdown: settings that vary as columns, errors as mean ± std."""
     varying = [k for k in _varying(aggs) if k not in ("modules", "context")]
@@ -116,7 +121,7 @@ def markdown(aggs: Sequence[dict[str, Any]], title: str = "") -> str:
     cells = []
     for a in aggs:
         best = f"{a['best_test_error_selected_on_test']:.2f}"
-        row = [a["modules"], a["context"], *(a[k] for k in varying), a["n"], _mean_std(a, "final_test_error"),
+        row = [a["modules"], a["context"], *(_setting(a, k) for k in varying), a["n"], _mean_std(a, "final_test_error"),
                *([_mean_std(a, "final_val_error")] if val else []), best,
                f"{a['train_time_s']:.0f}", f"{a['images_per_s']:.0f}",
                "-" if a["step_peak_mib"] is None else f"{a['step_peak_mib']:.1f}", f"{a['peak_memory_mib']:.0f}",
