@@ -157,8 +157,7 @@ def top_ops(args: argparse.Namespace, count: int = 8) -> str:
 
     device = resolve_device(args.device)
     columns = []
-    for channels_last in (False, True):
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for fmt in (torch.contiguous_format, torch.channels_last):
         cfg = ProfileConfig(arch="resnet32", input_shape=(1, 28, 28), device=args.device)
         net = build(cfg, 16, "R1E", device).to(memory_format=fmt)
         x = torch.randn(args.speed_batch, 1, 28, 28, device=device).contiguous(memory_format=fmt)

@@ -32,5 +32,5 @@ def test_step_peak_of_a_channels_last_run_steps_on_a_channels_last_batch(monkeyp
         return real_step(twin, x, *args)
 
     monkeypatch.setattr(memory, "local_step", step)
-    assert step_peak(net, 16, CPU, channels_last=True).peak_bytes == profile_one(cfg, 16, "R1E").peak_bytes
+    assert step_peak(net, 16, CPU, fmt=torch.channels_last).peak_bytes == profile_one(cfg, 16, "R1E").peak_bytes
     assert layouts == [True]

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from contsup.distributed.stage import boundary_sources, dims
 from contsup.method.network import LocalNetwork
+from contsup.train.steps import memory_format
 
 TRAIN, EVAL, END = 0, 1, 2
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -40,7 +41,7 @@ class Link:
                  inflight: int = 2, channels_last: bool = False) -> None:
         self.source_ids = boundary_sources(net, k)
         # The memory format received images and feature maps are put in (the network's).
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = memory_format(channels_last)
         self.h_shape = dims(net.source_shapes[k])
         self.source_shapes = [dims(net.source_shapes[j]) for j in self.source_ids]
         self.pixel_shape = dims(net.source_shapes[0]) if len(net.decoders) else None

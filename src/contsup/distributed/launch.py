@@ -29,6 +29,7 @@ from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.run import RunConfig, build_network, check_fit, check_steps, load_data, make_loaders, prepare_run
 from contsup.train.runfolder import open_run_folder
+from contsup.train.steps import memory_format
 from contsup.train.trainer import Trainer
 
 
@@ -74,10 +75,11 @@ def assign_modules(net: LocalNetwork, cfg: RunConfig, topo: Topology, ctrl: dist
     shape = dims(net.source_shapes[0])
     batch = max(1, min(cfg.train.batch_size // topo.replicas, 64))
     gen = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format  # the network's format
+    fmt = memory_format(cfg.train.channels_last)  # the network's
     x = torch.randn((batch, *shape), generator=gen).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch,), generator=gen).to(device)
-    pixels = torch.rand_like(x) if len(net.decoders) else None
+    pixels = torch.rand((batch, *shape), generator=gen).to(device).contiguous(memory_format=fmt) \
+        if len(net.decoders) else None
     costs = torch.tensor(measure_costs(copy.deepcopy(net), x, y, pixels), dtype=torch.float64)
     dist.all_reduce(costs, group=ctrl)
     return partition((costs / topo.world).tolist(), topo.stages)

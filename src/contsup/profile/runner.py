@@ -22,7 +22,7 @@ from contsup.models import build_arch
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
-from contsup.train.steps import resolve_device
+from contsup.train.steps import memory_format, resolve_device
 from contsup.train.trainer import make_optimizer
 
 E2E = "E2E"
@@ -110,7 +110,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     device = resolve_device(cfg.device)
     net = build(cfg, modules, context, device)
     net.train()
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last)
     net = net.to(memory_format=fmt)
     optimizer = make_optimizer(net.parameters(), TrainConfig(lr=0.01))
     g = torch.Generator().manual_seed(cfg.seed)

@@ -30,11 +30,11 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
 
 
 def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, autocast: Any = None,
-              channels_last: bool = False, seed: int = 0) -> PeakMemory:
+              fmt: torch.memory_format = torch.contiguous_format, seed: int = 0) -> PeakMemory:
     """Measured peak memory of one local step (forward and backward of every module) of a copy of `net`.
 
-    The batch is random, of `batch_size` images of the network's input shape, channels_last if the run's
-    is. The optimizer step is left out: it runs after the last backward, when the activations are gone,
+    The batch is random, of `batch_size` images of the network's input shape, in the run's memory format
+    `fmt`. The optimizer step is left out: it runs after the last backward, when the activations are gone,
     so the peak is the same. The network passed in, its BatchNorm statistics and the global random
     generators are left untouched.
     """
@@ -42,7 +42,6 @@ def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, autocast
     g = torch.Generator().manual_seed(seed)
     shape = twin.source_shapes[0]
     x = torch.randn(batch_size, shape.channels, shape.height, shape.width, generator=g).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, LocalNetwork._num_classes(twin.classifier), (batch_size,), generator=g).to(device)
     pixels = torch.rand(x.shape, generator=g).to(device).contiguous(memory_format=fmt) if len(twin.decoders) else None

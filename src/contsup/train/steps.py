@@ -26,6 +26,11 @@ def resolve_device(name: str) -> torch.device:
     return device_from_name(name)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format of the network and its batches (`--channels-last`, else the default contiguous one)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def bf16_autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on the device (`--bf16`)."""
     return torch.autocast(device.type, dtype=torch.bfloat16)

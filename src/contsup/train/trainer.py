@@ -30,7 +30,7 @@ from contsup.train.guard import FiniteWatch, check_row
 from contsup.train.memory import peak_memory, reset_peak, step_peak
 from contsup.train.report import TAIL, epoch_line, legend, postfix
 from contsup.train.schedule import make_schedule
-from contsup.train.steps import LocalStep, Step, resolve_device
+from contsup.train.steps import LocalStep, Step, memory_format, resolve_device
 from contsup.train.tensorboard import TensorBoardLog
 
 
@@ -251,7 +251,7 @@ class Trainer:
             board.close()
         if self.step_memory is None and isinstance(self.step, LocalStep):
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast,
-                                         self.step.channels_last)
+                                         memory_format(self.step.channels_last))
         return self.summary() if self.step.main else None
 
     def _tensorboard(self) -> TensorBoardLog | None:
