@@ -36,6 +36,12 @@ def test_train_then_eval(capsys, tmp_path):
     assert main(["train", *TINY, "--modules", "3", "--out", str(out)]) == 2
 
 
+def test_a_tiny_run_prints_no_profiler_lines(capfd, tmp_path):
+    assert main(["train", *TINY, "--modules", "2", "--out", str(tmp_path / "run")]) == 0
+    captured = capfd.readouterr()
+    assert "step peak memory" in captured.out and "profiler" not in captured.err, captured.err
+
+
 def test_resume_continues(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--modules", "2", "--context", "R1", "--out", str(out)]) == 0

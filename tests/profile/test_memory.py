@@ -1,3 +1,5 @@
+import os
+
 import torch
 from torch import nn
 
@@ -26,6 +28,13 @@ def test_cpu_peak_sees_allocations_and_frees():
     _, peak = measure_peak(work, CPU)
     mb = 500 * 500 * 4
     assert 2 * mb <= peak.peak_bytes < 2 * mb + 64 * 1024
+
+
+def test_cpu_peak_leaves_no_profiler_lines_on_stderr_and_keeps_stderr(capfd):
+    _, peak = measure_peak(lambda: torch.randn(100, 100) * 2, CPU)
+    os.write(2, b"still here\n")
+    err = capfd.readouterr().err
+    assert peak.peak_bytes > 0 and "profiler" not in err and err == "still here\n"
 
 
 def test_saved_tensors_match_hand_count():

@@ -15,6 +15,8 @@ Two independent measurements:
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +46,21 @@ def cpu_peak_from_events(events: list[tuple[int, int]]) -> int:
     return peak
 
 
+@contextlib.contextmanager
+def quiet_fd2() -> Iterator[None]:
+    """Send the process's C-level stderr (file descriptor 2) to the null device inside this context."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def measure_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, PeakMemory]:
     """Run `fn` once and measure the peak tensor memory it allocated on `device` (see module docstring)."""
     if device.type == "cuda":
@@ -54,10 +71,16 @@ def measure_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, Peak
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - start
         return out, PeakMemory(int(peak), "cuda max_memory_allocated")
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with quiet_fd2():  # the profiler's C++ start and stop lines (USDT:... profiler_start), nothing else
+            prof.start()
+        try:
             out = fn()
+        finally:
+            with quiet_fd2():
+                prof.stop()
     events = [
         (e.start_ns(), e.nbytes())
         for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
