@@ -12,6 +12,26 @@ def test_list_names_every_preset(capsys):
         assert name in out
 
 
+def test_readme_list_comment_names_every_preset():
+    from pathlib import Path
+
+    from contsup.reproduce.presets import available_presets
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    comment = next(line for line in readme.splitlines() if line.startswith("contsup reproduce --list"))
+    assert comment.split("#")[1].split() == available_presets()
+
+
+def test_paper_dry_run_shows_the_recipe_and_the_missing_dataset(capsys, tmp_path):
+    assert main(["reproduce", "table1", "--recipe", "paper", "--dry-run", "--device", "cpu",
+                 "--data-dir", str(tmp_path), "--only", "context=E2E", "--out", str(tmp_path / "sweep")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("recipe paper: dataset = cifar10, epochs = 160, batch_size = 1024, lr = 0.8")
+    assert lines[2] == "device: cpu -> cpu"
+    assert lines[3].startswith(f"data: cifar10: MISSING (looked in {tmp_path}); a run downloads it")
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_dry_run_builds_without_training(capsys, tmp_path):
     out = tmp_path / "sweep"
     assert main(["reproduce", "table1", "--recipe", "cpu", "--out", str(out), "--dry-run",

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from tests.conftest import cli_error
 
 from contsup.cli import main
 from contsup.cli.train import config_from_args, register
@@ -99,6 +100,29 @@ def test_help_shows_defaults_and_examples(capsys):
     text = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "--epochs EPOCHS training epochs (the paper's recipe) (default: 160)" in text
     assert "(default: 0.8)" in text and "examples: contsup train" in text and "last = the last module's loss" in text
+    assert "--out OUT run folder: checkpoint.pt, metrics.jsonl, summary.json (default: runs/<dataset>-" in text
+
+
+def test_eval_labels_an_end_to_end_run_without_a_context_mode(capsys, tmp_path):
+    out = tmp_path / "e2e"
+    assert main(["train", *TINY, "--modules", "1", "--context", "R1E", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    label = capsys.readouterr().out.splitlines()[0]
+    assert label.startswith("resnet20 end-to-end (K=1) on synthetic") and "R1E" not in label
+
+
+def test_dry_run_refuses_a_device_the_machine_lacks(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = cli_error(capsys, ["train", *TINY, "--device", "cuda", "--dry-run", "--out", str(tmp_path / "r")])
+    assert "no CUDA device" in line
+
+
+def test_dry_run_prints_the_recipe_and_a_missing_dataset(capsys, tmp_path):
+    assert main(["train", *TINY, "--data", "cifar10", "--data-root", str(tmp_path), "--no-download", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"device: cpu   data: cifar10: MISSING (looked in {tmp_path}); a run stops (download disabled)"
+    assert lines[1].startswith("recipe: 1 epochs over 128 training images, batch 64, lr 0.05, momentum 0.9")
 
 
 def test_lean_context_flag():

@@ -76,6 +76,16 @@ def test_fetch_bad_checksum_and_truncated(tmp_path, monkeypatch):
         load_dataset("cifar10", root=root)
 
 
+def test_fetch_offline_hints_by_hand_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    from contsup.cli import main
+
+    _fake_cifar_spec(monkeypatch, tmp_path / "unreachable.tar.gz", "f" * 32)
+    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "new" / "cifar10")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot download" in err and "by hand into" in err and "contsup data fetch cifar10`" not in err
+    assert not (tmp_path / "new").exists()
+
+
 def test_missing_offline_says_where_and_url(tmp_path):
     with pytest.raises(ContsupError) as err:
         load_dataset("svhn", root=tmp_path, download=False)

@@ -8,11 +8,13 @@ import textwrap
 from pathlib import Path
 
 from contsup.data import dataset_info
+from contsup.data.sources import presence
 from contsup.errors import ContsupError
 from contsup.reproduce.collect import collect
-from contsup.reproduce.presets import available_presets, jobs, load_preset, parse_only
+from contsup.reproduce.presets import Preset, available_presets, jobs, load_preset, parse_only
 from contsup.reproduce.sweep import job_state, run_sweep
 from contsup.run import build_network
+from contsup.train.steps import resolve_device
 
 
 def cmd_list() -> int:
@@ -21,6 +23,15 @@ def cmd_list() -> int:
         p = load_preset(name)
         print(f"{name:16s} {p.title}  [recipes: {', '.join(p.recipes)}]")
     return 0
+
+
+def recipe_text(preset: Preset, recipe: str) -> str:
+    """The recipe's settings (over the preset's base and grid) on one line, dataset-specific ones after."""
+    table = preset.recipes[recipe]
+    text = ", ".join(f"{k} = {v}" for k, v in table.items() if k != "per_dataset")
+    for ds, over in table.get("per_dataset", {}).items():
+        text += f"; on {ds}: " + ", ".join(f"{k} = {v}" for k, v in over.items())
+    return f"recipe {recipe}: {text}"
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -37,7 +48,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ContsupError("no configuration left after --only")
     stem = f"{preset.name}-{args.recipe}"
     if args.dry_run:
+        devices = {name: resolve_device(name) for name in {job.config.train.device for job in todo}}  # or refused
         print(f"{preset.title} ({len(todo)} configurations, recipe {args.recipe}, folder {out})")
+        print(recipe_text(preset, args.recipe))
+        print("device: " + ", ".join(f"{name} -> {dev}" for name, dev in sorted(devices.items())))
+        for d in {(job.config.data.name, job.config.data.root, job.config.data.download): None for job in todo}:
+            print(f"data: {presence(*d)}")
         for job in todo:
             info = dataset_info(job.config.data.name)
             net = build_network(job.config, info.channels, info.num_classes, info.size)
@@ -76,7 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run (default: the preset's)")
     p.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",
                    help="keep configurations whose setting KEY is one of the values; repeatable")
-    p.add_argument("--dry-run", action="store_true", help="list the configurations, build each network, exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the recipe, check the device and the dataset's presence, "
+                        "list the configurations, build each network, exit")
     p.add_argument("--collect", action="store_true", help="only gather finished runs into CSV, table and plots")
     p.add_argument("--results", default=None, help="where collect writes its files (default <out>/results)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's, auto)")

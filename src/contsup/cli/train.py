@@ -13,9 +13,11 @@ from typing import Any
 
 from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
+from contsup.data.sources import presence
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
 from contsup.run import build_network, evaluate_checkpoint, run_training
+from contsup.train.steps import resolve_device
 
 EXAMPLES = """examples:
   contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
@@ -29,6 +31,10 @@ The progress bar shows last = the last module's loss and local = the local heads
 current batch; the line after each epoch gives their means over the last quarter of the epoch."""
 
 
+# Defaults that the command line fills in (config_from_args), not the schema: shown in the help as they are.
+CLI_DEFAULTS = {"out": "runs/<dataset>-<arch>-K<modules>-<context>, created"}
+
+
 def add_settings(p: argparse.ArgumentParser) -> None:
     """One flag per setting of the schema (`contsup.config`), grouped by section, defaults in the help."""
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -37,7 +43,7 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         g = groups.setdefault(section, p.add_argument_group(f"{section} settings ({section}.*)"
                                                             if section != "run" else "run settings"))
         flags = [f"-{n}" if len(n) == 1 else f"--{n.replace('_', '-')}" for n in (s.key, *s.aliases)]
-        help_text = f"{s.help} (default: {s.default})"
+        help_text = f"{s.help} (default: {CLI_DEFAULTS.get(s.path, s.default)})"
         if s.type is bool:
             g.add_argument(*flags, dest=s.path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
@@ -72,6 +78,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def recipe_line(cfg: RunConfig) -> str:
+    """The training recipe in one line (what a dry run shows before the network)."""
+    t = cfg.train
+    warmup = f"{t.warmup_steps} steps" if t.warmup_steps is not None else (
+        "default rule" if t.warmup_epochs is None else f"{t.warmup_epochs} epochs")
+    subset = f"{cfg.data.train_subset} training images" if cfg.data.train_subset else "all training images"
+    return (f"recipe: {t.epochs} epochs over {subset}, batch {t.batch_size}, lr {t.lr}, momentum {t.momentum}, "
+            f"weight decay {t.weight_decay}, {t.schedule} schedule, warm-up {warmup}, seed {t.seed}")
+
+
 def format_summary(summary: dict) -> str:
     """The closing lines of a training run."""
     p = summary["params"]
@@ -96,8 +112,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(to_toml(cfg), end="")
         return 0
     if args.dry_run:
+        device = resolve_device(cfg.train.device)  # a device this machine lacks is refused, as in a real run
         info = dataset_info(cfg.data.name)
         net = build_network(cfg, info.channels, info.num_classes, info.size)
+        print(f"device: {device}   data: {presence(cfg.data.name, cfg.data.root, cfg.data.download)}")
+        print(recipe_line(cfg))
         print(net.describe())
         print(json.dumps(net.param_counts()))
         return 0
@@ -115,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on its dataset's test split."""
     result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir)
-    print(f"{result['arch']} K={result['modules']} {result['context']} on {result['dataset']}, "
+    method = "end-to-end (K=1)" if result["modules"] == 1 else f"K={result['modules']} {result['context']}"
+    print(f"{result['arch']} {method} on {result['dataset']}, "
           f"epoch {result['epoch']}: test error {result['test_error']:.2f}%  loss {result['test_loss']:.4f}")
     print(json.dumps(result))
     return 0
@@ -132,7 +152,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--config", default=None, help="a TOML file of settings (as --print-config writes)")
     g.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--dry-run", action="store_true", help="build everything, print the network's summary, exit")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the device and the dataset's presence, print the recipe and the network, exit")
     g.add_argument("--pipeline", action="store_true",
                    help="run as a pipeline rank: torchrun --nproc-per-node N -m contsup train ... --pipeline "
                         "(implied by WORLD_SIZE > 1)")

@@ -77,6 +77,27 @@ def _missing_message(spec: DatasetSpec, root: str | Path | None) -> str:
             f"{download_dir(spec.info.name, root)} or run `contsup data fetch {spec.info.name}`")
 
 
+def _unreachable_message(spec: DatasetSpec, root: str | Path | None) -> str:
+    """What to do when the download itself failed: the files by hand, or a folder that holds them."""
+    urls = " ".join(f.url for f in spec.files)
+    return (f"copy {urls} by hand into {download_dir(spec.info.name, root)}, or name a folder holding them "
+            "with --data-root (contsup train) / --dir (contsup data fetch) or $CONTSUP_DATA")
+
+
+def presence(name: str, root: str | Path | None = None, download_allowed: bool = True) -> str:
+    """One line: the folder holding dataset `name`, or that it is missing and what a run would then do."""
+    if name == "synthetic":
+        return f"{name}: generated on the fly"
+    spec = get_spec(name)
+    folder = locate(name, root)
+    if folder is not None:
+        return f"{name}: found in {folder}"
+    looked = ", ".join(str(d) for d in candidate_dirs(name, root, spec.system_dirs))
+    then = (f"a run downloads it into {download_dir(name, root)}" if download_allowed
+            else "a run stops (download disabled)")
+    return f"{name}: MISSING (looked in {looked}); {then}"
+
+
 def _extract_stl10(archive: Path, folder: Path) -> Path:
     """Extract the labelled STL-10 members from the archive into `folder/stl10_binary`."""
     out = folder / _STL_SUBDIR
@@ -103,15 +124,16 @@ def fetch(name: str, root: str | Path | None = None, progress: bool = True) -> P
     if found is not None:
         return found
     folder = download_dir(name, root)
-    created = not folder.exists()
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # removed again if the download fails
     for f in spec.files:
         if _file(folder, f.filename) is None:
             try:
                 download(f.url, folder / f.filename, f.md5, progress=progress)
             except ContsupError as err:
-                if created and folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-                raise ContsupError(f"{err}; {_missing_message(spec, root)}") from err
+                for d in created:  # deepest first; a folder that holds anything stays
+                    if d.is_dir() and not any(d.iterdir()):
+                        d.rmdir()
+                raise ContsupError(f"{err}; {_unreachable_message(spec, root)}") from err
     if name == "stl10":
         archive = folder / spec.files[0].filename
         _extract_stl10(archive, folder)
