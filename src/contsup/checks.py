@@ -112,6 +112,8 @@ def check_train(t: Any) -> None:
     check_float("clip_grad", t.clip_grad, 0.0)
     check_float("warmup_start_lr", t.warmup_start_lr, 0.0, low_open=True)
     check_int("seed", t.seed, 0, MAX_SEED)
+    check_int("eval_every", t.eval_every, 1, 100_000)
+    check_int("eval_subset", t.eval_subset, 0)
     check_device_name(t.device)
     for name in ("bf16", "channels_last", "progress"):
         check_type(name, getattr(t, name), bool)

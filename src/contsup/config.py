@@ -113,6 +113,8 @@ class TrainConfig:
     context_lr_scale: float = 1.0  # the context encoders' rate relative to the rest (1.0: as in the paper)
     clip_grad: float = 0.0  # clip each module's gradient norm (its block, head and incoming encoders) to this; 0: off
     seed: int = 0  # seeds the weights, the data order and augmentation, and any split
+    eval_every: int = 1  # evaluate every N epochs (the last epoch always)
+    eval_subset: int = 0  # epochs before the last evaluate on this many seeded test images; 0: all (the last: all)
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     bf16: bool = False  # bf16 autocast (CUDA)
     channels_last: bool = False  # channels_last memory format of the network and batches (CPU and CUDA)

@@ -11,6 +11,7 @@ import torch
 from contsup.checks import check_run
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset
+from contsup.data.split import seeded_subset
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.models import build_arch
@@ -50,12 +51,13 @@ def build_network(cfg: RunConfig, channels: int, num_classes: int, size: int) ->
 
 
 def make_loaders(cfg: RunConfig, data: Dataset, device: torch.device) -> dict[str, DeviceLoader | None]:
-    """Training (augmented, shuffled), validation and test loaders on the device."""
-    bs, seed = cfg.train.batch_size, cfg.train.seed
+    """Training (augmented, shuffled), validation, test and test-subset (`eval_subset`) loaders on the device."""
+    bs, seed, subset = cfg.train.batch_size, cfg.train.seed, cfg.train.eval_subset
     return {
         "train": DeviceLoader(data.train, data.info, bs, device, train=True, seed=seed),
         "val": DeviceLoader(data.val, data.info, bs, device) if data.val is not None else None,
         "test": DeviceLoader(data.test, data.info, bs, device),
+        "test_subset": DeviceLoader(seeded_subset(data.test, subset, seed), data.info, bs, device) if subset else None,
     }
 
 
@@ -65,7 +67,7 @@ def make_trainer(cfg: RunConfig, data: Dataset, net: LocalNetwork) -> Trainer:
     loaders = make_loaders(cfg, data, device)
     return Trainer(
         net, loaders["train"], loaders["test"], cfg.train, cfg.out, val_loader=loaders["val"],
-        meta={"run": cfg.to_dict(), "dataset": asdict(data.info)},
+        subset_loader=loaders["test_subset"], meta={"run": cfg.to_dict(), "dataset": asdict(data.info)},
     )
 
 
@@ -132,9 +134,9 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     net = build_network(cfg, info.channels, info.num_classes, info.size)
     if payload is not None:
         check_fit(cfg, net, payload)
+    trainer = make_trainer(cfg, data, net)  # before the folder: a test subset larger than the test set is refused
     if cfg.out is not None:
         open_run_folder(cfg.out)
-    trainer = make_trainer(cfg, data, net)
     if resume:
         trainer.resume(Path(cfg.out) / CHECKPOINT)  # type: ignore[arg-type]
     summary = trainer.fit()

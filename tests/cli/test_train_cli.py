@@ -43,6 +43,19 @@ def test_a_tiny_run_prints_no_profiler_lines(capfd, tmp_path):
     assert "step peak memory" in captured.out and "profiler" not in captured.err, captured.err
 
 
+def test_eval_every_skips_epochs_resumes_and_ends_on_the_full_test_set(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = [*BASE, "--modules", "2", "--eval-every", "2", "--eval-subset", "64", "--out", str(out)]
+    assert main(["train", *flags, "--epochs", "3"]) == 0
+    assert "final test error: " in capsys.readouterr().out
+    assert main(["train", *flags, "--epochs", "4", "--resume"]) == 0
+    assert "on the full test set (256 images)" in capsys.readouterr().out
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("test_images") for r in rows] == [None, 64, 256, 256]  # epoch 3 ended the first run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_test_set"] == "full" and summary["final_test_error"] == rows[-1]["test_error"]
+
+
 def test_resume_continues(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--modules", "2", "--context", "R1", "--out", str(out)]) == 0
@@ -63,6 +76,8 @@ def test_resume_continues(tmp_path, capsys):
     (["--data", "imagenet"], "unknown dataset"),
     (["--arch", "vgg"], "unknown architecture"),
     (["--resume"], "nothing to resume"),
+    (["--eval-every", "0"], "eval_every"),
+    (["--eval-subset", "100000"], "exceeds the 256 test images"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(flags, message, tmp_path, capsys):
     out = tmp_path / "run"

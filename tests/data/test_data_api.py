@@ -95,3 +95,13 @@ def test_cli_fetch_missing_offline(cli, capsys, tmp_path, monkeypatch):
     assert cli(["data", "fetch", "svhn", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "offline" in err and str(tmp_path) in err and err.count("\n") == 1
+
+
+def test_seeded_subset_is_reproducible_ordered_and_bounded():
+    from contsup.data.split import seeded_subset
+
+    test = load_dataset("synthetic").test
+    a, b, c = seeded_subset(test, 50, 0), seeded_subset(test, 50, 0), seeded_subset(test, 50, 1)
+    assert len(a) == 50 and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    with pytest.raises(ContsupError, match="exceeds the 256 test images"):
+        seeded_subset(test, 257, 0)

@@ -98,3 +98,14 @@ def test_pipeline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
     assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5)
     rows = (tmp_path / "pipe" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_pipeline_evaluates_the_seeded_test_subset_as_one_process(ranks, tmp_path):
+    flags = ["--modules", "2", "--context", "R1", "--batch-size", "32", "--eval-subset", "50"]
+    ranks.start(2, [*BASE, *flags, "--pipeline", "--out", str(tmp_path / "pipe")])
+    reference([*BASE, *flags, "--out", str(tmp_path / "ref")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    pipe, ref = (load_checkpoint(tmp_path / d / "checkpoint.pt")["history"] for d in ("pipe", "ref"))
+    assert [r["test_images"] for r in pipe] == [r["test_images"] for r in ref] == [50, 256]
+    assert [r["test_error"] for r in pipe] == pytest.approx([r["test_error"] for r in ref])

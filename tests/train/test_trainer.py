@@ -11,12 +11,12 @@ from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, save_
 OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
 
 
-def make_trainer(mode="R1E", modules=4, epochs=3, out=None, **kw):
+def make_trainer(mode="R1E", modules=4, epochs=3, out=None, subset_loader=None, **kw):
     data = load_dataset("synthetic", synthetic=OPTS)
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, warmup_epochs=0, device="cpu", progress=False, **kw)
     train = DeviceLoader(data.train, data.info, cfg.batch_size, "cpu", train=True, seed=cfg.seed)
     test = DeviceLoader(data.test, data.info, 128, "cpu")
-    return Trainer(tiny_net(modules, mode), train, test, cfg, out)
+    return Trainer(tiny_net(modules, mode), train, test, cfg, out, subset_loader=subset_loader)
 
 
 @pytest.mark.parametrize("mode,modules", [("R0", 4), ("E", 4), ("R1", 4), ("R1E", 4), ("R2E", 3), ("R0", 1)])
@@ -60,6 +60,26 @@ def test_summary_and_run_folder(tmp_path):
     assert set(summary["params"]) == {"backbone", "heads", "decoders", "context", "total"}
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_eval_every_and_a_seeded_test_subset_then_the_full_test_set_last():
+    from contsup.data.split import seeded_subset
+
+    data = load_dataset("synthetic", synthetic=OPTS)
+    subset = DeviceLoader(seeded_subset(data.test, 32, 0), data.info, 128, "cpu")
+    trainer = make_trainer(epochs=3, eval_every=2, eval_subset=32, subset_loader=subset)
+    summary = trainer.fit()
+    first, second, third = trainer.history
+    assert "test_error" not in first and "val_error" not in first
+    assert second["test_subset"] and second["test_images"] == 32
+    assert "test_subset" not in third and third["test_images"] == 128
+    assert summary["final_test_set"] == "full" and summary["final_test_images"] == 128
+    assert summary["best_epoch"] == 3  # the best epoch among those evaluated on the full test set
+
+
+def test_eval_subset_needs_its_loader():
+    with pytest.raises(ContsupError, match="eval_subset needs the loader"):
+        make_trainer(eval_subset=32)
 
 
 def test_checkpoint_errors(tmp_path):

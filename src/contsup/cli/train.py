@@ -88,11 +88,20 @@ def recipe_line(cfg: RunConfig) -> str:
             f"weight decay {t.weight_decay}, {t.schedule} schedule, warm-up {warmup}, seed {t.seed}")
 
 
+def _test_set(summary: dict) -> str:
+    """Which test images the final error is measured on, as the summary records it."""
+    if "final_test_images" not in summary:
+        return ""
+    n = summary["final_test_images"]
+    full = summary["final_test_set"] == "full"
+    return f" on the full test set ({n} images)" if full else f" on {n} seeded test images"
+
+
 def format_summary(summary: dict) -> str:
     """The closing lines of a training run."""
     p = summary["params"]
     return "\n".join([
-        f"final test error: {summary['final_test_error']:.2f}%   "
+        f"final test error: {summary['final_test_error']:.2f}%{_test_set(summary)}   "
         f"(best epoch {summary['best_epoch']}: {summary['best_test_error_selected_on_test']:.2f}%, "
         "selected on the test set, for comparison only)",
         f"training time: {summary['train_time_s']:.1f} s   {summary['images_per_s']:.0f} images/s   "

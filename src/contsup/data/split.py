@@ -67,3 +67,11 @@ def carve(train: Split, val_split: int, train_subset: int, seed: int) -> tuple[S
     if train_subset:
         rest = rest[:train_subset]
     return train.subset(rest.sort().values), val
+
+
+def seeded_subset(split: Split, size: int, seed: int) -> Split:
+    """`size` seeded-random examples of a split, in their original order (a test subset for quick evaluations)."""
+    if size > len(split):
+        raise ContsupError(f"eval_subset={size} exceeds the {len(split)} test images")
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(perm[:size].sort().values)

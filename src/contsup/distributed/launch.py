@@ -117,12 +117,14 @@ def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
               f"modules per stage {sizes}", flush=True)
     step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, cfg.train.bf16,
                         cfg.train.channels_last)
-    loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None}
+    loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None,
+                                                                               "test_subset": None}
     meta = {"run": cfg.to_dict(), "dataset": asdict(data.info),
             "pipeline": {"stages": topo.stages, "replicas": topo.replicas}}
     return Trainer(
         net, step.loader(loaders["train"], train=True), step.loader(loaders["test"], train=False), cfg.train,
         cfg.out, val_loader=step.loader(loaders["val"], train=False) if data.val is not None else None,
+        subset_loader=step.loader(loaders["test_subset"], train=False) if cfg.train.eval_subset else None,
         meta=meta, step=step, steps_per_epoch=len(data.train) // cfg.train.batch_size,  # training drops the last
     ), step
 

@@ -113,9 +113,10 @@ def _names(records: Sequence[RunRecord]) -> list[str]:
 def result_row(record: RunRecord, name: str) -> dict[str, Any]:
     """One run's results as a flat record; an unfinished run is summarised from its metrics so far."""
     s, h = record.summary, record.history
-    if s is None and not h:
-        raise ContsupError(f"{record.folder} has no finished epoch yet")
-    best = min(h, key=lambda r: r["test_error"]) if h else None
+    tested = [r for r in h if "test_error" in r]  # eval_every skips epochs
+    if s is None and not tested:
+        raise ContsupError(f"{record.folder} has no finished and evaluated epoch yet")
+    best = min(tested, key=lambda r: r["test_error"]) if tested else None
     row: dict[str, Any] = {"run": name, "folder": str(record.folder), "method": record.method,
                            **record.settings, "finished": s is not None}
     if s is not None:
@@ -128,7 +129,7 @@ def result_row(record: RunRecord, name: str) -> dict[str, Any]:
                        step_peak_memory_kind=s["step_peak_memory_kind"])
     else:
         assert best is not None
-        row.update(epochs_done=h[-1]["epoch"], final_test_error=h[-1]["test_error"],
+        row.update(epochs_done=h[-1]["epoch"], final_test_error=tested[-1]["test_error"],
                    best_test_error_selected_on_test=best["test_error"], best_epoch=best["epoch"],
                    train_time_s=sum(r["epoch_time"] for r in h), peak_memory_mib=h[-1]["peak_memory_bytes"] / MIB)
     return row
@@ -176,7 +177,8 @@ def plot_curves(records: Sequence[RunRecord], path: str | Path) -> None:
     flat = list(axes.flat)
     ax = flat[0]
     for record, name in zip(records, names, strict=True):
-        ax.plot([r["epoch"] for r in record.history], [r["test_error"] for r in record.history], "o-", ms=3,
+        tested = [r for r in record.history if "test_error" in r]
+        ax.plot([r["epoch"] for r in tested], [r["test_error"] for r in tested], "o-", ms=3,
                 label=f"{name} ({record.method})")
     ax.set(xlabel="epoch", ylabel="test error (%)", title="test error")
     ax.legend(fontsize=7)

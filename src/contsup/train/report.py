@@ -39,5 +39,8 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
              f"train error {row['train_error']:.2f}%"]
     if "val_error" in row:
         parts.append(f"val error {row['val_error']:.2f}%")
-    parts += [f"test error {row['test_error']:.2f}%", f"{row['images_per_s']:.0f} img/s"]
+    if "test_error" in row:
+        on = f" (seeded subset of {row['test_images']} images)" if row.get("test_subset") else ""
+        parts.append(f"test error {row['test_error']:.2f}%{on}")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
     return "  ".join(parts)

@@ -95,8 +95,8 @@ def check_resume(path: Path, payload: dict[str, Any], stored: dict[str, Any], no
                            "pass a larger --epochs to train on, or choose another --out")
     history = payload["history"]
     ok = len(history) == done and all(
-        isinstance(r, dict) and r.get("epoch") == i + 1 and isinstance(r.get("test_error"), (int, float))
-        and math.isfinite(r["test_error"]) for i, r in enumerate(history))
+        isinstance(r, dict) and r.get("epoch") == i + 1 and isinstance(r.get("test_error", 0.0), (int, float))
+        and math.isfinite(r.get("test_error", 0.0)) for i, r in enumerate(history))  # eval_every skips epochs
     if not ok:
         raise ContsupError(f"{path}: malformed checkpoint (its history does not list epochs 1..{done})")
 

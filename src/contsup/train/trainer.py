@@ -70,14 +70,15 @@ def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) ->
 def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
     """Error (%) and mean loss from summed (wrong, total, loss) counts."""
     total = max(float(counts[1]), 1.0)
-    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total}
+    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total, "images": int(counts[1])}
 
 
 class Trainer:
     """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`.
 
     Without `step`, every module trains in this process (`LocalStep`); a pipeline rank passes its
-    `PipelineStep` and the loaders of its stage.
+    `PipelineStep` and the loaders of its stage. With `cfg.eval_subset`, `subset_loader` holds those seeded
+    test images (`contsup.run.make_loaders`); epochs before the last evaluate on it, the last on `test_loader`.
     """
 
     LOG_EVERY = 20  # batches between progress-bar loss readings (each reading waits for the device)
@@ -90,6 +91,7 @@ class Trainer:
         cfg: TrainConfig,
         out_dir: str | Path | None = None,
         val_loader: Iterable | None = None,
+        subset_loader: Iterable | None = None,
         pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
         meta: dict[str, Any] | None = None,
         step: Step | None = None,
@@ -102,6 +104,9 @@ class Trainer:
         )
         self.net, self.device = self.step.net, self.step.device
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
+        if cfg.eval_subset and subset_loader is None:
+            raise ContsupError("eval_subset needs the loader of its test images (Trainer(subset_loader=...))")
+        self.subset_loader = subset_loader if cfg.eval_subset else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
         self.optimizer = make_optimizer(self.step.parameters(), cfg, self.net.context.parameters())
@@ -222,7 +227,8 @@ class Trainer:
         return error_and_loss(self.step.reduce(counts.cpu()))
 
     def fit(self, until: int | None = None) -> dict[str, Any] | None:
-        """Train to `cfg.epochs` (or stop after epoch `until`), evaluating and checkpointing every epoch.
+        """Train to `cfg.epochs` (or stop after epoch `until`), checkpointing every epoch and evaluating every
+        `cfg.eval_every` epochs and at the end (the last epoch of the run on the full test set).
 
         Then, in one process, measures the peak memory of one local step of this network at the run's
         batch size (on a copy, after the epochs so that the process peak excludes it; see `step_peak`),
@@ -236,10 +242,8 @@ class Trainer:
         stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            if self.val_loader is not None:
-                row["val_error"] = self.evaluate(self.val_loader, "validation")["error"]
-            test = self.evaluate(self.test_loader)
-            row["test_error"], row["test_loss"] = test["error"], test["loss"]
+            if row["epoch"] % self.cfg.eval_every == 0 or row["epoch"] == stop:
+                self._evaluate_into(row)
             row["peak_memory_bytes"] = self._peak()
             check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
             self.epoch += 1
@@ -253,6 +257,16 @@ class Trainer:
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast,
                                          memory_format(self.step.channels_last))
         return self.summary() if self.step.main else None
+
+    def _evaluate_into(self, row: dict[str, Any]) -> None:
+        """The epoch's validation and test errors into its row; the test subset before the run's last epoch."""
+        if self.val_loader is not None:
+            row["val_error"] = self.evaluate(self.val_loader, "validation")["error"]
+        subset = self.subset_loader is not None and row["epoch"] < self.cfg.epochs
+        test = self.evaluate(self.subset_loader if subset else self.test_loader)
+        row["test_error"], row["test_loss"], row["test_images"] = test["error"], test["loss"], test["images"]
+        if subset:
+            row["test_subset"] = True
 
     def _tensorboard(self) -> TensorBoardLog | None:
         """The TensorBoard writer of this run's folder, on the main process, when asked for."""
@@ -293,10 +307,17 @@ def run_summary(
     history: list[dict[str, Any]], epochs: int, train_time: float, images: int, peak: float, peak_kind: str,
     device: str, params: dict[str, int], step_memory: PeakMemory | None = None,
 ) -> dict[str, Any]:
-    """The summary of a run from its per-epoch history: final-epoch test error first, best epoch labelled."""
-    best = min(history, key=lambda r: r["test_error"]) if history else None
+    """The summary of a run from its per-epoch history: final-epoch test error first, best epoch labelled.
+
+    The best epoch is chosen among the epochs evaluated on as many test images as the final one.
+    """
+    images = history[-1].get("test_images") if history else None
+    tested = [r for r in history if "test_error" in r and r.get("test_images") == images]
+    best = min(tested, key=lambda r: r["test_error"]) if tested else None
     out = {
         "final_test_error": history[-1]["test_error"] if history else None,
+        **({"final_test_images": images, "final_test_set": "subset" if history[-1].get("test_subset") else "full"}
+           if images is not None else {}),
         "best_test_error_selected_on_test": best["test_error"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": epochs,
