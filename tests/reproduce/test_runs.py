@@ -72,3 +72,18 @@ def test_report_files(runs, tmp_path):
     for key in ("curves", "error_vs_memory"):
         image = mpimg.imread(paths[key])
         assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_curves_of_a_one_epoch_run_are_lines_from_its_slices(tmp_path, monkeypatch):
+    import contsup.reproduce.runs as runs_module
+
+    folder = make_run(tmp_path / "one", 2, "R1E", 0.1, [40.0])
+    row = json.loads((folder / "metrics.jsonl").read_text())
+    row["curve"] = [[(j + 1) / 8, 2.0 - j / 10, 2.5 - j / 10] for j in range(8)]
+    (folder / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    figures = []
+    monkeypatch.setattr(runs_module, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    runs_module.plot_curves([read_run(folder)], tmp_path / "curves.png")
+    lines = figures[0].axes[1].get_lines()  # the run's panel: one line per module
+    assert [list(line.get_xdata()) for line in lines] == [[(j + 1) / 8 for j in range(8)]] * 2
+    assert list(lines[1].get_ydata()) == [2.5 - j / 10 for j in range(8)]

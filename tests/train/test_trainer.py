@@ -77,6 +77,21 @@ def test_eval_every_and_a_seeded_test_subset_then_the_full_test_set_last():
     assert summary["best_epoch"] == 3  # the best epoch among those evaluated on the full test set
 
 
+def test_the_bar_reads_the_losses_from_the_first_steps():
+    assert [n for n in range(1, 61) if make_trainer().log_now(n)] == [1, 2, 4, 8, 16, 20, 40, 60]
+
+
+def test_each_epoch_keeps_a_curve_of_slice_means():
+    trainer = make_trainer(epochs=2)
+    trainer.CURVE_POINTS = 2  # 4 steps an epoch: 2 slices of 2 steps
+    trainer.fit()
+    first, second = trainer.history
+    assert [p[0] for p in first["curve"] + second["curve"]] == [0.5, 1.0, 1.5, 2.0]
+    assert all(len(p) == 1 + 4 for p in first["curve"])  # one mean loss per module
+    for row in (first, second):  # equal slices: their mean is the epoch's mean
+        assert sum(p[-1] for p in row["curve"]) / 2 == pytest.approx(row["train_loss"], abs=1e-3)
+
+
 def test_eval_subset_needs_its_loader():
     with pytest.raises(ContsupError, match="eval_subset needs the loader"):
         make_trainer(eval_subset=32)

@@ -164,7 +164,11 @@ def format_runs(rows: Sequence[dict[str, Any]], varying: Sequence[str], markdown
 
 
 def plot_curves(records: Sequence[RunRecord], path: str | Path) -> None:
-    """Test error of every run against epoch, then one panel per run with each module's training loss."""
+    """Test error of every run against epoch, then one panel per run with each module's training loss.
+
+    The losses are the rows' `curve` points (means over slices of each epoch) where every row has them, so
+    that a one-epoch run draws a line; older runs: one point per epoch.
+    """
     from matplotlib import ticker
 
     plt = pyplot()
@@ -183,18 +187,24 @@ def plot_curves(records: Sequence[RunRecord], path: str | Path) -> None:
     ax.set(xlabel="epoch", ylabel="test error (%)", title="test error")
     ax.legend(fontsize=7)
     for ax, record, name in zip(flat[1:], records, names, strict=False):
-        epochs = [r["epoch"] for r in record.history]
+        sliced = bool(record.history) and all("curve" in r for r in record.history)
         end = all("train_loss_end" in r for r in record.history)  # the epoch line's figure; older runs: epoch mean
-        losses = [[*r["local_losses_end"], r["train_loss_end"]] if end else [*r["local_losses"], r["train_loss"]]
-                  for r in record.history]
+        if sliced:
+            points = [p for r in record.history for p in r["curve"]]
+            epochs, losses = [p[0] for p in points], [p[1:] for p in points]
+        else:
+            epochs = [r["epoch"] for r in record.history]
+            losses = [[*r["local_losses_end"], r["train_loss_end"]] if end else [*r["local_losses"], r["train_loss"]]
+                      for r in record.history]
         k = len(losses[0]) if losses else 0
         cmap = plt.get_cmap("viridis")
         for m in range(k):
             last = m == k - 1
             tag = f"module {m + 1}" + (" (output)" if last else "") if m in (0, k - 2, k - 1) else None
-            ax.plot(epochs, [row[m] for row in losses], "o-", ms=2, lw=2.2 if last else 1,
+            ax.plot(epochs, [row[m] for row in losses], "-" if sliced else "o-", ms=2, lw=2.2 if last else 1,
                     color="black" if last else cmap(m / max(k - 1, 1)), label=tag)
-        ax.set(xlabel="epoch", ylabel="training loss (" + ("last quarter of the epoch" if end else "epoch mean") + ")",
+        what = "mean over slices of each epoch" if sliced else "last quarter of the epoch" if end else "epoch mean"
+        ax.set(xlabel="epoch", ylabel=f"training loss ({what})",
                title=f"{name} ({record.method})", yscale="log")
         ax.yaxis.set_major_formatter(ticker.LogFormatter())
         ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
@@ -203,7 +213,7 @@ def plot_curves(records: Sequence[RunRecord], path: str | Path) -> None:
     for ax in flat:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(ticker.MultipleLocator(max(1, math.ceil(last_epoch / 8))))  # whole epochs
-        ax.set_xlim(0.5, last_epoch + 0.5)
+        ax.set_xlim(0, last_epoch + 0.5)
     for ax in flat[panels:]:
         ax.set_visible(False)
     save_figure(fig, path, dpi=110)

@@ -81,7 +81,8 @@ class Trainer:
     test images (`contsup.run.make_loaders`); epochs before the last evaluate on it, the last on `test_loader`.
     """
 
-    LOG_EVERY = 20  # batches between progress-bar loss readings (each reading waits for the device)
+    LOG_EVERY = 20  # batches between progress-bar loss readings (each waits for the device); steps 1, 2, 4, 8, 16 too
+    CURVE_POINTS = 8  # slices of each epoch whose mean losses the metrics row keeps (`curve`)
 
     def __init__(
         self,
@@ -178,12 +179,13 @@ class Trainer:
                 stats[k_total] += (logits.argmax(1) == y).sum()
                 stats[k_total + 1] += y.numel()
                 stats[k_total + 2] += 1
-            if not bar.disable and i % self.LOG_EVERY == 0:
+            if not bar.disable and self.log_now(i + 1):
                 bar.set_postfix(postfix(losses.tolist(), mods.stop == k_total))
         self.step.end_phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats, tail = self.step.reduce(stats.cpu()), self.step.reduce(self._tail_sums(steps))
+        curve = self._curve(self.step.reduce(self._slice_sums(steps)))
         watch.check(self.step.reduce(watch.first.cpu(), "max"), self.epoch + 1)
         seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
         batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
@@ -197,8 +199,32 @@ class Trainer:
             "train_loss": mean[-1], "local_losses": mean[:-1],  # epoch means of each module's loss
             "train_loss_end": end[-1], "local_losses_end": end[:-1],  # the same over the epoch's last quarter
             "train_error": 100.0 * (1 - float(stats[-3]) / max(seen, 1.0)),
+            "curve": curve,  # [epochs done at a slice's end, each module's mean loss over it], CURVE_POINTS an epoch
             "epoch_time": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
         }
+
+    def log_now(self, step: int) -> bool:
+        """Whether the progress bar reads the losses after this step (counted from 1): 1, 2, 4, 8, 16, 20, 40, ..."""
+        return step % self.LOG_EVERY == 0 or (step < self.LOG_EVERY and step & (step - 1) == 0)
+
+    def _slice_sums(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        """Per slice of the epoch's steps (CURVE_POINTS, fewer in short epochs): [loss sum per module..., steps]."""
+        k_total, mods = self.net.num_modules, self.step.modules
+        n = min(self.CURVE_POINTS, len(steps))
+        out = torch.zeros(n, k_total + 1, dtype=torch.float64)
+        for j in range(n):
+            part = steps[j * len(steps) // n:(j + 1) * len(steps) // n]
+            out[j, mods.start:mods.stop] = torch.stack(part).double().sum(0).cpu()
+            if mods.stop == k_total:
+                out[j, k_total] = len(part)
+        return out
+
+    def _curve(self, sums: torch.Tensor) -> list[list[float]]:
+        """The epoch's slices as [epochs done at the slice's end, each module's mean loss over the slice]."""
+        k_total = self.net.num_modules
+        return [[round(self.epoch + (j + 1) / len(sums), 4),
+                 *(round(v, 4) for v in (row[:k_total] / max(float(row[k_total]), 1.0)).tolist())]
+                for j, row in enumerate(sums)]
 
     def _tail_sums(self, steps: list[torch.Tensor]) -> torch.Tensor:
         """[loss sum per module over the last quarter of the steps..., steps counted] (the last stage counts)."""
