@@ -32,7 +32,7 @@ $(BIN)/contsup: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-quick lint
 install: $(BIN)/contsup
 
 DEMO_TRAIN = OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/contsup train $(DEMO_FLAGS)
@@ -53,6 +53,11 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
+
+# One test per package and the method's proofs (no gradient crosses a cut, K = 1 equals end-to-end, lean
+# encoders equal the straightforward ones, a 2-rank pipeline equals one process): the tests marked `quick`.
+test-quick: install
+	$(BIN)/pytest -m quick
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

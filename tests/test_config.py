@@ -31,6 +31,7 @@ def test_from_dict_checks_and_fills():
     assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()
 
 
+@pytest.mark.quick
 def test_toml_round_trip(tmp_path):
     cfg = resolve({"arch": "resnet20", "local": {"cuts": "1.2,2.1", "recon": "5,1,0,1"},
                    "pipeline": {"stage_sizes": "1,3"}, "out": "x"})

@@ -6,6 +6,7 @@ from contsup.errors import ContsupError
 from contsup.files import atomic_write, read_json, remove_stale_temps, write_json
 
 
+@pytest.mark.quick
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "summary.json"
     write_json(path, {"a": 1})

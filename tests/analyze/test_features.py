@@ -6,6 +6,7 @@ from contsup.analyze import parse_units, walk_boundaries
 from contsup.errors import ContsupError
 
 
+@pytest.mark.quick
 def test_walk_gives_module_outputs_and_context_supplied_inputs(batch):
     x, _ = batch
     net = tiny_net(4, "R1E")

@@ -13,6 +13,7 @@ BASE = ["--data", "synthetic", "--arch", "resnet20", "--train-subset", "128", "-
 TINY = [*BASE, "--epochs", "1"]
 
 
+@pytest.mark.quick
 def test_dry_run_prints_param_groups(capsys, tmp_path):
     assert main(["train", *TINY, "--modules", "4", "--context", "R1E", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -105,6 +105,7 @@ def test_determinism_by_seed_and_epoch():
     assert not all(torch.equal(p, q) for p, q in zip(a, run(1, 3), strict=True))
 
 
+@pytest.mark.quick
 def test_train_epoch_covers_each_image_once():
     split = _split(n=12)
     split.labels = torch.arange(12)

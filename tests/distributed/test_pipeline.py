@@ -54,7 +54,7 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
 
 
 @pytest.mark.parametrize("world,flags,pipe_flags", [
-    (2, ["--modules", "4", "--context", "R1E", "--recon", "5,1,0,1"], []),
+    pytest.param(2, ["--modules", "4", "--context", "R1E", "--recon", "5,1,0,1"], [], marks=pytest.mark.quick),
     (3, ["--modules", "4", "--context", "R2E", "--channels-last"], ["--stage-sizes", "1,2,1", "--inflight", "1"]),
 ])
 def test_pipeline_equals_single_process(ranks, tmp_path, world, flags, pipe_flags):

@@ -6,6 +6,7 @@ from contsup.distributed.topology import Topology, from_sizes, partition
 from contsup.errors import ContsupError
 
 
+@pytest.mark.quick
 def test_partition_minimises_the_largest_stage():
     assert partition([1, 1, 1, 1], 2) == [range(0, 2), range(2, 4)]
     assert partition([5, 1, 1, 1, 1, 1], 2) == [range(0, 1), range(1, 6)]

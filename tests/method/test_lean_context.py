@@ -52,7 +52,7 @@ def test_lean_encoder_equals_straightforward(name, max_elements, fmt):
     assert close(plain(x), lean(x))
 
 
-@pytest.mark.parametrize("context", ["E", "R1", "R1E"])
+@pytest.mark.parametrize("context", ["E", "R1", pytest.param("R1E", marks=pytest.mark.quick)])
 def test_lean_network_steps_equal_straightforward(context, batch):
     x, y = batch
     plain, lean = tiny_net(4, context, lean_context=False), tiny_net(4, context)

@@ -22,7 +22,7 @@ def changed(a, b):
     return out
 
 
-@pytest.mark.parametrize("mode", ["R0", "E", "R1", "R2E", "R4"])
+@pytest.mark.parametrize("mode", ["R0", "E", "R1", pytest.param("R2E", marks=pytest.mark.quick), "R4"])
 def test_no_gradient_crosses_a_cut(mode, batch):
     """Changing head j's loss changes only module j, head j and the encoders that feed module j."""
     x, y = batch
@@ -65,6 +65,7 @@ def test_encoders_get_gradient_only_from_next_module(batch):
             assert torch.allclose(p.grad, full[f"context.{k}.{n}"], atol=1e-6)
 
 
+@pytest.mark.quick
 def test_k1_equals_end_to_end(batch):
     x, y = batch
     torch.manual_seed(0)

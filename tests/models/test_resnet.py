@@ -22,6 +22,7 @@ def test_resnet32_parameter_count():
     assert sum(p.numel() for p in resnet(32, 3, 10).parameters()) == 464_154 + projections
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("in_ch,size", [(1, 28), (3, 32), (3, 96)])
 def test_shapes_any_input(in_ch, size):
     net = resnet(20, in_ch, 7)

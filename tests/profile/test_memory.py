@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 from torch import nn
 
@@ -15,6 +16,7 @@ def test_peak_of_events_follows_time_order():
     assert cpu_peak_from_events(events) == 9
 
 
+@pytest.mark.quick
 def test_cpu_peak_sees_allocations_and_frees():
     a = torch.randn(500, 500)  # 1 MB of float32
 

@@ -9,6 +9,7 @@ from contsup.run import build_network
 PAPER_EXPERIMENTS = {"table1", "table2", "table3", "table4", "memory_balanced", "ablation", "protocol"}
 
 
+@pytest.mark.quick
 def test_every_paper_experiment_is_shipped():
     assert PAPER_EXPERIMENTS <= set(available_presets())
 

@@ -20,6 +20,7 @@ def test_paper_per_epoch_values_unchanged():
         assert {s.lr(epoch, b) for b in (0, 20, 48)} == {lr_at(epoch, 160, 0.8, 10)}
 
 
+@pytest.mark.quick
 def test_per_step_values_at_known_steps():
     s = make_schedule("step", 0.1, 2, 100, warmup_steps=20)
     assert s.warmup_steps == 20
