@@ -173,7 +173,7 @@ def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_in
     encoders, as the paper's reference code does (ours otherwise keeps PyTorch's defaults there).
     `context_scale`: initial weight of each encoder's last BatchNorm (1.0, the default, is the paper's; a
     smaller one makes context start small). Encoder outputs are non-negative and every module's identity
-    shortcut carries them on, so at full scale they pile up along the residual stream (docs/notes.md).
+    shortcut carries them on, so at full scale they pile up along the residual stream (docs/journal.md).
     """
     if local_init not in LOCAL_INITS:
         raise ContsupError(f"unknown local init {local_init!r}; choose from {', '.join(LOCAL_INITS)}")
