@@ -15,11 +15,15 @@ DEMO_SUBSET = 10000
 DEMO_EPOCHS = 1
 DEMO_BATCH = 128
 DEMO_LR = 0.1
+# per-module gradient clipping (each module's gradient norm to at most this): without it the R1E run's last
+# module blows up in its first steps (loss 3.4 -> 72 by step 16); chosen on a validation split among 5
+# recipes (docs/journal.md, "The demo's recipe")
+DEMO_CLIP = 1
 # torch threads of each run
 DEMO_THREADS = 2
 # channels_last memory format: every mode's step is faster on this CPU (docs/benchmarks.md)
 DEMO_FLAGS = --data fashion-mnist --arch $(DEMO_ARCH) --train-subset $(DEMO_SUBSET) --epochs $(DEMO_EPOCHS) \
-	--batch-size $(DEMO_BATCH) --lr $(DEMO_LR) --device cpu --channels-last
+	--batch-size $(DEMO_BATCH) --lr $(DEMO_LR) --clip-grad $(DEMO_CLIP) --device cpu --channels-last
 # ----------------------------------------------------------------------------------------------------------
 
 PY ?= python3
