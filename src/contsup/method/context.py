@@ -166,7 +166,8 @@ class ResidualEncoder(ConvEncoder):
 LOCAL_INITS = ["torch", "kaiming"]
 
 
-def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_init: str, context_scale: float) -> None:
+def init_local_modules(heads: Sequence[nn.Module], context: Sequence[CutContext], local_init: str,
+                       context_scale: float) -> None:
     """Optional initialisations of the heads and encoders (both off by default: nothing is touched then).
 
     `local_init = "kaiming"`: Kaiming normal (fan-out) on every convolution of the heads and the context
@@ -178,7 +179,7 @@ def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_in
     if local_init not in LOCAL_INITS:
         raise ContsupError(f"unknown local init {local_init!r}; choose from {', '.join(LOCAL_INITS)}")
     if local_init == "kaiming":
-        for m in [*heads.modules(), *(m for ctx in context for m in ctx.modules())]:
+        for m in [*(m for head in heads for m in head.modules()), *(m for ctx in context for m in ctx.modules())]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     if context_scale != 1.0:
@@ -202,7 +203,7 @@ class CutContext(nn.Module):
         check_image_encoder(image_encoder)
         self.cut = cut
         self.source_ids = mode.sources(cut)
-        bound = max(s.channels * s.height * s.width for s in source_shapes) if max_elements is None else max_elements
+        bound = max(s.numel() for s in source_shapes) if max_elements is None else max_elements
         self.residual = nn.ModuleList(
             ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids
         )

@@ -19,10 +19,11 @@ from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.models import build_arch
+from contsup.models.chain import memory_format
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
-from contsup.train.steps import memory_format, resolve_device
+from contsup.train.steps import resolve_device
 from contsup.train.trainer import make_optimizer
 
 E2E = "E2E"

@@ -18,7 +18,7 @@ from contsup.errors import ContsupError
 from contsup.files import atomic_write
 
 FORMAT = "contsup-checkpoint"
-VERSION = 2  # 2: the model's tensors carry a sha256 digest
+VERSION = 3  # 2: the model's tensors carry a sha256 digest; 3: optimizer state by name, the resolved plan
 # Keys every checkpoint holds, with their types (`meta` is checked by its reader: contsup.run.run_from_meta).
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "epoch": int, "model": dict, "model_sha256": str, "optimizer": dict, "history": list,
@@ -70,6 +70,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ContsupError(_refusal(path, err)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ContsupError(f"{path} is not a contsup checkpoint")
+    if payload.get("version") == 2:
+        raise ContsupError(f"{path} was written by an older contsup (checkpoint version 2, optimizer state by "
+                           f"index); this contsup reads version {VERSION}: retrain, or evaluate it with contsup 0.1")
     if payload.get("version") != VERSION:
         raise ContsupError(f"{path} has checkpoint version {payload.get('version')!r}; this contsup reads {VERSION}")
     for key, kind in FIELDS.items():

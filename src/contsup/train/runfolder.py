@@ -20,6 +20,7 @@ import torch
 
 from contsup.errors import ContsupError
 from contsup.files import TMP_SUFFIX, remove_stale_temps
+from contsup.train.optim import param_names, settings_of
 
 CHECKPOINT, METRICS, SUMMARY, SETTINGS = "checkpoint.pt", "metrics.jsonl", "summary.json", "settings.json"
 RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
@@ -117,21 +118,37 @@ def check_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], path: st
         raise ContsupError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity, e.g. {bad[0]}")
 
 
-def check_optimizer(state: dict[str, Any], params: list[torch.nn.Parameter], hyper: dict[str, Any],
+def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.optim.Optimizer,
                     path: str | Path) -> None:
-    """Refuse an optimizer state that does not fit the network's parameters or the run's SGD settings."""
-    groups, per = state.get("param_groups"), state.get("state")
-    ok = isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict) \
-        and groups[0].get("params") == list(range(len(params))) and isinstance(per, dict) \
-        and all(groups[0].get(k) == v for k, v in hyper.items())
-    for i, s in per.items() if ok else ():
-        if not (isinstance(i, int) and 0 <= i < len(params) and isinstance(s, dict)):
-            ok = False
-            break
-        buf = s.get("momentum_buffer")
-        if buf is not None and (not isinstance(buf, torch.Tensor) or buf.shape != params[i].shape):
-            ok = False
-            break
-    if not ok:
+    """Refuse an optimizer state that does not fit the network or differs from the run's optimizer settings.
+
+    `state` is a named state (`contsup.train.optim`); `fresh` is the optimizer the run builds. Every group
+    must hold the settings of the fresh group of its name (momentum, dampening, weight decay, Nesterov,
+    maximize, ... all but the rate the schedule sets), the groups must partition the network's parameters,
+    and each momentum buffer must be a dense floating tensor of its parameter's shape.
+    """
+    params = dict(net.named_parameters())
+    names = param_names(net)
+    expected = {g["name"]: (settings_of(g), {names[id(p)] for p in g["params"]}) for g in fresh.param_groups}
+
+    def fits() -> bool:
+        groups, per = state.get("param_groups"), state.get("state")
+        if not (isinstance(groups, list) and isinstance(per, dict) and len(groups) == len(expected)):
+            return False
+        for g in groups:
+            want = expected.get(g.get("name")) if isinstance(g, dict) else None
+            if want is None or settings_of(g) != want[0] or not isinstance(g.get("params"), list) \
+                    or len(g["params"]) != len(want[1]) or set(g["params"]) != want[1]:
+                return False
+        for name, s in per.items():
+            if name not in params or not isinstance(s, dict) or set(s) - {"momentum_buffer"}:
+                return False
+            buf = s.get("momentum_buffer")
+            if buf is not None and not (isinstance(buf, torch.Tensor) and buf.layout == torch.strided
+                                        and buf.dtype == params[name].dtype and buf.shape == params[name].shape):
+                return False
+        return True
+
+    if not fits():
         raise ContsupError(f"{path}: malformed checkpoint (its optimizer state does not fit the network "
-                           "or the run's SGD settings)")
+                           "or the run's optimizer settings)")
