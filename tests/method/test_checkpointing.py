@@ -3,10 +3,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import tiny_net
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from contsup.errors import ContsupError
+from contsup.method import local_step
 from contsup.method.checkpointing import CheckpointedSequential, segment_bounds, segment_count
 from contsup.models import build_arch
 from contsup.profile.memory import measure_peak, saved_bytes
@@ -129,3 +131,20 @@ def test_checkpointing_cuts_resnet32_memory():
     assert saved[1] < 0.25 * saved[0]
     # Whole step, allocator peak: the largest segment recomputed plus gradients (measured 0.47x).
     assert peaks[1] < 0.5 * peaks[0]
+
+
+@pytest.mark.parametrize("segments", [2, "sqrt"])
+def test_checkpointing_inside_local_modules_keeps_their_gradients(segments, batch):
+    x, y = batch
+    plain, ckpt = tiny_net(2, "R1E"), tiny_net(2, "R1E")
+    for k, block in enumerate(ckpt.blocks):
+        ckpt.blocks[k] = CheckpointedSequential(*block, segments=segments)
+    assert plain.state_dict().keys() == ckpt.state_dict().keys()
+    for _ in range(2):
+        outs = [local_step(net, x, y) for net in (plain, ckpt)]
+        assert torch.allclose(outs[0].losses, outs[1].losses, atol=1e-5)
+        assert torch.allclose(outs[0].logits, outs[1].logits, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
+        assert torch.allclose(a.double(), b.double(), atol=1e-5), name
