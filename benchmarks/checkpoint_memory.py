@@ -1,13 +1,14 @@
 """Checkpointed end-to-end training against plain end-to-end: step peak memory, step time, lower bounds.
 
-For one network (default ResNet-32 on 1x28x28 at batch 128), E2E plain and E2E with its units checkpointed in
-sqrt(units) segments (contsup.method.checkpointing): the measured peak of one training step (the step `contsup
-profile` and `step_peak` measure: above what lived before it, gradients included), the state between steps
-(parameters, buffers, SGD momentum) and the best of 3 step times (forward, backward, optimizer step). Then the
-lower bounds (contsup.profile.bound) of the E2E and of the balanced K = 16 cut tables, to compare with
-peak + state.
+For one network (default ResNet-32 on 1x28x28 at batch 128): E2E plain, and E2E with its units checkpointed
+(contsup.method.checkpointing) in sqrt(units) segments or the counts given. Each row: the measured peak of one
+training step (the step `contsup profile` and `step_peak` measure: above what lived before it, gradients
+included), the state between steps (parameters, buffers, SGD momentum) and the best of 3 step times (forward,
+backward, optimizer step). Then the lower bounds (contsup.profile.bound) of the E2E and of the balanced K = 16
+cut tables, to compare with peak + state.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/checkpoint_memory.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/checkpoint_memory.py --segments sqrt,8,16
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/checkpoint_memory.py --arch resnet110 --batch-size 1024
 """
 
@@ -59,14 +60,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--input", default="1,28,28", help="channels,height,width")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--segments", default="sqrt", help="checkpointed rows: segment counts or sqrt, comma-separated")
     args = parser.parse_args()
     cfg = ProfileConfig(arch=args.arch, input_shape=tuple(int(v) for v in args.input.split(",")), cut_table="balanced")
     rows = []
-    for label, segments in (("E2E", 0), ("E2E checkpointed (sqrt)", "sqrt")):
+    choices = [0, *(v if v == "sqrt" else int(v) for v in args.segments.split(","))]
+    for segments in choices:
         net = build(cfg, 1, E2E, CPU)
         net.blocks[0] = CheckpointedSequential(*net.blocks[0], segments=segments)
         peak = step_peak(net, args.batch_size, CPU).peak_bytes
         ms, state = best_step_ms(net, args.batch_size, args.repeats)
+        label = f"E2E checkpointed ({segments})" if segments else "E2E"
         rows.append([label, f"{net.blocks[0].segments}", f"{peak / MIB:.1f}", f"{state / MIB:.2f}",
                      f"{(peak + state) / MIB:.1f}", f"{ms:.0f}"])
     for k in (1, 16):
