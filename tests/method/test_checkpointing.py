@@ -54,7 +54,7 @@ def test_checkpointed_resnet_equals_plain(segments):
     ckpt = CheckpointedSequential(*copy.deepcopy(units), segments=segments)
     plain = nn.Sequential(*units)
     assert ckpt.state_dict().keys() == plain.state_dict().keys()
-    x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     assert_same(plain, ckpt, x)
     assert ckpt.segments == {1: 1, 2: 2, "sqrt": 3, 7: 7}[segments]
 
@@ -133,17 +133,15 @@ def test_checkpointing_cuts_resnet32_memory():
     assert peaks[1] < 0.5 * peaks[0]
 
 
-@pytest.mark.parametrize("segments", [2, "sqrt"])
-def test_checkpointing_inside_local_modules_keeps_their_gradients(segments, batch):
+def test_checkpointing_inside_local_modules_keeps_their_gradients(batch):
     x, y = batch
     plain, ckpt = tiny_net(2, "R1E"), tiny_net(2, "R1E")
     for k, block in enumerate(ckpt.blocks):
-        ckpt.blocks[k] = CheckpointedSequential(*block, segments=segments)
+        ckpt.blocks[k] = CheckpointedSequential(*block, segments="sqrt")  # 5 units: 2 segments
     assert plain.state_dict().keys() == ckpt.state_dict().keys()
-    for _ in range(2):
-        outs = [local_step(net, x, y) for net in (plain, ckpt)]
-        assert torch.allclose(outs[0].losses, outs[1].losses, atol=1e-5)
-        assert torch.allclose(outs[0].logits, outs[1].logits, atol=1e-5)
+    outs = [local_step(net, x, y) for net in (plain, ckpt)]
+    assert torch.allclose(outs[0].losses, outs[1].losses, atol=1e-5)
+    assert torch.allclose(outs[0].logits, outs[1].logits, atol=1e-5)
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
     for (name, a), b in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
