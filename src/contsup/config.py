@@ -122,9 +122,10 @@ class TrainConfig(Section):
 
     epochs: int = 160  # training epochs (the paper's recipe)
     batch_size: int = 1024  # images per step (the paper's recipe)
-    lr: float = 0.8  # peak learning rate of SGD (the paper's, for batch 1024; scale it with the batch size)
-    momentum: float = 0.9  # Nesterov momentum
-    weight_decay: float = 1e-4  # L2 weight decay
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (Nesterov; the paper's) or adamw (transformers; no decay on norms)
+    lr: float = 0.8  # peak learning rate (the paper's SGD rate for batch 1024; scale it with the batch size)
+    momentum: float = 0.9  # Nesterov momentum (sgd)
+    weight_decay: float = 1e-4  # weight decay (sgd: L2 on every parameter; adamw: decoupled, not on norms/biases)
     schedule: Literal["step", "epoch"] = "step"  # step: warm-up and cosine every step; epoch: per epoch (paper's code)
     warmup_epochs: float | None = None  # warm-up epochs; None: 10 of every 160 (per step: at least min(1, epochs/4))
     warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)

@@ -145,8 +145,7 @@ def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, A
 def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> None:
     """The checkpoint's weights and optimizer state fit the built network and the run's optimizer settings."""
     check_weights(net, payload["model"], cfg.out or "", describe_run(cfg))
-    check_optimizer(payload["optimizer"], net, make_optimizer(net.parameters(), cfg.train, net.context.parameters()),
-                    cfg.out or "")
+    check_optimizer(payload["optimizer"], net, make_optimizer(net.named_parameters(), cfg.train), cfg.out or "")
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def one_step(net, optimizer, batch):
 def test_options_off_give_todays_step_bit_for_bit(batch, monkeypatch):
     cfg = TrainConfig(lr=0.1, device="cpu")
     net = tiny_net(4, "R1E", local_init="torch", context_scale=1.0)
-    after = one_step(net, make_optimizer(net.parameters(), cfg, net.context.parameters()), batch)
+    after = one_step(net, make_optimizer(net.named_parameters(), cfg), batch)
     monkeypatch.setattr(network, "init_local_modules", lambda *a: None)  # today's network: no init pass at all
     old = tiny_net(4, "R1E")
     sgd = torch.optim.SGD(old.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
@@ -54,7 +54,7 @@ def test_context_lr_scale_puts_encoders_in_their_own_group():
 
     net = tiny_net(4, "R1E")
     cfg = TrainConfig(lr=0.1, context_lr_scale=0.5, momentum=0.5, weight_decay=0.0)
-    opt = make_optimizer(net.parameters(), cfg, net.context.parameters())
+    opt = make_optimizer(net.named_parameters(), cfg)
     assert [g["name"] for g in opt.param_groups] == ["main", "context"]
     assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in net.context.parameters()}
     make_schedule("epoch", 0.1, 1, 1, 0.0, None, 0.01).apply(opt, 0, 0)

@@ -9,7 +9,8 @@ from contsup.models import BACKBONES, build_arch, resnet_imagenet
 from contsup.registry import Registry
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+# The ViTs (token units) join once LocalNetwork takes the token layout (issue 20; tests/models/test_vit.py).
+@pytest.mark.parametrize("name", [n for n in BACKBONES.names() if not n.startswith("vit")])
 def test_every_backbone_trains_locally(name):
     """Every registered backbone: cut by the auto rule into K=4, heads on any channel count, one local step."""
     torch.manual_seed(0)

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW")
     p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
-    p.add_argument("--head", default="1c2f", choices=HEADS, help="local head shape")
+    p.add_argument("--head", default="1c2f", help=f"local head: {HEADS.describe()}")
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")

@@ -41,6 +41,9 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         if s.type is bool:
             g.add_argument(*flags, dest=s.path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
+        elif typing.get_origin(s.type) is typing.Literal:
+            g.add_argument(*flags, dest=s.path, choices=typing.get_args(s.type), default=argparse.SUPPRESS,
+                           help=help_text)
         else:
             g.add_argument(*flags, dest=s.path, type=_scalar(s.type), default=argparse.SUPPRESS,
                            metavar=s.key.upper(), help=help_text)

@@ -61,9 +61,10 @@ class PipelineStep:
         self.link_out = Link(net, self.modules.stop, device, comm_device, groups.ctrl, inflight,
                              self.format) if not topo.last else None
 
-    def parameters(self) -> Iterable[nn.Parameter]:
-        """The parameters of this stage's modules."""
-        return self.stage.module().parameters()
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The parameters of this stage's modules, by their names in the whole network."""
+        own = {id(p) for p in self.stage.module().parameters()}
+        return [(n, p) for n, p in self.net.named_parameters() if id(p) in own]
 
     # -- batches ----------------------------------------------------------------------------------
     def loader(self, loader: DeviceLoader | None, train: bool) -> Iterable[Message]:

@@ -139,10 +139,14 @@ class LocalNetwork(nn.Module):
         if k == 0:
             return h
         s = self.context[k - 1](h, sources)
+        self.keep_source(k, s, sources)
+        return s
+
+    def keep_source(self, k: int, s: torch.Tensor, sources: Sources) -> None:
+        """Record module k's input as source s_k (detached) and drop every source no cut from k on reads."""
         sources[k] = s.detach()
         for j in [j for j in sources if self.last_use[j] < k]:
             del sources[j]
-        return s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every module in turn, context supplied at each cut, then the classifier."""

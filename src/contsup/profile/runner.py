@@ -24,7 +24,7 @@ from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
 from contsup.train.steps import resolve_device
-from contsup.train.trainer import make_optimizer
+from contsup.train.optim import make_optimizer
 
 E2E = "E2E"
 
@@ -113,11 +113,11 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     net.train()
     fmt = memory_format(cfg.channels_last)
     net = net.to(memory_format=fmt)
-    optimizer = make_optimizer(net.parameters(), TrainConfig(lr=0.01))
+    optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01))
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
-    pixels = torch.rand_like(x) if len(net.decoders) else None
+    pixels = torch.rand_like(x) if net.needs_pixels else None
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,10 @@
 """The optimizer, and its state keyed by parameter name (so a checkpoint fits any split of the network).
 
-`make_optimizer` builds SGD with Nesterov momentum over named parameter groups: `main`, and `context` (the
-context encoders at `context_lr_scale` times the rate) when that scale is not 1. A checkpoint stores
+`make_optimizer` builds the run's optimizer (`optimizer = sgd | adamw`) over named parameter groups: `main`,
+and `context` (the context encoders, at `context_lr_scale` times the rate) when that scale is not 1. SGD
+uses Nesterov momentum and weight decay on every parameter (the paper's recipe); AdamW (for transformers,
+as timm and DeiT) keeps weight decay off norms, biases, position embeddings and class tokens, in a
+`<group>-no-decay` group of their own. A checkpoint stores
 `named_state`: per-parameter state by parameter name, and each group's settings with its parameters' names.
 One process, a pipeline stage (which holds some of the parameters) and a merged pipeline checkpoint all
 use this form; `load_named_state` maps it back onto any optimizer built by `make_optimizer`.
@@ -26,16 +29,36 @@ def param_names(net: nn.Module) -> dict[int, str]:
     return {id(p): name for name, p in net.named_parameters()}
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig,
-                   context: Iterable[nn.Parameter] = ()) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay; the `context` parameters' rate scaled by `context_lr_scale`."""
-    params = list(params)
-    groups: list[dict[str, Any]] = [{"params": params, "name": "main"}]
-    if cfg.context_lr_scale != 1.0:
-        ctx = {id(p) for p in context}
-        groups = [{"params": [p for p in params if id(p) not in ctx], "name": "main"},
-                  {"params": [p for p in params if id(p) in ctx], "name": "context", "lr_scale": cfg.context_lr_scale}]
-        groups = [g for g in groups if g["params"]]
+NO_DECAY_NAMES = frozenset({"pos_embed", "cls_token"})  # AdamW: no decay on these (by a name's last part)
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """AdamW's rule: weight decay on weight matrices and kernels, not on norms, biases (1-D) and embeddings."""
+    return param.dim() > 1 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
+
+
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The named parameter groups of `make_optimizer` (empty groups left out), parameters in the given order."""
+    scaled = cfg.context_lr_scale != 1.0
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in named:
+        group = "context" if scaled and name.startswith("context.") else "main"
+        extra: dict[str, Any] = {"lr_scale": cfg.context_lr_scale} if group == "context" else {}
+        if cfg.optimizer == "adamw" and not decays(name, p):
+            group, extra = f"{group}-no-decay", {**extra, "weight_decay": 0.0}
+        groups.setdefault(group, {"params": [], "name": group, **extra})["params"].append(p)
+    order = ["main", "main-no-decay", "context", "context-no-decay"]
+    return sorted(groups.values(), key=lambda g: order.index(g["name"]))
+
+
+def make_optimizer(named: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimizer over named parameters (names as in the whole network: `context.*` are the encoders).
+
+    sgd: Nesterov momentum `momentum`, L2 weight decay; adamw: betas (0.9, 0.999), decoupled weight decay.
+    """
+    groups = param_groups(named, cfg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 

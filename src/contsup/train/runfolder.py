@@ -125,10 +125,12 @@ def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.op
     `state` is a named state (`contsup.train.optim`); `fresh` is the optimizer the run builds. Every group
     must hold the settings of the fresh group of its name (momentum, dampening, weight decay, Nesterov,
     maximize, ... all but the rate the schedule sets), the groups must partition the network's parameters,
-    and each momentum buffer must be a dense floating tensor of its parameter's shape.
+    and each state tensor (SGD's momentum buffer, AdamW's moments) must be a dense floating tensor of its
+    parameter's dtype and shape (AdamW's step count: a scalar).
     """
     params = dict(net.named_parameters())
     names = param_names(net)
+    keys = {"momentum_buffer"} if isinstance(fresh, torch.optim.SGD) else {"step", "exp_avg", "exp_avg_sq"}
     expected = {g["name"]: (settings_of(g), {names[id(p)] for p in g["params"]}) for g in fresh.param_groups}
 
     def fits() -> bool:
@@ -141,12 +143,13 @@ def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.op
                     or len(g["params"]) != len(want[1]) or set(g["params"]) != want[1]:
                 return False
         for name, s in per.items():
-            if name not in params or not isinstance(s, dict) or set(s) - {"momentum_buffer"}:
+            if name not in params or not isinstance(s, dict) or set(s) - keys:
                 return False
-            buf = s.get("momentum_buffer")
-            if buf is not None and not (isinstance(buf, torch.Tensor) and buf.layout == torch.strided
-                                        and buf.dtype == params[name].dtype and buf.shape == params[name].shape):
-                return False
+            for key, t in s.items():
+                shape = () if key == "step" else params[name].shape
+                if not (isinstance(t, torch.Tensor) and t.layout == torch.strided and t.dtype == params[name].dtype
+                        and t.shape == shape and bool(torch.isfinite(t).all())):
+                    return False
         return True
 
     if not fits():

@@ -50,8 +50,8 @@ class Step(Protocol):
     modules: range  # the modules whose local steps this process runs
     main: bool  # this process prints the log line and writes the run folder
 
-    def parameters(self) -> Iterable[nn.Parameter]:
-        """The parameters this process optimises."""
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The parameters this process optimises, by their names in the whole network."""
         ...
 
     def train(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -106,9 +106,9 @@ class LocalStep:
         self.amp = autocast(device, bf16)
         self.pixels = pixels if self.net.needs_pixels else None
 
-    def parameters(self) -> Iterable[nn.Parameter]:
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """Every parameter of the network."""
-        return self.net.parameters()
+        return self.net.named_parameters()
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return to_format(x.to(self.device, non_blocking=True), self.format), y.to(self.device, non_blocking=True)

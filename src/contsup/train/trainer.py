@@ -110,7 +110,7 @@ class Trainer:
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
-        self.optimizer = make_optimizer(self.step.parameters(), cfg, self.net.context.parameters())
+        self.optimizer = make_optimizer(self.step.named_parameters(), cfg)
         steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_steps,
                                       cfg.warmup_start_lr)
