@@ -102,7 +102,12 @@ class LocalConfig(Section):
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head shape <a>c<b>f (docs/method.md, heads)
+    head: str = "1c2f"  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken; or one per cut, a,b,...
+    aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
+    aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
+    man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
+    man_ema_start: Literal["paper", "random"] = "paper"  # MAN: EMA copy starts as the next unit, or random (code's)
+    head_patches: int = 1  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
     loss: str = "softmax"  # local loss: softmax or contrast
     width: int = 128  # hidden width W of the local heads
     widen: float = 1.0  # multiplies the heads' widths
@@ -168,7 +173,7 @@ class RunConfig(Section):
     local: LocalConfig = field(default_factory=LocalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    out: str | None = None  # run folder (checkpoint.pt, metrics.jsonl, summary.json); train: runs/<data>-<arch>-K<K>-<ctx>
+    out: str | None = None  # run folder for checkpoint.pt, metrics.jsonl, summary.json (train: runs/<data>-<arch>-...)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -49,7 +49,7 @@ def build_network(cfg: RunConfig, channels: int, num_classes: int, size: int, pl
     `cfg` must have passed `check_run`; `plan` (from a checkpoint) fixes the cuts and reconstruction weights.
     """
     torch.manual_seed(cfg.train.seed)
-    backbone = build_arch(cfg.arch, channels, num_classes)
+    backbone = build_arch(cfg.arch, channels, num_classes, size)
     return LocalNetwork(backbone, cfg.local, torch.zeros(1, channels, size, size), plan, cfg.data.name)
 
 

@@ -6,6 +6,7 @@ from tests.conftest import tiny_net
 from torch import nn
 
 from contsup.config import TrainConfig
+from contsup.method.step import local_step
 from contsup.method.tokens import TokenImageEncoder
 from contsup.models import build_arch, vit
 from contsup.train.optim import (
@@ -79,16 +80,18 @@ def test_named_state_of_stages_merges_into_the_one_process_state(cfg, batch):
     exactly that half's state."""
     x, y = batch
     net = tiny_net(3, "R1E")
-    out = net(x)
-    torch.nn.functional.cross_entropy(out, y).backward()
-    names = param_names(net)
-    whole = make_optimizer(net.named_parameters(), cfg)
+    local_step(net, x, y)
+    twin = copy.deepcopy(net)  # the same weights and gradients
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    whole = make_optimizer(twin.named_parameters(), cfg)
     named = list(net.named_parameters())
     halves = [make_optimizer(named[:20], cfg), make_optimizer(named[20:], cfg)]
     for opt in (whole, *halves):
-        opt.step()  # each parameter is stepped by exactly one of the halves, so the states match
+        opt.step()  # each parameter of `net` is stepped by exactly one of the halves
+    names = param_names(net)
     merged = merge_named_states([named_state(h, names) for h in halves], [n for n, _ in named])
-    single = named_state(whole, names)
+    single = named_state(whole, param_names(twin))
     assert [g["params"] for g in merged["param_groups"]] == [g["params"] for g in single["param_groups"]]
     assert merged["state"].keys() == single["state"].keys()
     for n in single["state"]:

@@ -1,6 +1,7 @@
 """The method: cuts, local objectives (heads, losses, reconstruction), Context Supply, the network and the step."""
 
 from contsup.config import LocalConfig
+from contsup.method import auglocal, tokens  # noqa: F401 - register their heads
 from contsup.method.context import CONTEXT_MODES, ContextMode, CutContext, ImageEncoder, ResidualEncoder, parse_mode
 from contsup.method.cuts import PAPER_CUTS, equal_cuts, resolve_cuts
 from contsup.method.heads import HEADS, LocalHead

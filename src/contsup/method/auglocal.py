@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.method.heads import HEADS
 from contsup.models.resnet import BasicBlock, init_weights
+
+if TYPE_CHECKING:
+    from contsup.method.objective import Cut
 
 
 def aux_depths(depth: int, num_cuts: int, pyramid: float) -> list[int]:
@@ -106,3 +111,13 @@ class AugLocalHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (or a feature of size out_dim) for the cut's output h."""
         return self.fc(self.norm(self.blocks(h).mean(dim=(2, 3))))
+
+
+@HEADS.register("auglocal")
+def auglocal_head(cut: Cut) -> nn.Module:
+    """The AugLocal head of this cut: depth from `aux_depth` and the pyramid `aux_pyramid` over the cuts."""
+    if not all(s.is_map for s in cut.unit_shapes):
+        raise ContsupError("head auglocal copies residual blocks of later units: it needs feature maps")
+    depth = aux_depths(cut.settings.aux_depth, cut.num_cuts, cut.settings.aux_pyramid)[cut.index]
+    return AugLocalHead(cut.unit, [s.channels for s in cut.unit_shapes], [s.height for s in cut.unit_shapes], depth,
+                        cut.out_dim)

@@ -17,6 +17,7 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.method.lean import lean_encode, supported
+from contsup.method.tokens import TokenImageEncoder, TokenResidualEncoder
 from contsup.models.chain import Shape
 from contsup.registry import Registry
 
@@ -163,6 +164,16 @@ class ResidualEncoder(ConvEncoder):
         super().__init__(net, target, False, lean, max_elements)
 
 
+def token_encoder(source: Shape, target: Shape, patch: int | None) -> nn.Module:
+    """The encoder of one source at a token cut: the image through a patch embedding, tokens per token."""
+    if not source.is_map:
+        return TokenResidualEncoder(source.channels, target.channels)
+    if patch is None or source.height != source.width:
+        raise ContsupError("context from the image at a token cut needs square images and the backbone's patch size "
+                           "(its first unit's `patch`)")
+    return TokenImageEncoder(source.channels, target.channels, source.height, patch)
+
+
 LOCAL_INITS = ["torch", "kaiming"]
 
 
@@ -185,32 +196,38 @@ def init_local_modules(heads: Sequence[nn.Module], context: Sequence[CutContext]
     if context_scale != 1.0:
         for ctx in context:
             for enc in [*ctx.residual, *([ctx.image] if ctx.image is not None else [])]:
-                last_bn = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)][-1]
-                nn.init.constant_(last_bn.weight, context_scale)
+                bns = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]
+                if not bns:
+                    raise ContsupError("context_scale sets the encoders' last BatchNorm; token encoders have none")
+                nn.init.constant_(bns[-1].weight, context_scale)
 
 
 class CutContext(nn.Module):
     """Every encoder at one cut, and the sum that supplies h_k with context.
 
-    `lean` and `max_elements` as in ConvEncoder (the default bound: the largest source, per sample).
+    `lean` and `max_elements` as in ConvEncoder (the default bound: the largest source, per sample). At a
+    cut that outputs tokens the encoders are the token ones (contsup.method.tokens): the image (s_0) through
+    a fresh patch embedding of patch size `patch` (the backbone's), token sources through LayerNorm + Linear.
     """
 
     def __init__(
         self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper",
-        lean: bool = False, max_elements: int | None = None,
+        lean: bool = False, max_elements: int | None = None, patch: int | None = None,
     ) -> None:
         super().__init__()
         check_image_encoder(image_encoder)
         self.cut = cut
         self.source_ids = mode.sources(cut)
         bound = max(s.numel() for s in source_shapes) if max_elements is None else max_elements
-        self.residual = nn.ModuleList(
-            ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids
-        )
-        pool_first = image_encoder == "pooled"
-        self.image = ImageEncoder(
-            source_shapes[0].channels, target, pool_first=pool_first, lean=lean, max_elements=bound
-        ) if mode.image else None
+        if target.is_map:
+            self.residual = nn.ModuleList(
+                ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids)
+            self.image = ImageEncoder(source_shapes[0].channels, target, pool_first=image_encoder == "pooled",
+                                      lean=lean, max_elements=bound) if mode.image else None
+        else:
+            self.residual = nn.ModuleList(
+                token_encoder(source_shapes[j], target, patch) for j in self.source_ids)
+            self.image = token_encoder(source_shapes[0], target, patch) if mode.image else None
 
     def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""

@@ -73,4 +73,4 @@ class LocalHead(nn.Module):
 @HEADS.register("1c2f", pattern=r"([0-2])c([1-3])f", help="<a>c<b>f (a = 0..2 conv layers, b = 1..3 linear)")
 def conv_fc_head(convs: str, fcs: str, cut: Cut) -> nn.Module:
     """The paper's `<a>c<b>f` head at this cut."""
-    return LocalHead(cut.shape, int(convs), int(fcs), cut.out_dim, cut.width, cut.widen)
+    return LocalHead(cut.shape, int(convs), int(fcs), cut.out_dim, cut.settings.width, cut.settings.widen)

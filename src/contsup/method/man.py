@@ -37,11 +37,12 @@ class MomentumHead(nn.Module):
     statistics, which are never averaged from nxt's (only parameters are).
     """
 
-    def __init__(self, head: nn.Module, nxt: nn.Module, ema_start: str = "paper") -> None:
+    def __init__(self, head: nn.Module, nxt: nn.Module, ema_start: str = "paper", momentum: float = 0.995) -> None:
         super().__init__()
         if ema_start not in EMA_STARTS:
             raise ContsupError(f"unknown MAN EMA start {ema_start!r}; choose from {', '.join(EMA_STARTS)}")
         self.head = head
+        self.momentum = momentum  # of `ema_update` after each optimizer step
         self._nxt = (nxt,)  # a tuple: nn.Module does not register it, so nxt stays owned by its module
         self.lb = copy.deepcopy(nxt)
         fresh_init(self.lb)

@@ -68,6 +68,7 @@ class LocalNetwork(nn.Module):
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
+        self._units = tuple(units)  # a tuple: not registered twice (the blocks own the units)
         self.unit_shapes = probe_shapes(units, sample)
         self.image_shape = Shape.of(sample)
         self.loss = LOSSES[config.loss](num_classes(backbone.classifier), int(config.width * config.widen))
@@ -93,13 +94,11 @@ class LocalNetwork(nn.Module):
         self.unit_names = backbone.unit_names
         # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c (h_k's shape).
         self.source_shapes = [self.image_shape, *(self.unit_shapes[c] for c in self.cuts)]
-        if not all(s.is_map for s in self.source_shapes) and (self.mode.window or self.mode.image):
-            raise ContsupError(f"context {self.mode.name} needs feature maps at every cut; this network has token "
-                               "sequences: use R0")
         local = [self._objective(c, k, kinds, self.plan.recon) for k, c in enumerate(self.cuts)]
         self.objectives = nn.ModuleList([*local, ClassifierObjective(backbone.classifier)])
         self.context = nn.ModuleList(
-            CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context)
+            CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context,
+                       patch=getattr(units[0], "patch", None))
             for k, s in enumerate(self.source_shapes[1:])
         )
         init_local_modules(self.parts("heads"), self.context, config.local_init, config.context_scale)
@@ -110,10 +109,9 @@ class LocalNetwork(nn.Module):
 
     def _objective(self, unit: int, k: int, kinds: Sequence[str], recon: ReconWeights | None) -> Objective:
         """The local objective of cut k after `unit`."""
-        c = self.config
-        cut = Cut(k, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape, self.loss.out_dim,
-                  c.width, c.widen)
-        return local_objective(cut, kinds[k], self.loss, recon, c.modules - 1)
+        cut = Cut(k, self.config.modules - 1, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
+                  self.loss.out_dim, self.config, self._units[unit + 1])
+        return local_objective(cut, kinds[k], self.loss, recon)
 
     @property
     def num_modules(self) -> int:
@@ -154,6 +152,11 @@ class LocalNetwork(nn.Module):
         for k, block in enumerate(self.blocks):
             h = block(self.module_input(k, h, sources))
         return self.classifier(h)
+
+    def after_step(self, modules: range) -> None:
+        """Let the objectives of `modules` follow the optimizer step (MAN's momentum copies)."""
+        for k in modules:
+            self.objectives[k].after_step()
 
     def module_parts(self, k: int) -> dict[str, nn.Module]:
         """What module k's loss trains, by state_dict prefix: its units, its objective and cut k-1's encoders."""

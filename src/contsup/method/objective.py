@@ -9,15 +9,18 @@ encoders of the cut in front of it (`LocalNetwork.module_parts`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method.heads import HEADS
 from contsup.method.losses import LocalLoss, float32_loss
+from contsup.method.man import MomentumHead
+from contsup.method.patches import PatchAveraged
 from contsup.method.recon import Decoder, ReconWeights
 from contsup.models.chain import Shape
 
@@ -35,19 +38,31 @@ class Cut:
     """What a head builder may read about its cut."""
 
     index: int  # cut k (after module k), 0-based
+    num_cuts: int  # K - 1
     unit: int  # the unit the cut follows
-    shape: Shape  # h_k's shape
+    shape: Shape  # the head's input shape (h_k's; with MAN, the next unit's output shape)
     unit_shapes: tuple[Shape, ...]  # every unit's output shape (for heads modelled on later units)
     image: Shape  # the network input's shape
     out_dim: int  # the local loss's input size
-    width: int  # hidden width W of the heads
-    widen: float  # multiplies the heads' widths
+    settings: LocalConfig  # the run's local-learning settings (head widths, AugLocal depth, ...)
+    next_unit: nn.Module | None = None  # the unit after the cut (MAN's copies follow it), not owned
+
+    @property
+    def width(self) -> int:
+        """Hidden width of the heads (W x widen)."""
+        return int(self.settings.width * self.settings.widen)
 
 
 class Objective(nn.Module):
     """What trains one module: `forward(h, targets)` -> (loss, prediction)."""
 
     needs_pixels = False  # whether `targets.pixels` must be given
+
+    def after_step(self) -> None:
+        """Follow the optimizer step (MAN's momentum copies move towards the next unit)."""
+        for m in self.modules():
+            if isinstance(m, MomentumHead):
+                m.ema_update(m.momentum)
 
 
 class TaskObjective(Objective):
@@ -107,13 +122,31 @@ def head_kinds(text: str, num_cuts: int) -> list[str]:
     return kinds
 
 
-def local_objective(cut: Cut, kind: str, loss: LocalLoss, recon: ReconWeights | None, num_cuts: int) -> Objective:
-    """Cut k's objective: head `kind` with the local loss, plus the reconstruction term when `recon` is set."""
-    task = TaskObjective(HEADS[kind](cut), loss)
+def local_head(cut: Cut, kind: str) -> nn.Module:
+    """Cut k's head: the registered `kind`, behind MAN's momentum copies of the next unit when `man_momentum` > 0,
+    on n x n patches with their outputs averaged when `head_patches` = n > 1."""
+    s = cut.settings
+    if s.man_momentum > 0:
+        if cut.next_unit is None:
+            raise ContsupError("MAN needs the unit after each cut")
+        head: nn.Module = MomentumHead(HEADS[kind](replace(cut, shape=cut.unit_shapes[cut.unit + 1])), cut.next_unit,
+                                       s.man_ema_start, s.man_momentum)
+    else:
+        head = HEADS[kind](cut)
+    if s.head_patches > 1:
+        if not cut.shape.is_map:
+            raise ContsupError("head_patches cuts feature maps into patches; this cut outputs tokens")
+        head = PatchAveraged(head, s.head_patches)
+    return head
+
+
+def local_objective(cut: Cut, kind: str, loss: LocalLoss, recon: ReconWeights | None) -> Objective:
+    """Cut k's objective: its head (`local_head`) with the local loss, plus the reconstruction term with `recon`."""
+    task = TaskObjective(local_head(cut, kind), loss)
     if recon is None:
         return task
     if not (cut.shape.is_map and cut.image.is_map):
         raise ContsupError("the reconstruction term decodes feature maps back to the image; this cut outputs tokens")
-    lambda_x, lambda_y = recon.at(cut.index, num_cuts)
+    lambda_x, lambda_y = recon.at(cut.index, cut.num_cuts)
     decoder = Decoder(cut.shape.channels, cut.image.channels, (cut.image.height, cut.image.width))
     return ReconObjective(task, decoder, lambda_x, lambda_y)

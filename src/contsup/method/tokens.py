@@ -7,10 +7,17 @@ tokens [B, T, D_cut], so METHOD.md's equation stays as it is: s_{k+1} = h_k.deta
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from contsup.errors import ContsupError
+from contsup.method.heads import HEADS
 from contsup.models.vit import Block, Patchify, TokenClassifier, init_vit, num_patches
+
+if TYPE_CHECKING:
+    from contsup.method.objective import Cut
 
 
 class ClassTokenHead(TokenClassifier):
@@ -85,3 +92,28 @@ class TokenResidualEncoder(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Encoded tokens [B, T, D_cut] for tokens [B, T, D_src]."""
         return self.fc(self.norm(s))
+
+
+def _token_cut(cut: Cut, kind: str) -> int:
+    """The cut's token width D; a head for tokens refuses feature maps."""
+    if cut.shape.is_map:
+        raise ContsupError(f"head {kind} reads token sequences; this cut outputs feature maps ({cut.shape})")
+    return cut.shape.channels
+
+
+@HEADS.register("clstoken")
+def class_token_head(cut: Cut) -> nn.Module:
+    """LayerNorm + Linear on the class token."""
+    return ClassTokenHead(_token_cut(cut, "clstoken"), cut.out_dim)
+
+
+@HEADS.register("meantoken")
+def mean_token_head(cut: Cut) -> nn.Module:
+    """LayerNorm + Linear on the mean of the patch tokens."""
+    return MeanTokenHead(_token_cut(cut, "meantoken"), cut.out_dim)
+
+
+@HEADS.register("blocktoken")
+def block_token_head(cut: Cut) -> nn.Module:
+    """A transformer block, then LayerNorm + Linear on the class token."""
+    return BlockTokenHead(_token_cut(cut, "blocktoken"), cut.out_dim)

@@ -23,8 +23,8 @@ from contsup.models.chain import memory_format
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
-from contsup.train.steps import resolve_device
 from contsup.train.optim import make_optimizer
+from contsup.train.steps import resolve_device
 
 E2E = "E2E"
 
@@ -90,7 +90,7 @@ def configurations(cfg: ProfileConfig) -> list[tuple[int, str]]:
 def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device) -> LocalNetwork:
     """The network for one configuration, on the device."""
     torch.manual_seed(cfg.seed)
-    backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes)
+    backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes, cfg.input_shape[-1])
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
         cut_table=cfg.cut_table, **cfg.local,

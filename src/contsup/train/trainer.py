@@ -172,6 +172,7 @@ class Trainer:
             if self.cfg.clip_grad:
                 clip_module_grads(self.net, mods, self.cfg.clip_grad)
             self.optimizer.step()
+            self.net.after_step(mods)
             stats[mods.start:mods.stop] += losses.double()
             watch.update(mods, losses, i)
             steps.append(losses)
