@@ -117,6 +117,7 @@ class LocalConfig(Section):
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
+    checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
     local_init: Literal["torch", "kaiming"] = "torch"  # heads and encoders: PyTorch defaults or the reference's
     context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)
 

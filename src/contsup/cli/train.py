@@ -52,6 +52,8 @@ def add_settings(p: argparse.ArgumentParser) -> None:
 def _scalar(t: Any) -> Callable[[str], Any]:
     """How a flag's text becomes a value: int and float settings are numbers, the rest text (the schema parses it)."""
     base = [a for a in typing.get_args(t) if a is not type(None)] or [t]
+    if base[0] is int and len(base) > 1:  # a count or a word (checkpoint_segments: N or sqrt)
+        return lambda text: int(text) if text.isascii() and text.isdigit() else text
     return base[0] if base[0] in (int, float) else str
 
 

@@ -24,6 +24,7 @@ from contsup.checks import check_local
 from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method.balance import memory_model
+from contsup.method.checkpointing import CheckpointedSequential
 from contsup.method.context import ContextMode, CutContext, init_local_modules, parse_mode
 from contsup.method.cuts import parse_cut_list, resolve_cuts, validate_cuts
 from contsup.method.losses import LOSSES
@@ -89,7 +90,9 @@ class LocalNetwork(nn.Module):
         self.plan = Plan(tuple(validate_cuts(plan.cuts, len(units))), plan.recon)
         self.cuts = list(self.plan.cuts)
         bounds = [0, *(c + 1 for c in self.cuts), len(units)]
-        self.blocks = nn.ModuleList(nn.Sequential(*units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
+        self.blocks = nn.ModuleList(
+            CheckpointedSequential(*units[a:b], segments=config.checkpoint_segments) if config.checkpoint_segments
+            else nn.Sequential(*units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
         self.backbone_name = backbone.name
         self.unit_names = backbone.unit_names
         # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c (h_k's shape).
