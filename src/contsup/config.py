@@ -34,14 +34,14 @@ def named(default: Any, key: str, *aliases: str) -> Any:
     return field(default=default, metadata={"key": key, "aliases": aliases})
 
 
-def _type_name(hint: Any) -> str:
+def type_name(hint: Any) -> str:
     """A type hint as a user reads it: int, a float, true or false, one of 'a', 'b', ..."""
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is list:
-        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+        return f"a list of {type_name(typing.get_args(hint)[0])}"
     return {bool: "true or false", int: "an integer", float: "a finite number", str: "text",
             type(None): "none"}.get(hint, str(hint))
 
@@ -74,7 +74,7 @@ def check_types(section: Any) -> None:
                 raise ContsupError(f"setting {f.name} must be a table of settings, got {value!r}")
             continue
         if not fits(value, hints[f.name]):
-            raise ContsupError(f"setting {f.metadata.get('key', f.name)} must be {_type_name(hints[f.name])}, "
+            raise ContsupError(f"setting {f.metadata.get('key', f.name)} must be {type_name(hints[f.name])}, "
                                f"got {value!r}")
 
 

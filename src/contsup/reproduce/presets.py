@@ -12,15 +12,14 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from contsup.checks import check_run, check_type
-from contsup.config import RunConfig, flatten, nest, resolve, resolve_name, settings
+from contsup.checks import check_run
+from contsup.config import RunConfig, fits, flatten, nest, resolve, resolve_name, settings, type_name
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
 
@@ -29,7 +28,6 @@ _NOT_PRESET = ("out", "progress")
 E2E = "E2E"
 # A preset value must have a TOML type that its setting's schema type allows (TOML has no null: a setting
 # whose default is None is left out or given a value); values are then checked as on the command line.
-_NUMBER = (int, float)
 _CONTEXT = re.compile(r"E2E|E|R\d{1,4}E?")
 _FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -85,23 +83,12 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in preset_dir().glob("*.toml"))
 
 
-def _toml_types(key: str) -> tuple[type, ...]:
-    """The TOML types a setting accepts, from its type in the schema (a float also takes an int)."""
-    t = settings()[resolve_name(key)].type
-    kinds: list[type] = []
-    for b in [a for a in typing.get_args(t) if a is not type(None)] or [t]:
-        origin = typing.get_origin(b) or b
-        kinds += [int, float] if origin is float else [str, list] if origin is Any else [origin]
-    return tuple(kinds)
-
-
 def _check_value(where: str, key: str, value: Any) -> None:
     """One preset value: its TOML type, and the strings that name files or folders."""
     try:
-        check_type(key, value, _toml_types(key))
-        if key == "recon" and isinstance(value, list) and (
-                len(value) != 4 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)):
-            raise ContsupError(f"recon must be 'none', 'paper' or four numbers, got {value!r}")
+        hint = settings()[resolve_name(key)].type
+        if not fits(value, hint):
+            raise ContsupError(f"{key} must be {type_name(hint)}, got {value!r}")
         if key == "context" and not _CONTEXT.fullmatch(value):
             raise ContsupError(f"context must be E2E, E, Rn or RnE, got {value!r}")
         if key in ("dataset", "recon_dataset") and value not in DATASETS:
@@ -192,7 +179,8 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any]:
     if str(s["context"]).upper() == E2E:
         d = defaults()
         s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
-                 **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder")})
+                 **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder", "aux_depth", "aux_pyramid",
+                                      "man_momentum", "man_ema_start", "head_patches")})
     return s
 
 
@@ -243,11 +231,19 @@ def run_name(s: Mapping[str, Any]) -> str:
         parts.append("cuts" + "_".join(str(c).replace(", ", ".").strip("()[]") for c in s["cuts"]))
     elif s["cut_table"] not in ("auto", "equal"):
         parts.append(s["cut_table"])
+    if s["head"] == "auglocal" and (s["aux_depth"], s["aux_pyramid"]) != (d["aux_depth"], d["aux_pyramid"]):
+        parts.append(f"d{s['aux_depth']}p{_num(s['aux_pyramid'])}")
+    if s["man_momentum"]:
+        parts.append(f"man{_num(s['man_momentum'])}" + ("-random" if s["man_ema_start"] == "random" else ""))
+    if s["head_patches"] > 1:
+        parts.append(f"pff{s['head_patches']}")
+    if s["checkpoint_segments"]:
+        parts.append(f"ckpt{s['checkpoint_segments']}")
+    if s["optimizer"] != d["optimizer"]:
+        parts.append(s["optimizer"])
     recon = s["recon"]
-    if isinstance(recon, list):
-        parts.append("recon" + "_".join(_num(v) for v in recon))
-    elif recon not in (None, "none"):
-        parts.append(f"recon-{recon}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
+    if recon not in (None, "none"):
+        parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")
     parts.append(f"s{s['seed']}")
