@@ -1,5 +1,7 @@
 """Atomic writes, checked JSON reads and stale temporaries."""
 
+import os
+
 import pytest
 
 from contsup.errors import ContsupError
@@ -30,8 +32,17 @@ def test_read_json_names_the_file(tmp_path):
 
 
 def test_only_our_temporaries_are_removed(tmp_path):
-    for name in ("checkpoint.pt.a1.tmp", "settings.json.b2.tmp", "data.tmp", "checkpoint.pt"):
+    ours = ["checkpoint.pt.a1.123.contsup-tmp", "settings.json.b_2.9.contsup-tmp"]
+    theirs = ["checkpoint.pt.a1.tmp", "checkpoint.pt.x.contsup-tmp", "metrics.jsonl.a.1.contsup-tmp", "data.tmp",
+              "checkpoint.pt"]
+    for name in ours + theirs:
         (tmp_path / name).write_text("x")
     removed = remove_stale_temps(tmp_path, ("checkpoint.pt", "settings.json"))
-    assert sorted(p.name for p in removed) == ["checkpoint.pt.a1.tmp", "settings.json.b2.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "data.tmp"]
+    assert sorted(p.name for p in removed) == ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
+def test_temporaries_carry_the_pid(tmp_path):
+    seen = []
+    atomic_write(tmp_path / "summary.json", lambda tmp: seen.append(tmp) or open(tmp, "w").write("{}"))
+    assert seen[0].endswith(f".{os.getpid()}.contsup-tmp")

@@ -17,10 +17,12 @@ from contsup.models import build_arch
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.runfolder import (
     CHECKPOINT,
+    check_not_written,
     check_optimizer,
     check_resume,
     check_run_folder,
     check_weights,
+    hold_run_folder,
     open_run_folder,
 )
 from contsup.train.steps import resolve_device
@@ -124,7 +126,18 @@ def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> Non
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train the configured job (continuing from its run folder with `resume`); returns the summary."""
+    """Train the configured job (continuing from its run folder with `resume`); returns the summary.
+
+    The run folder's write lock is held from before its checks to the end. Resuming a run killed
+    between its last checkpoint and its summary trains nothing: the trainer writes the summary.
+    """
+    check_run(cfg)
+    check_run_folder(cfg.out, resume)  # a refused run creates nothing, not even the lock
+    with hold_run_folder(cfg.out):
+        return _train_locked(cfg, resume)
+
+
+def _train_locked(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     payload = prepare_run(cfg, resume)
     data = load_data(cfg)
     check_steps(len(data.train), cfg.train.batch_size)
@@ -149,10 +162,14 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
     The config's data comes from `data_dir` (or the default places), never downloaded, and it has no
     run folder: a checkpoint decides nothing about where contsup reads or writes.
     """
+    check_not_written(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
     payload = load_checkpoint(checkpoint)
     cfg = run_from_checkpoint(payload, checkpoint)
     cfg = replace(cfg, data=replace(cfg.data, root=data_dir, download=False), out=None)
     info = dataset_info(cfg.data.name)
+    with torch.device("meta"):  # the metadata's network, shapes only: checked against the weights before allocating
+        check_weights(build_network(cfg, info.channels, info.num_classes, info.size), payload["model"], checkpoint,
+                      _describe(cfg))
     net = build_network(cfg, info.channels, info.num_classes, info.size)
     check_weights(net, payload["model"], checkpoint, _describe(cfg))
     net.load_state_dict(payload["model"])

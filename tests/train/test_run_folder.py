@@ -56,11 +56,12 @@ def test_resume_with_other_settings_names_them(finished, capsys):
 
 
 def test_resume_removes_stale_temporaries(finished):
-    (finished / "checkpoint.pt.k3j2.tmp").write_bytes(b"half a checkpoint")
-    (finished / "summary.json.x8.tmp").write_text("{")
+    (finished / "checkpoint.pt.k3j2.41.contsup-tmp").write_bytes(b"half a checkpoint")
+    (finished / "summary.json.x8.7.contsup-tmp").write_text("{")
     (finished / "notes.tmp").write_text("not ours")
+    (finished / "checkpoint.pt.mine.tmp").write_text("a user's file named like an old temporary")
     assert main([*TRAIN, "--epochs", "2", "--out", str(finished), "--resume"]) == 0
-    assert sorted(p.name for p in finished.glob("*.tmp")) == ["notes.tmp"]
+    assert sorted(p.name for p in finished.glob("*tmp")) == ["checkpoint.pt.mine.tmp", "notes.tmp"]
     assert [r["epoch"] for r in strict_rows(finished / "metrics.jsonl")] == [1, 2]
 
 
