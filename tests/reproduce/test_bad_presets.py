@@ -53,7 +53,7 @@ def test_run_folder_stays_inside_out(tmp_path):
 @pytest.mark.parametrize("name,text,message", [
     ("settings.json", "{", "cannot read sweep settings"),
     ("summary.json", '{"epochs": ', "cannot read run summary"),
-    ("summary.json", '{"epochs": "1"}', "fields missing or of the wrong type"),
+    ("summary.json", '{"epochs": "1"}', "epochs is '1', not a valid count"),
 ])
 def test_corrupt_sweep_files(name, text, message, tmp_path, capsys):
     preset = tmp_path / "tiny.toml"

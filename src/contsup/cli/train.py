@@ -8,13 +8,13 @@ import os
 import tomllib
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
+from contsup.files import read_text_file
 from contsup.run import build_network, evaluate_checkpoint, run_training
 
 EXAMPLES = """examples:
@@ -55,9 +55,7 @@ def _scalar(t: Any) -> Callable[[str], Any]:
 def read_config_file(path: str) -> dict[str, Any]:
     """A `--config` TOML file: tables [data], [local], [train], [pipeline] or dotted / plain setting names."""
     try:
-        doc = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ContsupError(f"no config file {path}") from None
+        doc = tomllib.loads(read_text_file(path, "config file"))
     except tomllib.TOMLDecodeError as err:
         raise ContsupError(f"{path}: invalid TOML: {err}") from None
     return nest(dict(flatten(doc)))

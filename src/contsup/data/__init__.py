@@ -43,5 +43,7 @@ def load_dataset(
     else:
         train, test = load_real(name, root, download)
         info = get_spec(name).info
+    if len(test) == 0:
+        raise ContsupError(f"the test split of {name} holds no image; its copy is damaged (fetch it again)")
     train, val = carve(train, val_split, train_subset, seed)
     return Dataset(info=info, train=train, test=test, val=val)
