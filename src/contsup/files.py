@@ -58,16 +58,17 @@ def read_text_file(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
         raise ContsupError(f"no {what} {path}") from None
     except OSError as err:
         raise ContsupError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ContsupError(f"{what} {path} is not a regular file")
         if info.st_size > limit:
             raise ContsupError(f"{what} {path} is {info.st_size} bytes, more than the {limit} a {what} may hold")
-        try:
-            data = f.read(limit + 1)
-        except OSError as err:
-            raise ContsupError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        data = os.read(fd, limit + 1)
+    except OSError as err:
+        raise ContsupError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise ContsupError(f"{what} {path} is more than the {limit} bytes a {what} may hold")
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
+from contsup.data.download import check_data_dir
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
@@ -112,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on its dataset's test split."""
+    check_data_dir(args.data_dir)
     result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir)
     print(f"{result['arch']} K={result['modules']} {result['context']} on {result['dataset']}, "
           f"epoch {result['epoch']}: test error {result['test_error']:.2f}%  loss {result['test_loss']:.4f}")

@@ -126,8 +126,10 @@ def check_run_folder(out: str | Path | None, resume: bool) -> None:
         if links:
             raise ContsupError(f"{folder / links[0]} is a symbolic link; contsup writes no run file through a link "
                                "(remove it, or choose another --out)")
-        if resume and not (folder / CHECKPOINT).is_file():
+        if resume and not os.path.lexists(folder / CHECKPOINT):
             raise ContsupError(f"nothing to resume: no {CHECKPOINT} in {folder}")
+        if resume and not (folder / CHECKPOINT).is_file():
+            raise ContsupError(f"{CHECKPOINT} in {folder} is not a regular file; contsup reads no other")
         held = [name for name in RUN_FILES if os.path.lexists(folder / name)]
     except OSError as err:
         raise ContsupError(f"cannot use run folder {folder}: {err.strerror or err}; choose another --out") from None
