@@ -171,7 +171,6 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
         check_weights(build_network(cfg, info.channels, info.num_classes, info.size), payload["model"], checkpoint,
                       _describe(cfg))
     net = build_network(cfg, info.channels, info.num_classes, info.size)
-    check_weights(net, payload["model"], checkpoint, _describe(cfg))
     net.load_state_dict(payload["model"])
     return cfg, net.to(resolve_device(device)), payload
 
