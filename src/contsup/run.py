@@ -19,10 +19,12 @@ from contsup.train.checkpoint import load_checkpoint
 from contsup.train.optim import make_optimizer
 from contsup.train.runfolder import (
     CHECKPOINT,
+    check_not_written,
     check_optimizer,
     check_resume,
     check_run_folder,
     check_weights,
+    hold_run_folder,
     open_run_folder,
 )
 from contsup.train.steps import resolve_device
@@ -129,9 +131,8 @@ def describe_run(cfg: RunConfig) -> str:
 
 
 def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, Any] | None]:
-    """Every check that needs no data, before anything is loaded or written: (the device, on resume the
-    checked checkpoint)."""
-    check_run(cfg)
+    """Every check that needs no data, before anything is loaded or written (`cfg` passed `check_run`):
+    (the device, on resume the checked checkpoint)."""
     check_run_folder(cfg.out, resume)
     device = resolve_device(cfg.train.device)
     if not resume:
@@ -149,7 +150,19 @@ def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> Non
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train the configured job (continuing from its run folder with `resume`); returns the summary."""
+    """Train the configured job (continuing from its run folder with `resume`); returns the summary.
+
+    The run folder's write lock is held from before its checks to the end. Resuming a run killed
+    between its last checkpoint and its summary trains nothing: the trainer writes the summary.
+    """
+    check_run(cfg)
+    check_run_folder(cfg.out, resume)  # a refused run creates nothing, not even the lock
+    with hold_run_folder(cfg.out):
+        return _train_locked(cfg, resume)
+
+
+def _train_locked(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    """`run_training` with the run folder's lock held."""
     device, payload = prepare_run(cfg, resume)
     data = load_data(cfg)
     check_steps(len(data.train), cfg.train.batch_size)
@@ -175,12 +188,16 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
     The config's data comes from `data_dir` (or the default places), never downloaded, and it has no
     run folder: a checkpoint decides nothing about where contsup reads or writes.
     """
+    check_not_written(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
     payload = load_checkpoint(checkpoint)
     cfg = run_from_checkpoint(payload, checkpoint)
     cfg = replace(cfg, data=replace(cfg.data, root=data_dir, download=False), out=None)
     info = dataset_info(cfg.data.name)
-    net = build_network(cfg, info.channels, info.num_classes, info.size, plan_from_checkpoint(payload, checkpoint, cfg))
-    check_weights(net, payload["model"], checkpoint, describe_run(cfg))
+    plan = plan_from_checkpoint(payload, checkpoint, cfg)
+    with torch.device("meta"):  # the metadata's network, shapes only: checked against the weights before allocating
+        check_weights(build_network(cfg, info.channels, info.num_classes, info.size, plan), payload["model"],
+                      checkpoint, describe_run(cfg))
+    net = build_network(cfg, info.channels, info.num_classes, info.size, plan)
     net.load_state_dict(payload["model"])
     return cfg, net.to(resolve_device(device)), payload
 

@@ -4,9 +4,9 @@ from tests.conftest import tiny_net
 from torch import nn
 
 import contsup.method.network as network
+from contsup.config import TrainConfig
 from contsup.errors import ContsupError
 from contsup.method.step import local_step
-from contsup.config import TrainConfig
 from contsup.train.optim import make_optimizer
 
 
@@ -43,7 +43,8 @@ def test_kaiming_init_touches_heads_and_encoders_only():
     plain, ref = tiny_net(4, "R1E"), tiny_net(4, "R1E", local_init="kaiming")
     for name, p in plain.state_dict().items():
         changed = not torch.equal(p, ref.state_dict()[name])
-        is_local_conv = name.startswith(("objectives.0.", "objectives.1.", "objectives.2.", "context.")) and p.dim() == 4
+        is_local = name.startswith(("objectives.0.", "objectives.1.", "objectives.2.", "context."))
+        is_local_conv = is_local and p.dim() == 4
         assert changed == is_local_conv, name
 
 

@@ -9,12 +9,21 @@ import torch
 
 from contsup.checks import MAX_SEED, check_int
 from contsup.errors import ContsupError
+from contsup.files import check_out_dir
 from contsup.method.context import IMAGE_ENCODERS
 from contsup.method.cuts import TABLES
 from contsup.method.heads import HEADS
 from contsup.method.losses import LOSSES
 from contsup.models import BACKBONES
-from contsup.profile.runner import ProfileConfig, ProfileRow, format_table, machine, run_profile, write_outputs
+from contsup.profile.runner import (
+    ProfileConfig,
+    ProfileRow,
+    check_fits,
+    format_table,
+    machine,
+    run_profile,
+    write_outputs,
+)
 
 MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
 
@@ -57,9 +66,11 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile the configurations, print the table, write CSV/JSON/plot with --out."""
+    check_out_dir(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
+    check_fits(cfg)
     rows: list[ProfileRow] = []
 
     def report(row: ProfileRow) -> None:

@@ -8,13 +8,14 @@ import os
 import tomllib
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
+from contsup.data.download import check_data_dir
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
+from contsup.files import read_text_file
 from contsup.run import build_network, evaluate_checkpoint, run_training
 
 EXAMPLES = """examples:
@@ -60,9 +61,7 @@ def _scalar(t: Any) -> Callable[[str], Any]:
 def read_config_file(path: str) -> dict[str, Any]:
     """A `--config` TOML file: tables [data], [local], [train], [pipeline] or dotted / plain setting names."""
     try:
-        doc = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ContsupError(f"no config file {path}") from None
+        doc = tomllib.loads(read_text_file(path, "config file"))
     except tomllib.TOMLDecodeError as err:
         raise ContsupError(f"{path}: invalid TOML: {err}") from None
     return nest(dict(flatten(doc)))
@@ -119,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on its dataset's test split."""
+    check_data_dir(args.data_dir)
     result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir)
     print(f"{result['arch']} K={result['modules']} {result['context']} on {result['dataset']}, "
           f"epoch {result['epoch']}: test error {result['test_error']:.2f}%  loss {result['test_loss']:.4f}")

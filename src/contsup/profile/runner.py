@@ -159,6 +159,46 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     )
 
 
+def step_memory_floor(cfg: ProfileConfig) -> int:
+    """Bytes that any training step of `cfg` must hold at once, from its settings alone (nothing allocated).
+
+    The backbone is built and run on the meta device; a step holds at least its input batch and the
+    largest single activation with its gradient, whatever K and the context mode.
+    """
+    largest = [0]
+
+    def record(module: torch.nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    with torch.device("meta"):
+        backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes)
+        hooks = [m.register_forward_hook(record) for m in backbone.modules()]
+        x = torch.empty(cfg.batch_size, *cfg.input_shape)
+        with torch.no_grad():
+            backbone(x)
+    for h in hooks:
+        h.remove()
+    return x.numel() * x.element_size() + 2 * largest[0]
+
+
+def machine_memory(device: torch.device) -> int:
+    """Bytes of memory on `device`: the GPU's total, or the machine's physical memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(cfg: ProfileConfig) -> None:
+    """Refuse, before anything is allocated, a batch and input whose step cannot fit the device's memory."""
+    device = resolve_device(cfg.device)
+    need, have = step_memory_floor(cfg), machine_memory(device)
+    if need > have:
+        raise ContsupError(f"one training step of {cfg.arch} at batch {cfg.batch_size} and input "
+                           f"{'x'.join(map(str, cfg.input_shape))} needs at least {need / 2**30:.1f} GiB; "
+                           f"{device} has {have / 2**30:.1f} GiB: lower --batch-size or --input")
+
+
 def run_profile(cfg: ProfileConfig, report: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:
     """Profile every configuration in turn (calling `report` after each)."""
     rows = []

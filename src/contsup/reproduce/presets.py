@@ -10,6 +10,7 @@ Settings are those of the one schema (`contsup.config`), named by key (`lr`, `da
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -22,9 +23,12 @@ from contsup.checks import check_run
 from contsup.config import RunConfig, fits, flatten, nest, resolve, resolve_name, settings, type_name
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
+from contsup.files import read_text_file
 
-# Settings that say how a run is shown or where it is written, not what it computes: not preset settings.
-_NOT_PRESET = ("out", "progress")
+# Settings that say how a run is shown, where it is written or where its dataset lives: not preset settings
+# (a preset file names no place on disk; the command line's --out and --data-dir do).
+_NOT_PRESET = ("out", "progress", "data_root", "download")
+MAX_CONFIGURATIONS = 10_000  # grid points times seeds of one preset, counted before anything is expanded
 E2E = "E2E"
 # A preset value must have a TOML type that its setting's schema type allows (TOML has no null: a setting
 # whose default is None is left out or given a value); values are then checked as on the command line.
@@ -46,7 +50,8 @@ def as_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         except ContsupError as err:
             raise ContsupError(f"{where}: {err}") from None
         if key in _NOT_PRESET:
-            raise ContsupError(f"{where}: {key} is not a preset setting")
+            raise ContsupError(f"{where}: {key} is not a preset setting (places and display come from the "
+                               "command line: --out, --data-dir, --progress)")
         out[key] = value
     return out
 
@@ -117,10 +122,8 @@ def load_preset(name_or_path: str | Path) -> Preset:
         path = preset_dir() / f"{name_or_path}.toml"
         if not path.is_file():
             raise ContsupError(f"unknown preset {str(name_or_path)!r}; see `contsup reproduce --list`")
-    if not path.is_file():
-        raise ContsupError(f"no preset file {path}")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(read_text_file(path, "preset file"))
     except tomllib.TOMLDecodeError as err:
         raise ContsupError(f"{path}: invalid TOML: {err}") from None
     unknown = sorted(set(doc) - {"title", "description", "base", "grid", "recipe"})
@@ -135,6 +138,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if not isinstance(raw_grids, list):
         raise ContsupError(f"{path.name}: grid must be a table or an array of tables")
     grids = [_check_table(f"{path.name} [grid]", g, grid=True) for g in raw_grids]
+    count = sum(math.prod(len(v) for v in g.values()) for g in grids)
+    if count > MAX_CONFIGURATIONS:
+        raise ContsupError(f"{path.name}: its grids hold {count} configurations, more than the {MAX_CONFIGURATIONS} "
+                           "a sweep runs; split it into several presets")
     raw_recipes = doc.get("recipe", {})
     if not isinstance(raw_recipes, dict) or not raw_recipes:
         raise ContsupError(f"{path.name}: no [recipe.NAME] tables")
@@ -191,6 +198,11 @@ def expand(preset: Preset, recipe: str, seeds: Sequence[int] | None = None,
         raise ContsupError(f"preset {preset.name!r} has no recipe {recipe!r}; it has {', '.join(preset.recipes)}")
     rec = {k: v for k, v in preset.recipes[recipe].items() if k != "per_dataset"}
     per = preset.recipes[recipe].get("per_dataset", {})
+    count = sum(math.prod(len(v) for k, v in g.items() if k != "seed") * len(g.get("seed", [0]) if seeds is None
+                                                                              else seeds) for g in preset.grids)
+    if count > MAX_CONFIGURATIONS:
+        raise ContsupError(f"preset {preset.name!r} with these seeds holds {count} configurations, more than the "
+                           f"{MAX_CONFIGURATIONS} a sweep runs; pass fewer --seeds")
     out: dict[str, dict[str, Any]] = {}
     for grid in preset.grids:
         grid = dict(grid)
