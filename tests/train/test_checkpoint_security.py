@@ -95,7 +95,7 @@ def test_damaged_weights_are_reported(tmp_path, capsys, trained):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda p: p["meta"]["run"]["local"].update(modules=3), "do not fit"),
+    (lambda p: p["meta"]["run"]["local"].update(modules=3), "plan must list 2 cut units"),
     (lambda p: p["meta"]["run"]["local"].update(context="R0"), "do not fit"),
     (lambda p: p["meta"]["run"].update(arch="resnet14"), "do not fit"),
     (lambda p: p["meta"]["run"]["train"].update(lr="fast"), "lr must be"),
