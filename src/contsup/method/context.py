@@ -171,7 +171,7 @@ def token_encoder(source: Shape, target: Shape, patch: int | None) -> nn.Module:
     if patch is None or source.height != source.width:
         raise ContsupError("context from the image at a token cut needs square images and the backbone's patch size "
                            "(its first unit's `patch`)")
-    return TokenImageEncoder(source.channels, target.channels, source.height, patch)
+    return TokenImageEncoder(source.channels, target.channels, source.height, patch, target.positions[0])
 
 
 LOCAL_INITS = ["torch", "kaiming"]

@@ -64,20 +64,28 @@ class BlockTokenHead(nn.Module):
 class TokenImageEncoder(nn.Module):
     """Mode E for tokens: a fresh patch embedding of the image to the cut's width, plus a position embedding.
 
-    The class-token slot has no patch: its content is zero, so there the output is the position embedding's
-    row 0 for every image, and that row starts at zero (the context starts by leaving the class token alone).
+    With a class token (`tokens` = patches + 1, the default) its slot has no patch: its content is zero, so
+    there the output is the position embedding's row 0 for every image, and that row starts at zero (the
+    context starts by leaving the class token alone). `tokens` = patches fits backbones without one.
     """
 
-    def __init__(self, in_channels: int, dim: int, image_size: int, patch: int) -> None:
+    def __init__(self, in_channels: int, dim: int, image_size: int, patch: int, tokens: int | None = None) -> None:
         super().__init__()
         self.patchify = Patchify(in_channels, dim, image_size, patch)
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches(image_size, patch) + 1, dim))
-        nn.init.trunc_normal_(self.pos_embed[:, 1:], std=0.02)
+        patches = num_patches(image_size, patch)
+        self.extra = (patches + 1 if tokens is None else tokens) - patches
+        if self.extra not in (0, 1):
+            raise ContsupError(f"the cut has {tokens} tokens; {image_size} px images in patches of {patch} give "
+                               f"{patches} (plus a class token at most)")
+        self.pos_embed = nn.Parameter(torch.zeros(1, patches + self.extra, dim))
+        nn.init.trunc_normal_(self.pos_embed[:, self.extra:], std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded image [B, T, D] for images [B, C, H, W]."""
         tokens = self.patchify(x)
-        return torch.cat([tokens.new_zeros(tokens.shape[0], 1, tokens.shape[2]), tokens], dim=1) + self.pos_embed
+        if self.extra:
+            tokens = torch.cat([tokens.new_zeros(tokens.shape[0], 1, tokens.shape[2]), tokens], dim=1)
+        return tokens + self.pos_embed
 
 
 class TokenResidualEncoder(nn.Module):
