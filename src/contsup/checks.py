@@ -1,21 +1,27 @@
-"""Type and range checks of every setting, shared by the command line, presets and checkpoint metadata.
+"""Validation of a run, in one place: types (the schema's), ranges and names of every setting.
 
-Each check raises ContsupError with one line naming the setting, the value and the allowed range.
-The rules are the same wherever a setting comes from, so a preset or a checkpoint cannot hold a
-value that the command line would refuse (docs/security.md).
+The command line, presets, `--config` files, checkpoint metadata and the Python API all pass through
+`check_run` (a whole run) or `check_local` (a network's local-learning settings). Each check raises
+ContsupError with one line naming the setting, the value and the allowed range, so a preset or a
+checkpoint cannot hold a value that the command line would refuse (docs/security.md).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import fields
 from typing import Any
 
 import torch
 
+from contsup.config import check_types
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
+from contsup.method.context import parse_mode
+from contsup.method.cuts import TABLES, parse_cut_list
+from contsup.method.heads import HEADS
+from contsup.method.losses import LOSSES
+from contsup.method.recon import parse_recon
 from contsup.models import BACKBONES
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
@@ -54,16 +60,6 @@ def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
         raise _bad(name, value, f"of type {names}")
 
 
-def check_known_keys(where: str, d: Any, cls: type) -> dict[str, Any]:
-    """`d` is a dict whose keys are all fields of the dataclass `cls`; returns it."""
-    if not isinstance(d, dict):
-        raise ContsupError(f"{where} must be a table of settings, got {type(d).__name__}")
-    unknown = sorted(str(k) for k in set(d) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ContsupError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    return d
-
-
 def check_device_name(name: Any) -> None:
     """auto, cpu, cuda or cuda:N (whether that device exists is checked by `device_from_name`)."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
@@ -96,10 +92,14 @@ def check_arch(arch: Any) -> None:
 
 
 def check_train(t: Any) -> None:
-    """Every field of a TrainConfig: types, finite numbers, ranges (momentum 0 would disable Nesterov)."""
+    """Every field of a TrainConfig: types, finite numbers, ranges (momentum 0 would disable Nesterov).
+
+    Rates are bounded (lr <= 1e3) so that SGD's update cannot overflow float32 on a finite gradient.
+    """
+    check_types(t)
     check_int("epochs", t.epochs, 1, 100_000)
     check_int("batch_size", t.batch_size, 1, 2**24)
-    check_float("lr", t.lr, 0.0, low_open=True)
+    check_float("lr", t.lr, 0.0, 1e3, low_open=True)
     check_float("momentum (Nesterov SGD)", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
     check_float("weight_decay", t.weight_decay, 0.0)
     if t.schedule not in ("step", "epoch"):
@@ -108,61 +108,77 @@ def check_train(t: Any) -> None:
         check_float("warmup_epochs", t.warmup_epochs, 0.0, t.epochs)
     if t.warmup_steps is not None:
         check_int("warmup_steps", t.warmup_steps, 0)
-    check_float("context_lr_scale", t.context_lr_scale, 0.0, low_open=True)
+    check_float("context_lr_scale", t.context_lr_scale, 0.0, 1e3, low_open=True)
     check_float("clip_grad", t.clip_grad, 0.0)
-    check_float("warmup_start_lr", t.warmup_start_lr, 0.0, low_open=True)
+    check_float("warmup_start_lr", t.warmup_start_lr, 0.0, 1e3, low_open=True)
     check_int("seed", t.seed, 0, MAX_SEED)
     check_int("eval_every", t.eval_every, 1, 100_000)
     check_int("eval_subset", t.eval_subset, 0)
     check_device_name(t.device)
-    for name in ("bf16", "channels_last", "progress"):
-        check_type(name, getattr(t, name), bool)
+
+
+def check_pipeline(p: Any) -> None:
+    """Every field of a PipelineConfig, whether or not the run is pipelined."""
+    check_types(p)
+    check_int("replicas", p.replicas, 1, 4096)
+    if p.stage_sizes is not None:
+        if not p.stage_sizes:
+            raise ContsupError("stage_sizes must list at least one stage")
+        for size in p.stage_sizes:
+            check_int("stage_sizes entries", size, 1, 10_000)
+    check_int("inflight", p.inflight, 1, 1024)
+    check_float("dist_timeout", p.timeout_s, 0.0, 7 * 24 * 3600.0, low_open=True)
 
 
 def check_data(d: Any) -> None:
     """Every field of a DataConfig."""
+    check_types(d)
     if d.name not in DATASETS:
         raise ContsupError(f"unknown dataset {d.name!r}; valid names: {', '.join(DATASETS)}")
-    if d.root is not None:
-        check_type("data_root", d.root, str)
-    check_type("download", d.download, bool)
+    if d.root == "":
+        raise ContsupError("data_root must name a folder, got ''")
     check_int("val_split", d.val_split, 0)
     check_int("train_subset", d.train_subset, 0)
 
 
-def _check_cuts(cuts: Any) -> None:
-    ok = isinstance(cuts, (list, tuple)) and all(
-        (isinstance(c, int) and not isinstance(c, bool)) or (
-            isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                 for v in c))
-        for c in cuts)
-    if not ok:
-        raise _bad("cuts", cuts, "a list of unit indices [3, 7] or [stage, block] pairs [[1, 2], [2, 1]]")
-
-
 def check_local(local: Any) -> None:
-    """Every field of a LocalConfig: types and head sizes here, names and K by LocalConfig.validate."""
+    """Every field of a LocalConfig: types, ranges, and names against the registries (heads, losses, ...)."""
+    check_types(local)
     check_int("modules", local.modules, 1, 10_000)
-    for name in ("context", "head", "loss", "cut_table", "image_encoder", "local_init"):
-        check_type(name, getattr(local, name), str)
     check_float("context_scale", local.context_scale, 0.0, 1e3, low_open=True)
     check_int("width", local.width, 1, 65_536)
+    check_int("aux_depth", local.aux_depth, 1, 64)
+    check_float("aux_pyramid", local.aux_pyramid, 0.0, 1.0)
+    check_float("man_momentum", local.man_momentum, 0.0, 1.0, high_open=True)
+    check_int("head_patches", local.head_patches, 1, 16)
+    if local.checkpoint_segments != "sqrt":
+        check_int("checkpoint_segments", local.checkpoint_segments, 0, 100_000)
     check_float("widen", local.widen, 0.0, 64.0, low_open=True)
     if local.width * local.widen > 65_536:  # a head this wide would take gigabytes before any weight is checked
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
+    if local.cut_table not in TABLES:
+        raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
     if local.cuts is not None:
-        _check_cuts(local.cuts)
-    if local.recon is not None:
-        for f in fields(local.recon):
-            check_float(f"recon {f.name}", getattr(local.recon, f.name), 0.0, 1e6)
-    local.validate()
+        parse_cut_list(local.cuts)
+    for kind in local.head.split(","):
+        HEADS[kind.strip()]  # raises on an unknown head
+    if "," in local.head and local.cut_table == "balanced":
+        raise ContsupError("the balanced cut rule needs one head kind for every cut")
+    LOSSES[local.loss]  # raises on an unknown loss
+    parse_mode(local.context, local.modules)
+    if local.recon is not None and local.recon.lower() != "paper":  # `paper` needs the network and dataset
+        parse_recon(local.recon, "", None, local.modules, False)
+    if local.recon_dataset is not None and local.recon_dataset not in DATASETS:
+        raise ContsupError(f"unknown recon_dataset {local.recon_dataset!r}; valid names: {', '.join(DATASETS)}")
 
 
 def check_run(cfg: Any) -> None:
-    """A whole RunConfig: data, architecture, local learning, training and the run folder's type."""
+    """A whole RunConfig: data, architecture, local learning, training, pipeline and the run folder's name."""
+    check_types(cfg)
     check_data(cfg.data)
     check_arch(cfg.arch)
     check_local(cfg.local)
     check_train(cfg.train)
-    if cfg.out is not None:
-        check_type("out", cfg.out, str)
+    check_pipeline(cfg.pipeline)
+    if cfg.out == "":
+        raise ContsupError("out must name a folder, got ''")

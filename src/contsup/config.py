@@ -6,6 +6,10 @@ is its help text, its key its flag), preset keys (`reproduce/presets.py`), `--co
 which rejects unknown settings and fills missing ones with their defaults). A setting is named by its
 dotted path (`train.lr`) or by its key: the field name, or the `key` given in its metadata (`dataset`
 for `data.name`); keys are unique across the schema.
+
+The schema is data: it imports nothing from the method. Each section checks its fields' types when it
+is built (`check_types`: no string for a boolean, no fractional count, finite numbers, `Literal`
+choices); ranges and names (registered heads, context modes, ...) are checked in `contsup.checks`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import math
 import tokenize
+import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from contsup.errors import ContsupError
 
@@ -28,23 +34,59 @@ def named(default: Any, key: str, *aliases: str) -> Any:
     return field(default=default, metadata={"key": key, "aliases": aliases})
 
 
-@dataclass(frozen=True)
-class ReconWeights:
-    """(lambda_x, lambda_y) at the first cut (ixx_1, ixy_1) and at the last cut (ixx_2, ixy_2)."""
+def type_name(hint: Any) -> str:
+    """A type hint as a user reads it: int, a float, true or false, one of 'a', 'b', ..."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {type_name(typing.get_args(hint)[0])}"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "text",
+            type(None): "none"}.get(hint, str(hint))
 
-    ixx_1: float
-    ixy_1: float
-    ixx_2: float
-    ixy_2: float
 
-    def at(self, cut: int, num_cuts: int) -> tuple[float, float]:
-        """(lambda_x, lambda_y) at cut index `cut` (0-based) of `num_cuts`, linearly interpolated."""
-        t = cut / (num_cuts - 1) if num_cuts > 1 else 0.0
-        return (self.ixx_1 + (self.ixx_2 - self.ixx_1) * t, self.ixy_1 + (self.ixy_2 - self.ixy_1) * t)
+def fits(value: Any, hint: Any) -> bool:
+    """Whether `value` has the type `hint` (a bool is no number, an int is a float, floats are finite)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return any(value == c and type(value) is type(c) for c in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in typing.get_args(hint))
+    if origin is list:
+        return isinstance(value, list) and all(fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_types(section: Any) -> None:
+    """Every field of a schema section (a dataclass) has its declared type; else one line naming it."""
+    hints = typing.get_type_hints(type(section))
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if is_dataclass(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                raise ContsupError(f"setting {f.name} must be a table of settings, got {value!r}")
+            continue
+        if not fits(value, hints[f.name]):
+            raise ContsupError(f"setting {f.metadata.get('key', f.name)} must be {type_name(hints[f.name])}, "
+                               f"got {value!r}")
+
+
+class Section:
+    """A schema section: its field types are checked when it is built (and by `check_types` after a change)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Which dataset, and how much of it."""
 
     name: str = named("fashion-mnist", "dataset", "data")  # dataset name (see `contsup data list`)
@@ -55,58 +97,42 @@ class DataConfig:
 
 
 @dataclass
-class LocalConfig:
+class LocalConfig(Section):
     """How to cut the network and train it locally (defaults: the paper's ContSup setting)."""
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head shape <a>c<b>f (docs/method.md, heads)
+    head: str = "1c2f"  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken; or one per cut, a,b,...
+    aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
+    aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
+    man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
+    man_ema_start: Literal["paper", "random"] = "paper"  # MAN: EMA copy starts as the next unit, or random (code's)
+    head_patches: int = 1  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
     loss: str = "softmax"  # local loss: softmax or contrast
     width: int = 128  # hidden width W of the local heads
     widen: float = 1.0  # multiplies the heads' widths
     cut_table: str = "auto"  # auto, equal-units, balanced (rules) or a paper table (equal, balanced-cifar10, ...)
-    cuts: Any = None  # explicit cuts: unit indices 3,7,11 or stage.block pairs 1.2,2.1 (or a cut table's name)
-    recon: Any = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
+    cuts: str | None = None  # explicit cuts: unit indices 3,7,11 or stage.block pairs 1.2,2.1 (overrides cut_table)
+    recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
-    image_encoder: str = "paper"  # paper (runs at the image's resolution) or pooled (cheaper, not the paper's)
+    image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
-    local_init: str = "torch"  # heads and encoders: torch (PyTorch defaults) or kaiming (the reference code's)
+    checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
+    local_init: Literal["torch", "kaiming"] = "torch"  # heads and encoders: PyTorch defaults or the reference's
     context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)
-
-    def __post_init__(self) -> None:
-        from contsup.method.cuts import TABLES, parse_cut_list  # the method code imports this schema
-
-        if isinstance(self.cuts, str):
-            if self.cuts in TABLES:
-                self.cut_table, self.cuts = self.cuts, None
-            else:
-                self.cuts = parse_cut_list(self.cuts)
-        elif self.cuts is not None:
-            self.cuts = [tuple(c) if isinstance(c, list) else c for c in self.cuts]
-        if isinstance(self.recon, Mapping):
-            self.recon = ReconWeights(**self.recon)
-        elif isinstance(self.recon, (list, tuple)):
-            self.recon = ",".join(str(v) for v in self.recon)
-        if isinstance(self.recon, str) and self.recon.lower() in ("", "none", "off"):
-            self.recon = None
-
-    def validate(self) -> None:
-        """Fail early with one clear message on a bad setting."""
-        from contsup.method.network import check_config  # the method code imports this schema
-
-        check_config(self)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """The optimisation recipe; defaults are the paper's CIFAR-10 recipe (docs/method.md, recipe)."""
 
     epochs: int = 160  # training epochs (the paper's recipe)
     batch_size: int = 1024  # images per step (the paper's recipe)
-    lr: float = 0.8  # peak learning rate of SGD (the paper's, for batch 1024; scale it with the batch size)
-    momentum: float = 0.9  # Nesterov momentum
-    weight_decay: float = 1e-4  # L2 weight decay
-    schedule: str = "step"  # step: warm-up and cosine set every step | epoch: set per epoch (the paper's code)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (Nesterov; the paper's) or adamw (transformers; no decay on norms)
+    lr: float = 0.8  # peak learning rate (the paper's SGD rate for batch 1024; scale it with the batch size)
+    momentum: float = 0.9  # Nesterov momentum (sgd)
+    weight_decay: float = 1e-4  # weight decay (sgd: L2 on every parameter; adamw: decoupled, not on norms/biases)
+    schedule: Literal["step", "epoch"] = "step"  # step: warm-up and cosine every step; epoch: per epoch (paper's code)
     warmup_epochs: float | None = None  # warm-up epochs; None: 10 of every 160 (per step: at least min(1, epochs/4))
     warmup_steps: int | None = None  # the warm-up in steps instead of epochs (per-step schedule only)
     warmup_start_lr: float = 0.01  # learning rate at the start of the warm-up
@@ -123,46 +149,43 @@ class TrainConfig:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(Section):
     """How the ranks of a pipelined run (`torchrun ... contsup train --pipeline`) split the work."""
 
     replicas: int = 1  # data-parallel copies R of the pipeline; P = world size / R stages each
     stage_sizes: list[int] | None = None  # modules per stage, e.g. 3,5,8; None: balanced by measured cost
     inflight: int = 2  # micro-batches a stage may have sent but not yet delivered
     timeout_s: float = named(300.0, "dist_timeout")  # seconds before a silent peer counts as failed
-    backend: str = "auto"  # auto (nccl with CUDA, else gloo), gloo or nccl
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto (nccl with CUDA, else gloo), gloo or nccl
 
     def __post_init__(self) -> None:
-        if isinstance(self.stage_sizes, str):
+        if isinstance(self.stage_sizes, str):  # the flag's text
             try:
                 self.stage_sizes = [int(v) for v in self.stage_sizes.split(",")]
             except ValueError:
                 raise ContsupError(f"cannot read --stage-sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
-        if self.inflight < 1 or self.timeout_s <= 0:
-            raise ContsupError("--inflight and --dist-timeout must be positive")
+        super().__post_init__()
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Section):
     """One training job."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    arch: str = "resnet32"  # backbone (see `contsup.models.ARCHS`): resnetN (N = 6n+2), resnet18, resnet34
+    arch: str = "resnet32"  # backbone: resnetN (N = 6n+2), resnet18, resnet34, resnet18-small, resnet34-small
     local: LocalConfig = field(default_factory=LocalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    out: str | None = None  # run folder: checkpoint.pt, metrics.jsonl, summary.json
+    out: str | None = None  # run folder for checkpoint.pt, metrics.jsonl, summary.json (train: runs/<data>-<arch>-...)
 
     def __post_init__(self) -> None:
-        from contsup.method.recon import parse_recon  # the method code imports this schema
+        super().__post_init__()
+        self.arch = self.arch.lower()
 
-        if isinstance(self.arch, str):
-            self.arch = self.arch.lower()
-        local = self.local
-        if isinstance(local.recon, str) and isinstance(local.cut_table, str):  # other types: the checks refuse
-            balanced = local.cut_table.startswith("balanced")
-            local.recon = parse_recon(local.recon, self.arch, local.recon_dataset or self.data.name, local.modules,
-                                      balanced)
+    def check_types(self) -> None:
+        """Every section's field types (after settings were changed in place)."""
+        for section in (self, self.data, self.local, self.train, self.pipeline):
+            check_types(section)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, stored in checkpoints."""
@@ -267,7 +290,7 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every leaf of nested settings (a ReconWeights counts as a leaf)."""
+    """(dotted path, value) of every leaf of nested settings."""
     for k, v in d.items():
         if isinstance(v, Mapping) and f"{prefix}{k}" not in settings():
             yield from flatten(v, f"{prefix}{k}.")
@@ -301,10 +324,7 @@ def to_toml(cfg: RunConfig) -> str:
         if value is None:
             continue
         *parents, leaf = path.split(".")
-        if isinstance(value, Mapping):  # ReconWeights
-            value = list(value.values())
-        text = json.dumps([list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, Sequence)
-                          and not isinstance(value, str) else value)
+        text = json.dumps(value)
         (sections.setdefault(".".join(parents), []) if parents else lines).append(f"{leaf} = {text}")
     for name, body in sections.items():
         lines += ["", f"[{name}]", *body]

@@ -34,7 +34,7 @@ class Registry(Generic[F]):
         def add(fn: F) -> F:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = (re.compile(pattern or re.escape(name)), fn, help or name)
+            self._entries[name] = (re.compile(pattern or re.escape(name), re.ASCII), fn, help or name)
             return fn
 
         return add

@@ -13,15 +13,19 @@ from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, T
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset
 from contsup.data.split import seeded_subset
 from contsup.errors import ContsupError
-from contsup.method.network import LocalNetwork
+from contsup.method.network import LocalNetwork, Plan
+from contsup.method.recon import parse_recon
 from contsup.models import build_arch
 from contsup.train.checkpoint import load_checkpoint
+from contsup.train.optim import make_optimizer
 from contsup.train.runfolder import (
     CHECKPOINT,
+    check_not_written,
     check_optimizer,
     check_resume,
     check_run_folder,
     check_weights,
+    hold_run_folder,
     open_run_folder,
 )
 from contsup.train.steps import resolve_device
@@ -42,12 +46,14 @@ def load_data(cfg: RunConfig) -> Dataset:
     )
 
 
-def build_network(cfg: RunConfig, channels: int, num_classes: int, size: int) -> LocalNetwork:
-    """The configured backbone for this input shape, cut and supplied with context, on the CPU."""
-    check_run(cfg)
+def build_network(cfg: RunConfig, channels: int, num_classes: int, size: int, plan: Plan | None = None) -> LocalNetwork:
+    """The configured backbone for this input shape, cut and supplied with context, on the CPU.
+
+    `cfg` must have passed `check_run`; `plan` (from a checkpoint) fixes the cuts and reconstruction weights.
+    """
     torch.manual_seed(cfg.train.seed)
-    backbone = build_arch(cfg.arch, channels, num_classes)
-    return LocalNetwork(backbone, cfg.local, torch.zeros(1, channels, size, size))
+    backbone = build_arch(cfg.arch, channels, num_classes, size)
+    return LocalNetwork(backbone, cfg.local, torch.zeros(1, channels, size, size), plan, cfg.data.name)
 
 
 def make_loaders(cfg: RunConfig, data: Dataset, device: torch.device) -> dict[str, DeviceLoader | None]:
@@ -61,14 +67,16 @@ def make_loaders(cfg: RunConfig, data: Dataset, device: torch.device) -> dict[st
     }
 
 
-def make_trainer(cfg: RunConfig, data: Dataset, net: LocalNetwork) -> Trainer:
-    """A Trainer for a built network and loaded data."""
-    device = resolve_device(cfg.train.device)
+def run_meta(cfg: RunConfig, data: Dataset, net: LocalNetwork) -> dict[str, Any]:
+    """What a checkpoint records about its run: the settings, the dataset's description and the resolved plan."""
+    return {"run": cfg.to_dict(), "dataset": asdict(data.info), "plan": net.plan.to_dict()}
+
+
+def make_trainer(cfg: RunConfig, data: Dataset, net: LocalNetwork, device: torch.device) -> Trainer:
+    """A Trainer for a built network and loaded data, on `device`."""
     loaders = make_loaders(cfg, data, device)
-    return Trainer(
-        net, loaders["train"], loaders["test"], cfg.train, cfg.out, val_loader=loaders["val"],
-        subset_loader=loaders["test_subset"], meta={"run": cfg.to_dict(), "dataset": asdict(data.info)},
-    )
+    return Trainer(net, loaders["train"], loaders["test"], cfg.train, cfg.out, val_loader=loaders["val"],
+                   subset_loader=loaders["test_subset"], meta=run_meta(cfg, data, net), device=device)
 
 
 def check_steps(train_images: int, batch_size: int) -> None:
@@ -81,14 +89,12 @@ def check_steps(train_images: int, batch_size: int) -> None:
 def run_from_checkpoint(payload: dict[str, Any], path: str | Path) -> RunConfig:
     """The checked run configuration stored in a checkpoint's metadata (its dataset must be the known one)."""
     meta = payload["meta"]
-    unknown = sorted(str(k) for k in set(meta) - {"run", "dataset", "pipeline", "stages", "replicas"})
+    unknown = sorted(str(k) for k in set(meta) - {"run", "dataset", "plan", "pipeline", "stages", "replicas"})
     if unknown:
         raise ContsupError(f"{path}: malformed checkpoint metadata (unknown key(s) {', '.join(unknown)})")
     if "run" not in meta:
         raise ContsupError(f"{path} holds no run configuration (trained through the Python API?)")
     run = meta["run"]
-    if isinstance(run, dict) and isinstance(run.get("local"), dict) and run["local"].get("extra") == {}:
-        run = {**run, "local": {k: v for k, v in run["local"].items() if k != "extra"}}  # written before the schema
     try:
         cfg = RunConfig.from_dict(run, "metadata")
         check_run(cfg)
@@ -101,40 +107,74 @@ def run_from_checkpoint(payload: dict[str, Any], path: str | Path) -> RunConfig:
     return cfg
 
 
-def _describe(cfg: RunConfig) -> str:
+def plan_from_checkpoint(payload: dict[str, Any], path: str | Path, cfg: RunConfig) -> Plan:
+    """The cuts and reconstruction weights a checkpoint's network was built with (checked plain data)."""
+    plan = payload["meta"].get("plan")
+    try:
+        cuts, recon = plan["cuts"], plan["recon"]  # type: ignore[index]
+        ok = isinstance(cuts, list) and len(cuts) == cfg.local.modules - 1 and all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 100_000 for c in cuts) and (
+            recon is None or isinstance(recon, str))
+    except (TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise ContsupError(f"{path}: malformed checkpoint metadata (its plan must list {cfg.local.modules - 1} "
+                           "cut units and the reconstruction weights)")
+    if (recon is None) != (cfg.local.recon is None):
+        raise ContsupError(f"{path}: malformed checkpoint metadata (its plan and settings disagree on recon)")
+    return Plan(tuple(cuts), parse_recon(recon, "", None, cfg.local.modules, False) if recon else None)
+
+
+def describe_run(cfg: RunConfig) -> str:
+    """The run's network in a few words: arch, K and (for local learning) context and head."""
+    if cfg.local.modules == 1:
+        return f"{cfg.arch}, end-to-end"
     return f"{cfg.arch}, K={cfg.local.modules}, context {cfg.local.context}, head {cfg.local.head}"
 
 
-def prepare_run(cfg: RunConfig, resume: bool) -> dict[str, Any] | None:
-    """Every check that needs no data, before anything is loaded or written; on resume, the checked checkpoint."""
-    check_run(cfg)
+def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, Any] | None]:
+    """Every check that needs no data, before anything is loaded or written (`cfg` passed `check_run`):
+    (the device, on resume the checked checkpoint)."""
     check_run_folder(cfg.out, resume)
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     if not resume:
-        return None
+        return device, None
     path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]
     payload = load_checkpoint(path)
     check_resume(path, payload, run_from_checkpoint(payload, path).to_dict(), cfg.to_dict(), cfg.train.epochs)
-    return payload
+    return device, payload
 
 
 def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> None:
-    """The checkpoint's weights and optimizer state fit the built network and the run's SGD settings."""
-    check_weights(net, payload["model"], cfg.out or "", _describe(cfg))
-    hyper = {"momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay, "nesterov": True}
-    check_optimizer(payload["optimizer"], list(net.parameters()), hyper, cfg.out or "")
+    """The checkpoint's weights and optimizer state fit the built network and the run's optimizer settings."""
+    check_weights(net, payload["model"], cfg.out or "", describe_run(cfg))
+    check_optimizer(payload["optimizer"], net, make_optimizer(net.named_parameters(), cfg.train), cfg.out or "")
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train the configured job (continuing from its run folder with `resume`); returns the summary."""
-    payload = prepare_run(cfg, resume)
+    """Train the configured job (continuing from its run folder with `resume`); returns the summary.
+
+    The run folder's write lock is held from before its checks to the end. Resuming a run killed
+    between its last checkpoint and its summary trains nothing: the trainer writes the summary.
+    """
+    check_run(cfg)
+    check_run_folder(cfg.out, resume)  # a refused run creates nothing, not even the lock
+    with hold_run_folder(cfg.out):
+        return _train_locked(cfg, resume)
+
+
+def _train_locked(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    """`run_training` with the run folder's lock held."""
+    device, payload = prepare_run(cfg, resume)
     data = load_data(cfg)
     check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
-    net = build_network(cfg, info.channels, info.num_classes, info.size)
+    plan = plan_from_checkpoint(payload, cfg.out or "", cfg) if payload is not None else None
+    net = build_network(cfg, info.channels, info.num_classes, info.size, plan)
     if payload is not None:
         check_fit(cfg, net, payload)
-    trainer = make_trainer(cfg, data, net)  # before the folder: a test subset larger than the test set is refused
+    # before the folder: a test subset larger than the test set is refused
+    trainer = make_trainer(cfg, data, net, device)
     if cfg.out is not None:
         open_run_folder(cfg.out)
     if resume:
@@ -151,12 +191,16 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
     The config's data comes from `data_dir` (or the default places), never downloaded, and it has no
     run folder: a checkpoint decides nothing about where contsup reads or writes.
     """
+    check_not_written(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
     payload = load_checkpoint(checkpoint)
     cfg = run_from_checkpoint(payload, checkpoint)
     cfg = replace(cfg, data=replace(cfg.data, root=data_dir, download=False), out=None)
     info = dataset_info(cfg.data.name)
-    net = build_network(cfg, info.channels, info.num_classes, info.size)
-    check_weights(net, payload["model"], checkpoint, _describe(cfg))
+    plan = plan_from_checkpoint(payload, checkpoint, cfg)
+    with torch.device("meta"):  # the metadata's network, shapes only: checked against the weights before allocating
+        check_weights(build_network(cfg, info.channels, info.num_classes, info.size, plan), payload["model"],
+                      checkpoint, describe_run(cfg))
+    net = build_network(cfg, info.channels, info.num_classes, info.size, plan)
     net.load_state_dict(payload["model"])
     return cfg, net.to(resolve_device(device)), payload
 
@@ -164,11 +208,11 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
 def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", batch_size: int = 1024,
                         data_dir: str | None = None) -> dict[str, Any]:
     """Test error and loss of a saved network on its dataset's test split (read from `data_dir`, never fetched)."""
-    dev = resolve_device(device)
     cfg, net, payload = load_run(checkpoint, device, data_dir)
     data = load_data(cfg)
-    loader = DeviceLoader(data.test, data.info, batch_size, dev)
-    result = evaluate(net, loader, bar="evaluating on the test set")
+    loader = DeviceLoader(data.test, data.info, batch_size, next(net.parameters()).device)
+    result = evaluate(net, loader, cfg.train.bf16, cfg.train.channels_last, bar="evaluating on the test set")
     return {"checkpoint": str(checkpoint), "epoch": payload["epoch"], "test_error": result["error"],
             "test_loss": result["loss"], "dataset": cfg.data.name, "arch": cfg.arch,
-            "modules": cfg.local.modules, "context": cfg.local.context}
+            "modules": cfg.local.modules, "context": cfg.local.context if cfg.local.modules > 1 else None,
+            "network": describe_run(cfg)}

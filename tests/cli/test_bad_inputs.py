@@ -3,14 +3,16 @@
 import pytest
 import torch
 from tests.conftest import cli_error, snapshot
+from tests.test_files import TEXT_CORPUS, hostile_text
 
 TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", "64", "--batch-size", "32",
          "--lr", "0.05", "--device", "cpu", "--no-progress", "--epochs", "1", "--modules", "2"]
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--lr", "nan"], "lr must be a finite number > 0"),
-    (["--lr", "inf"], "lr must be a finite number > 0"),
+    (["--lr", "nan"], "lr must be a finite number"),
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--lr", "1e308"], "lr must be a finite number > 0 and <= 1000"),
     (["--lr", "-1"], "lr must be"),
     (["--momentum", "-0.5"], "momentum (Nesterov SGD) must be"),
     (["--momentum", "0"], "momentum (Nesterov SGD) must be"),
@@ -67,3 +69,43 @@ def test_profile_degenerate_sizes(flags, message, tmp_path, capsys):
             "--out", str(tmp_path / "prof"), *flags]
     assert message in cli_error(capsys, argv)
     assert not (tmp_path / "prof").exists()
+
+
+@pytest.mark.parametrize("kind,message", TEXT_CORPUS)
+def test_config_file_that_is_no_text(kind, message, tmp_path, capsys):
+    path = hostile_text(tmp_path, kind)
+    out = tmp_path / "run"
+    before = snapshot(tmp_path)
+    assert message in cli_error(capsys, [*TRAIN, "--config", path, "--out", str(out)])
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_profile_that_cannot_fit_memory(tmp_path, capsys):
+    line = cli_error(capsys, ["profile", "--arch", "resnet8", "-K", "2", "--contexts", "R1E", "--batch-size", "100000",
+                              "--input", "3x4096x4096", "--device", "cpu", "--out", str(tmp_path / "prof")])
+    assert "needs at least" in line and "lower --batch-size" in line
+    assert not (tmp_path / "prof").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs", "RUNS", "--out", "FILE"],
+    ["runs", "RUNS", "--out", "FILE/sub"],
+    ["analyze", "RUNS", "--out", "FILE"],
+    ["profile", "--arch", "resnet8", "-K", "2", "--out", "FILE"],
+    ["reproduce", "table1", "--out", "FILE"],
+    ["reproduce", "table1", "--out", "OUT", "--results", "FILE"],
+    ["reproduce", "table1", "--out", "OUT", "--data-dir", "FILE"],
+    ["train", *TRAIN[1:], "--out", ""],
+    ["train", *TRAIN[1:], "--out", "OUT", "--data-dir", "FILE"],
+    ["eval", "RUNS", "--data-dir", "FILE"],
+])
+def test_output_named_as_a_file_refused_before_work(argv, tmp_path, capsys):
+    """Every --out, --results and --data-dir is checked before anything is read, trained or written."""
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "runs").mkdir()
+    places = {"FILE": str(tmp_path / "file"), "FILE/sub": str(tmp_path / "file" / "sub"),
+              "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out")}
+    before = snapshot(tmp_path)
+    line = cli_error(capsys, [places.get(a, a) for a in argv])
+    assert "is a file" in line or "not a folder" in line or "is empty" in line or "must name a folder" in line, line
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["file", "runs"]

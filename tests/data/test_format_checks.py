@@ -102,3 +102,30 @@ def test_data_list_names_a_missing_file(tmp_path, rng, monkeypatch, capsys):
     assert main(["data", "list"]) == 0
     row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fashion-mnist"))
     assert f"incomplete copy in {tmp_path / 'data' / 'fashion-mnist'} (missing {FMNIST[3]})" in row
+
+
+def _empty_test_split(folder, rng):
+    fmnist(folder, rng)
+    write_idx(folder / FMNIST[2], np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(folder / FMNIST[3], np.zeros(0, dtype=np.uint8))
+
+
+def _names_a_file(folder, rng):
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_bytes(b"not a folder")
+
+
+@pytest.mark.parametrize("make,message", [
+    (_empty_test_split, "test split of fashion-mnist holds no image"),
+    (_names_a_file, "is not a folder"),
+    (lambda folder, rng: fmnist(folder, rng, labels_high=11), "labels outside 0..9"),
+])
+def test_hostile_dataset_folder_corpus(make, message, tmp_path, rng, capsys):
+    """train on a damaged dataset folder: exit 2, one line, nothing written anywhere."""
+    data, out = tmp_path / "data", tmp_path / "run"
+    make(data, rng)
+    before = snapshot(tmp_path)
+    assert message in cli_error(capsys, [
+        "train", "--data", "fashion-mnist", "--data-dir", str(data), "--no-download", "--arch", "resnet8",
+        "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert snapshot(tmp_path) == before and not out.exists()

@@ -8,7 +8,10 @@ from contsup.method import LocalConfig, LocalNetwork
 from contsup.method.balance import memory_model
 from contsup.method.context import parse_mode
 from contsup.method.cuts import PAPER_CUTS, balanced_cuts
+from contsup.method.losses import LOSSES
+from contsup.method.objective import Cut, local_objective
 from contsup.models import probe_shapes, resnet
+from contsup.models.chain import Shape
 
 
 def brute_force(units, modules, end, start):
@@ -65,8 +68,14 @@ def test_model_counts_lean_encoders_as_their_held_sources():
     units, sample = list(net.units), torch.zeros(1, 3, 16, 16)
     shapes = probe_shapes(units, sample)
     mode = parse_mode("R1E", 4)
-    plain = memory_model(units, net.classifier, sample, shapes, mode, "1c2f", "softmax", 10, lean=False)[2]
-    lean = memory_model(units, net.classifier, sample, shapes, mode, "1c2f", "softmax", 10, lean=True)[2]
+    loss = LOSSES["softmax"](10, 128)
+
+    def objective(j):
+        return local_objective(Cut(0, j, shapes[j], tuple(shapes), Shape.of(sample), 10, 128, 1.0), "1c2f", loss,
+                               None, 3)
+
+    plain = memory_model(units, net.classifier, sample, shapes, mode, objective, lean=False)[2]
+    lean = memory_model(units, net.classifier, sample, shapes, mode, objective, lean=True)[2]
     # Lean encoders save nothing but their inputs: what is left is s_1 at the cut's shape, held for them.
     held = [0.0] + [4.0 * s.channels * s.height * s.width for s in shapes[:-1]]
     assert lean == pytest.approx(held)

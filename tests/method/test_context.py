@@ -33,7 +33,7 @@ def test_r0_supplies_nothing():
     net = tiny_net(4, "R0")
     assert sum(p.numel() for p in net.context.parameters()) == 0
     h = torch.randn(2, 16, 16, 16)
-    assert torch.equal(net.supply(0, h, {0: torch.randn(2, 3, 16, 16)}), h)
+    assert torch.equal(net.module_input(1, h, {0: torch.randn(2, 3, 16, 16)}), h)
 
 
 def test_supply_is_detached_input_plus_encoders():
@@ -41,7 +41,7 @@ def test_supply_is_detached_input_plus_encoders():
     shape = lambda j: (2, *(lambda s: (s.channels, s.height, s.width))(net.source_shapes[j]))  # noqa: E731
     h = torch.randn(*shape(2), requires_grad=True)
     s = {j: torch.randn(*shape(j), requires_grad=True) for j in (0, 1)}
-    out = net.supply(1, h, s)
+    out = net.module_input(2, h, dict(s))
     out.sum().backward()
     assert h.grad is None and s[0].grad is None and s[1].grad is None
     assert all(p.grad is not None for p in net.context[1].parameters())

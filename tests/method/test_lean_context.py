@@ -16,7 +16,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def encoders() -> dict[str, torch.nn.Module]:
-    target = Shape(20, 4, 4)
+    target = Shape((20, 4, 4))
     return {
         "image": ImageEncoder(3, target),
         "image pooled": ImageEncoder(3, target, pool_first=True),
@@ -81,7 +81,7 @@ def test_lean_recompute_keeps_the_forward_autocast(batch):
     x, y = batch
     plain, lean = tiny_net(4, "R1E", lean_context=False), tiny_net(4, "R1E")
     for net in (plain, lean):
-        local_step(net, x, y, autocast=torch.autocast("cpu", torch.bfloat16))
+        local_step(net, x, y, amp=torch.autocast("cpu", torch.bfloat16))
     for (n, p), q in zip(plain.context.named_parameters(), lean.context.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, rtol=1e-2, atol=1e-2), n
 
@@ -90,7 +90,7 @@ def test_other_batchnorms_run_straightforward():
     class OtherBN(torch.nn.BatchNorm2d):
         pass
 
-    enc = ResidualEncoder(6, Shape(20, 4, 4), lean=True)
+    enc = ResidualEncoder(6, Shape((20, 4, 4)), lean=True)
     x = torch.randn(5, 6, 8, 8)
     assert type(enc(x).grad_fn).__name__ == "_LeanEncodeBackward"
     enc.net[1] = OtherBN(20)

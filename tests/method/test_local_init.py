@@ -4,9 +4,10 @@ from tests.conftest import tiny_net
 from torch import nn
 
 import contsup.method.network as network
+from contsup.config import TrainConfig
 from contsup.errors import ContsupError
 from contsup.method.step import local_step
-from contsup.train.trainer import TrainConfig, make_optimizer
+from contsup.train.optim import make_optimizer
 
 
 def one_step(net, optimizer, batch):
@@ -20,7 +21,7 @@ def one_step(net, optimizer, batch):
 def test_options_off_give_todays_step_bit_for_bit(batch, monkeypatch):
     cfg = TrainConfig(lr=0.1, device="cpu")
     net = tiny_net(4, "R1E", local_init="torch", context_scale=1.0)
-    after = one_step(net, make_optimizer(net.parameters(), cfg, net.context.parameters()), batch)
+    after = one_step(net, make_optimizer(net.named_parameters(), cfg), batch)
     monkeypatch.setattr(network, "init_local_modules", lambda *a: None)  # today's network: no init pass at all
     old = tiny_net(4, "R1E")
     sgd = torch.optim.SGD(old.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
@@ -42,15 +43,30 @@ def test_kaiming_init_touches_heads_and_encoders_only():
     plain, ref = tiny_net(4, "R1E"), tiny_net(4, "R1E", local_init="kaiming")
     for name, p in plain.state_dict().items():
         changed = not torch.equal(p, ref.state_dict()[name])
-        is_local_conv = name.startswith(("heads.", "context.")) and p.dim() == 4
+        is_local = name.startswith(("objectives.0.", "objectives.1.", "objectives.2.", "context."))
+        is_local_conv = is_local and p.dim() == 4
         assert changed == is_local_conv, name
 
 
 def test_context_lr_scale_puts_encoders_in_their_own_group():
+    """The context group holds exactly the encoders' parameters; after a step at rate 0.1 x 0.5 they moved
+    by exactly that rate's update (weight decay and momentum off), the rest by the full rate."""
+    from contsup.train.schedule import make_schedule
+
     net = tiny_net(4, "R1E")
-    opt = make_optimizer(net.parameters(), TrainConfig(lr=0.1, context_lr_scale=0.1), net.context.parameters())
-    assert [g.get("lr_scale", 1.0) for g in opt.param_groups] == [1.0, 0.1]
-    assert len(opt.param_groups[1]["params"]) == len(list(net.context.parameters()))
+    cfg = TrainConfig(lr=0.1, context_lr_scale=0.5, momentum=0.5, weight_decay=0.0)
+    opt = make_optimizer(net.named_parameters(), cfg)
+    assert [g["name"] for g in opt.param_groups] == ["main", "context"]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in net.context.parameters()}
+    make_schedule("epoch", 0.1, 1, 1, 0.0, None, 0.01).apply(opt, 0, 0)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt.step()
+    for n, p in net.named_parameters():
+        rate = 0.1 * (0.5 if n.startswith("context.") else 1.0)
+        # Nesterov's first step with a fresh buffer b = g: p -= lr * (g + momentum * b) = lr * 1.5 * g.
+        assert torch.allclose(before[n] - p.detach(), torch.full_like(p, rate * 1.5)), n
 
 
 @pytest.mark.parametrize("kw", [dict(local_init="xavier"), dict(context_scale=0.0)])

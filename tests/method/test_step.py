@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 from tests.conftest import tiny_net
 
-from contsup.method import LocalConfig, LocalNetwork, ReconWeights, local_step
+from contsup.errors import ContsupError
+from contsup.method import LocalConfig, LocalNetwork, local_step
+from contsup.method.losses import supcon_loss
 from contsup.method.step import clip_module_grads
 from contsup.models import resnet
 
@@ -33,11 +35,11 @@ def test_no_gradient_crosses_a_cut(mode, batch):
         other = copy.deepcopy(net)
         other.zero_grad()
         with torch.no_grad():
-            for p in other.heads[j].parameters():
+            for p in other.objectives[j].parameters():
                 p.mul_(1.5)
         local_step(other, x, y)
         diff = changed(base, grads(other))
-        allowed = {n for n in diff if n.startswith((f"blocks.{j}.", f"heads.{j}.", f"context.{j - 1}."))}
+        allowed = {n for n in diff if n.startswith((f"blocks.{j}.", f"objectives.{j}.", f"context.{j - 1}."))}
         assert diff == allowed, diff - allowed
         assert any(n.startswith(f"blocks.{j}.") for n in diff)
         if j > 0 and mode != "R0":
@@ -56,10 +58,9 @@ def test_encoders_get_gradient_only_from_next_module(batch):
         sources = {0: x}
         h = net.blocks[0](x)
         for i in range(k + 1):
-            h = net.supply(i, h, sources)
-            sources[i + 1] = h.detach()
-            h = net.blocks[i + 1](h if i == k else h.detach())
-        loss = net.classifier(h) if k == 2 else net.heads[k + 1](h)
+            s = net.module_input(i + 1, h, sources)
+            h = net.blocks[i + 1](s if i == k else s.detach())
+        loss = net.classifier(h) if k == 2 else net.objectives[k + 1].head(h)
         F.cross_entropy(loss, y).backward()
         for n, p in net.context[k].named_parameters():
             assert torch.allclose(p.grad, full[f"context.{k}.{n}"], atol=1e-6)
@@ -82,7 +83,7 @@ def test_k1_equals_end_to_end(batch):
         local_step(local, x, y)
         opt_b.step()
     a = dict(plain.named_parameters())
-    b = {n.replace("blocks.0.", "units."): p for n, p in local.named_parameters()}
+    b = {n.replace("blocks.0.", "units.").replace("objectives.0.", ""): p for n, p in local.named_parameters()}
     for n, p in a.items():
         assert torch.allclose(p, b[n], atol=1e-6), n
 
@@ -95,21 +96,34 @@ def test_inference_matches_training_path(batch):
     assert torch.allclose(out.logits, net(x), atol=1e-5)
 
 
-def test_reconstruction_term_trains_decoders(batch):
+def test_reconstruction_term_is_the_weighted_sum(batch):
+    """Module k's loss is lambda_x(k) * BCE(sigmoid(decoder logits), pixels) + lambda_y(k) * CE(head), by hand."""
     x, y = batch
-    net = tiny_net(3, "R1E", recon=ReconWeights(5, 0, 1, 1))
-    local_step(net, x, y, pixels=torch.rand_like(x))
-    assert all(p.grad is not None for p in net.decoders.parameters())
-    with pytest.raises(ValueError):
+    net = tiny_net(3, "R1E", recon="5,0.5,1,2")
+    pixels = torch.rand_like(x)
+    twin = copy.deepcopy(net)
+    out = local_step(net, x, y, pixels=pixels)
+    h0 = twin.blocks[0](x)
+    obj = twin.objectives[0]
+    by_hand = 5 * F.binary_cross_entropy(torch.sigmoid(obj.decoder(h0)), pixels) + 0.5 * F.cross_entropy(
+        obj.task.head(h0), y)
+    assert out.losses[0].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert (obj.lambda_x, obj.lambda_y, twin.objectives[1].lambda_x, twin.objectives[1].lambda_y) == (5, 0.5, 1, 2)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.objectives[0].decoder.parameters())
+    with pytest.raises(ContsupError, match="pixels"):
         local_step(net, x, y)
 
 
 def test_contrast_loss_step(batch):
+    """With the contrastive loss, module 0's loss is the supervised contrastive loss of its head's embedding."""
     x, y = batch
     net = tiny_net(3, "E", loss="contrast")
+    twin = copy.deepcopy(net)
     out = local_step(net, x, y)
-    assert len(out.losses) == 3 and bool(torch.isfinite(out.losses).all())
-    assert net.heads[0].fc[-1].out_features == 128
+    emb = twin.objectives[0].head(twin.blocks[0](x))
+    assert emb.shape == (8, 128)
+    assert out.losses[0].item() == pytest.approx(supcon_loss(emb, y).item(), rel=1e-5)
+    assert out.losses[-1].item() == pytest.approx(F.cross_entropy(out.logits, y).item(), rel=1e-5)
 
 
 # -- parameter counts for ResNet-32, K=16, written from the spec's layer shapes ---------------------
@@ -152,12 +166,17 @@ def test_param_counts_resnet32_k16(mode, window, image):
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
 
 
-@pytest.mark.parametrize("mode", ["R0", "R1E"])
-def test_module_parameters_partition_the_network(mode):
-    """Every parameter belongs to exactly one module: the one whose loss trains it."""
-    net = tiny_net(4, mode, recon=ReconWeights(1.0, 1.0, 1.0, 1.0))
+@pytest.mark.parametrize("mode", ["R0", "E", "R1", "R2E"])
+@pytest.mark.parametrize("objective", [{}, {"recon": "1,1,1,1"}, {"loss": "contrast", "head": "0c2f"},
+                                       {"head": "0c1f,1c2f,2c1f"}])
+def test_module_parameters_partition_the_network(mode, objective):
+    """Every parameter belongs to exactly one module, and every state entry to exactly one module's parts."""
+    net = tiny_net(4, mode, **objective)
     owned = [id(p) for k in range(net.num_modules) for p in net.module_parameters(k)]
     assert sorted(owned) == sorted(id(p) for p in net.parameters())
+    prefixes = [p for k in range(net.num_modules) for p in net.module_parts(k)]
+    for key in net.state_dict():
+        assert sum(key.startswith(p) for p in prefixes) == 1, key
 
 
 def test_clipping_bounds_each_module_alone(batch):

@@ -11,10 +11,11 @@ from contsup.registry import Registry
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_backbone_trains_locally(name):
-    """Every registered backbone: cut by the auto rule into K=4, heads on any channel count, one local step."""
+    """Every registered backbone (feature maps or tokens): cut by the auto rule into K=4, R1E, one local step."""
     torch.manual_seed(0)
     backbone = build_arch(name, 3, 10)
-    net = LocalNetwork(backbone, LocalConfig(modules=4, context="R1E"), torch.zeros(1, 3, 32, 32))
+    head = "1c2f" if backbone.units[0](torch.zeros(1, 3, 32, 32)).dim() == 4 else "clstoken"
+    net = LocalNetwork(backbone, LocalConfig(modules=4, context="R1E", head=head), torch.zeros(1, 3, 32, 32))
     assert len(net.cuts) == 3 and net.cuts == sorted(net.cuts)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     out = local_step(net, x, y)

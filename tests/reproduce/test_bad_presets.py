@@ -1,6 +1,7 @@
 """Presets and sweep folders that are wrong or hostile: one line, nothing created outside --out."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_run_folder_stays_inside_out(tmp_path):
 @pytest.mark.parametrize("name,text,message", [
     ("settings.json", "{", "cannot read sweep settings"),
     ("summary.json", '{"epochs": ', "cannot read run summary"),
-    ("summary.json", '{"epochs": "1"}', "fields missing or of the wrong type"),
+    ("summary.json", '{"epochs": "1"}', "epochs is '1', not a valid count"),
 ])
 def test_corrupt_sweep_files(name, text, message, tmp_path, capsys):
     preset = tmp_path / "tiny.toml"
@@ -68,3 +69,35 @@ def test_corrupt_sweep_files(name, text, message, tmp_path, capsys):
     before = snapshot(tmp_path)
     assert message in cli_error(capsys, ["reproduce", str(preset), "--out", str(out), "--in-process"])
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("[base]", '[base]\ndata_root = "/tmp/elsewhere"'), "data_root is not a preset setting"),
+    (lambda t: t.replace("[base]", "[base]\ndownload = true"), "download is not a preset setting"),
+    (lambda t: t.replace('device = "cpu"', 'device = "cpu"\ndata.root = "x"', 1), "data_root is not a preset"),
+    (lambda t: t.replace("seed = [0]", f"seed = {list(range(100))}\nlr = {[0.1] * 100}\nwidth = {[8] * 100}"),
+     "2000000 configurations, more than the 10000"),
+    (lambda t: t + "\0", "binary file"),
+    (lambda t: t.encode("utf-8").replace(b"tiny", b"tin\xff"), "not UTF-8"),
+])
+def test_hostile_preset_corpus(edit, message, tmp_path, capsys):
+    text = edit(TINY)
+    preset = tmp_path / "bad.toml"
+    preset.write_bytes(text if isinstance(text, bytes) else text.encode())
+    before = snapshot(tmp_path)
+    assert message in cli_error(capsys, ["reproduce", str(preset), "--out", str(tmp_path / "out")])
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_preset_path_that_is_no_file(kind, tmp_path, capsys):
+    path = tmp_path / "p.toml"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    assert "not a regular file" in cli_error(capsys, ["reproduce", str(path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds_counted_before_expansion(tiny_preset, tmp_path, capsys):
+    seeds = [str(s) for s in range(5_001)]  # times the two contexts of the grid
+    assert "10002 configurations" in cli_error(capsys, ["reproduce", str(tiny_preset), "--out", str(tmp_path / "o"),
+                                                        "--dry-run", "--seeds", *seeds])

@@ -10,7 +10,8 @@ from contsup.reproduce.presets import jobs, load_preset
 
 def fake_summary(error: float, memory_mib: float) -> dict:
     """A summary.json as the trainer writes it, with chosen numbers."""
-    return {"final_test_error": error, "best_test_error_selected_on_test": error - 1, "epochs": 2,
+    return {"final_test_error": error, "best_test_error_selected_on_test": error - 1, "best_epoch": 1,
+            "epochs": 2,
             "train_time_s": 10.0, "images_per_s": 100.0, "peak_memory_bytes": memory_mib * 2**20,
             "peak_memory_kind": "process peak RSS", "device": "cpu",
             "params": {"backbone": 1, "heads": 1, "decoders": 0, "context": 5, "total": 7}}

@@ -1,8 +1,10 @@
 import pytest
+import torch
 
+from contsup.checks import check_local
 from contsup.data import dataset_info
 from contsup.errors import ContsupError
-from contsup.method.recon import RECON_PRESETS
+from contsup.method.recon import RECON_PRESETS, ReconWeights
 from contsup.reproduce.presets import available_presets, expand, jobs, load_preset, parse_only, run_name
 from contsup.run import build_network
 
@@ -23,21 +25,28 @@ def test_presets_expand_to_valid_configs(name, recipe, tmp_path):
     assert len(set(names)) == len(names)
     for job in todo:
         assert job.config.out == str(tmp_path / job.name)
-        job.config.local.validate()  # bad context / head / loss / cut table would raise
+        check_local(job.config.local)  # bad context / head / loss / cut table would raise
         if recipe == "cpu":
             assert job.config.data.name == "fashion-mnist" and job.config.train.epochs <= 3
         else:
             assert job.config.train.epochs == 160 and job.config.data.name in ("cifar10", "svhn", "stl10")
 
 
+def resolved_recon(cfg):
+    """The reconstruction weights the run's network resolves (built on the meta device: shapes only)."""
+    info = dataset_info(cfg.data.name)
+    with torch.device("meta"):
+        return build_network(cfg, info.channels, info.num_classes, info.size).plan.recon
+
+
 def test_paper_recipes_follow_the_spec(tmp_path):
     table3 = {j.config.data.name: j.config for j in jobs(load_preset("table3"), "paper", tmp_path)}
     assert (table3["stl10"].train.batch_size, table3["stl10"].train.lr) == (128, 0.1)
     assert (table3["svhn"].train.batch_size, table3["svhn"].train.lr) == (1024, 0.8)
-    recon = {(j.config.data.name, j.config.local.modules): j.config.local.recon
-             for j in jobs(load_preset("table3"), "paper", tmp_path) if j.settings["context"] != "E2E"}
-    for (data, k), weights in recon.items():
-        assert tuple(weights.__dict__.values()) == RECON_PRESETS[("resnet110", data, k)]
+    for job in jobs(load_preset("table3"), "paper", tmp_path):
+        if job.settings["context"] != "E2E":
+            data, k = job.config.data.name, job.config.local.modules
+            assert resolved_recon(job.config) == ReconWeights(*RECON_PRESETS[("resnet110", data, k)])
 
 
 def test_table1_cpu_networks_build(tmp_path):
@@ -54,7 +63,7 @@ def test_cpu_twin_of_table3_uses_cifar10_recon_weights(tmp_path):
     for job in jobs(load_preset("table3"), "cpu", tmp_path):
         if job.settings["context"] != "E2E":
             k = job.config.local.modules
-            assert tuple(job.config.local.recon.__dict__.values()) == RECON_PRESETS[("resnet110", "cifar10", k)]
+            assert resolved_recon(job.config) == ReconWeights(*RECON_PRESETS[("resnet110", "cifar10", k)])
 
 
 def test_e2e_is_one_configuration_and_only_filters():

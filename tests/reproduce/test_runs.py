@@ -21,7 +21,7 @@ def make_run(folder, modules, context, lr, errors, finished=True, step_mib=None)
         summary = {"final_test_error": errors[-1], "best_test_error_selected_on_test": min(errors),
                    "best_epoch": errors.index(min(errors)) + 1, "epochs": len(errors), "train_time_s": 10.0,
                    "images_per_s": 50.0, "peak_memory_bytes": 400 * 2**20, "peak_memory_kind": "process peak RSS",
-                   "device": "cpu", "params": {"total": 7}, "meta": {"run": cfg.to_dict()}}
+                   "device": "cpu", "params": {"total": 7, "context": 0}, "meta": {"run": cfg.to_dict()}}
         if step_mib is not None:
             summary |= {"step_peak_memory_bytes": step_mib * 2**20, "step_peak_memory_kind": "cpu allocator events"}
         (folder / "summary.json").write_text(json.dumps(summary))

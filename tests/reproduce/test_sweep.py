@@ -1,11 +1,19 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from tests.reproduce.tiny import TINY
 
 from contsup.errors import ContsupError
 from contsup.reproduce.presets import jobs, load_preset
 from contsup.reproduce.sweep import job_state, run_sweep
 from contsup.run import build_network, load_data, make_trainer
+from contsup.train.runfolder import hold_run_folder
 
 
 def quiet(_: str) -> None:
@@ -70,3 +78,39 @@ def test_two_workers_run_every_job_once(tiny_preset, tmp_path):
     assert all(job_state(j) == "done" for j in todo)
     with pytest.raises(ContsupError):
         run_sweep(todo, isolate=False, log=quiet, workers=2)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_sweeps_run_ends_with_its_parent(sig, tmp_path):
+    """SIGKILL of the sweep takes its training child with it; SIGINT reaches the child at once."""
+    preset = tmp_path / "long.toml"
+    preset.write_text(TINY.replace('context = ["E2E", "R1E"]', 'context = ["R1E"]')
+                      .replace("epochs = 1", "epochs = 500"))
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-m", "contsup", "reproduce", str(preset), "--out", str(out)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = out / "resnet8-synthetic-K2-R1E-n128-s0" / ".lock"
+    deadline = time.monotonic() + 180
+    while not (lock.is_file() and lock.read_text().strip()):
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(lock.read_text())
+    assert child != parent.pid and _alive(child)
+    parent.send_signal(sig)
+    deadline = time.monotonic() + 60
+    while _alive(child):
+        assert time.monotonic() < deadline, "the sweep's child outlived it"
+        time.sleep(0.05)
+    parent.wait(timeout=60)
+    with hold_run_folder(lock.parent):  # a rerun would find the folder free (no orphan holds it)
+        pass

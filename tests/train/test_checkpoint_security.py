@@ -1,6 +1,8 @@
 """Hostile and damaged checkpoints: refused with one line, nothing run, nothing written."""
 
 import json
+import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -93,7 +95,7 @@ def test_damaged_weights_are_reported(tmp_path, capsys, trained):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda p: p["meta"]["run"]["local"].update(modules=3), "do not fit"),
+    (lambda p: p["meta"]["run"]["local"].update(modules=3), "plan must list 2 cut units"),
     (lambda p: p["meta"]["run"]["local"].update(context="R0"), "do not fit"),
     (lambda p: p["meta"]["run"].update(arch="resnet14"), "do not fit"),
     (lambda p: p["meta"]["run"]["train"].update(lr="fast"), "lr must be"),
@@ -136,3 +138,75 @@ def test_digest_covers_names_and_values():
     assert tensor_digest(a) == tensor_digest(dict(reversed(a.items())))
     assert tensor_digest(a) != tensor_digest({"w": torch.ones(3), "c": torch.zeros(2)})
     assert tensor_digest(a) != tensor_digest({"w": torch.ones(3), "b": torch.zeros(2, dtype=torch.float64)})
+
+
+def _rezip(src: Path, dst: Path, extra: bytes = b"") -> None:
+    """`src`'s archive with deflated entries (and one deflated entry of `extra`), as torch never writes."""
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as b:
+        for info in a.infolist():
+            b.writestr(info.filename, a.read(info.filename))
+        if extra:
+            b.writestr(a.infolist()[0].filename.split("/")[0] + "/data/999", extra)
+
+
+def _retyped(payload: dict, dtype: torch.dtype, digest: bool = True) -> None:
+    """The first float weight converted to `dtype`, the digest recomputed (a forged but consistent file)."""
+    name = next(k for k, v in payload["model"].items() if v.is_floating_point())
+    payload["model"][name] = payload["model"][name].to(dtype)
+    if digest:
+        payload["model_sha256"] = tensor_digest(payload["model"])
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _write(kind: str, trained: Path, path: Path) -> None:
+    """One hostile checkpoint of the corpus at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = trained / "checkpoint.pt"
+    if kind == "deflated":
+        _rezip(source, path)
+    elif kind == "inflates":  # a small file whose entry inflates to 64 MiB
+        _rezip(source, path, bytes(64 << 20))
+    elif kind == "legacy":
+        torch.save(torch.load(source, weights_only=True), path, _use_new_zipfile_serialization=False)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "noise":
+        path.write_bytes(bytes(range(256)) * 64)
+    else:
+        edits = {
+            "sparse": lambda p: p["model"].update(w=torch.eye(3).to_sparse()),
+            "meta": lambda p: p["model"].update(w=torch.empty(3, device="meta")),
+            "int64": lambda p: _retyped(p, torch.int64),
+            "complex": lambda p: _retyped(p, torch.complex64, digest=False),
+            "float64": lambda p: _retyped(p, torch.float64),
+            "nested": lambda p: p["meta"]["run"].update(note=_nested(200)),
+            "wide": lambda p: p["meta"]["run"]["local"].update(width=65_536),
+        }
+        edited(trained, path, edits[kind])
+
+
+CHECKPOINT_CORPUS = [
+    ("deflated", "zip entries are compressed"), ("inflates", "zip entries are compressed"),
+    ("legacy", "not a contsup checkpoint"), ("fifo", "not a regular file"), ("noise", "not a contsup checkpoint"),
+    ("sparse", "sparse, meta"), ("meta", "sparse, meta"), ("complex", "of dtype torch.complex64"),
+    ("int64", "of another dtype"), ("float64", "of another dtype"), ("nested", "nested deeper than"),
+    ("wide", "do not fit"),
+]
+
+
+@pytest.mark.parametrize("kind,message", CHECKPOINT_CORPUS)
+def test_hostile_checkpoint_corpus(kind, message, tmp_path, capsys, trained):
+    """eval of the file and --resume of its folder: exit 2, one line, the folder untouched, nothing new elsewhere."""
+    run = tmp_path / "run"
+    _write(kind, trained, run / "checkpoint.pt")
+    before = snapshot(tmp_path)
+    assert message in cli_error(capsys, ["eval", str(run / "checkpoint.pt"), "--device", "cpu"])
+    resumed = cli_error(capsys, [*TRAIN, "--epochs", "2", "--out", str(run), "--resume"])
+    assert message in resumed or (kind == "wide" and "--resume with other settings" in resumed), resumed
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -7,16 +7,17 @@ from tests.conftest import tiny_net
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.errors import ContsupError
 from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, save_checkpoint
+from contsup.train.memory import step_peak
 
 OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
 
 
-def make_trainer(mode="R1E", modules=4, epochs=3, out=None, subset_loader=None, **kw):
+def make_trainer(mode="R1E", modules=4, epochs=3, out=None, local=None, subset_loader=None, **kw):
     data = load_dataset("synthetic", synthetic=OPTS)
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, warmup_epochs=0, device="cpu", progress=False, **kw)
     train = DeviceLoader(data.train, data.info, cfg.batch_size, "cpu", train=True, seed=cfg.seed)
     test = DeviceLoader(data.test, data.info, 128, "cpu")
-    return Trainer(tiny_net(modules, mode), train, test, cfg, out, subset_loader=subset_loader)
+    return Trainer(tiny_net(modules, mode, **(local or {})), train, test, cfg, out, subset_loader=subset_loader)
 
 
 @pytest.mark.parametrize("mode,modules", [("R0", 4), ("E", 4), ("R1", 4), ("R1E", 4), ("R2E", 3), ("R0", 1)])
@@ -31,12 +32,20 @@ def test_training_lowers_loss(mode, modules):
     assert len(first["local_losses"]) == modules - 1
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    full = make_trainer(epochs=3, out=tmp_path / "a")
+@pytest.mark.parametrize("local,train", [
+    ({}, {}),
+    ({}, {"context_lr_scale": 0.5}),  # two parameter groups (their checkpoint was refused before)
+    ({}, {"optimizer": "adamw"}),  # AdamW's moments and step counts, in four named groups
+    ({"man_momentum": 0.9, "head_patches": 2}, {}),  # MAN's momentum copies move after every step
+    ({"head": "auglocal", "recon": "1,1,1,1"}, {}),
+])
+def test_resume_equals_uninterrupted(tmp_path, local, train):
+    """Train 3 epochs; or 2, then resume from the checkpoint for the third: the same weights bit for bit."""
+    full = make_trainer(epochs=3, out=tmp_path / "a", local=local, **train)
     full.fit()
-    part = make_trainer(epochs=3, out=tmp_path / "b")
+    part = make_trainer(epochs=3, out=tmp_path / "b", local=local, **train)
     part.fit(until=2)
-    resumed = make_trainer(epochs=3, out=tmp_path / "b")
+    resumed = make_trainer(epochs=3, out=tmp_path / "b", local=local, **train)
     resumed.resume(tmp_path / "b" / "checkpoint.pt")
     assert resumed.epoch == 2
     resumed.fit()
@@ -49,17 +58,21 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_summary_and_run_folder(tmp_path):
-    trainer = make_trainer(epochs=2, out=tmp_path)
+    trainer = make_trainer(epochs=3, out=tmp_path)
     summary = trainer.fit()
-    assert summary["final_test_error"] == trainer.history[-1]["test_error"]
-    assert summary["best_test_error_selected_on_test"] <= summary["final_test_error"]
-    assert summary["peak_memory_bytes"] > 0 and summary["images_per_s"] > 0
-    # The measured step memory of this network at its batch size, beside the process peak.
-    assert 0 < summary["step_peak_memory_bytes"] < summary["peak_memory_bytes"]
+    errors = [r["test_error"] for r in trainer.history]
+    assert summary["final_test_error"] == errors[-1]
+    assert summary["best_test_error_selected_on_test"] == min(errors)
+    assert summary["best_epoch"] == errors.index(min(errors)) + 1
+    assert summary["images_per_s"] == pytest.approx(trainer.images / trainer.train_time)
+    assert trainer.images == 3 * (256 // 64) * 64  # every training image of every epoch, the last batch dropped
+    # The measured step memory of this network at its batch size: what `step_peak` measures on its own.
+    alone = step_peak(trainer.net, 64, torch.device("cpu"))
+    assert summary["step_peak_memory_bytes"] == alone.peak_bytes > 0
     assert trainer.history[-1]["train_loss_end"] > 0 and len(trainer.history[-1]["local_losses_end"]) == 3
     assert set(summary["params"]) == {"backbone", "heads", "decoders", "context", "total"}
-    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
-    assert not list(tmp_path.glob("*.tmp"))
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 3
+    assert not list(tmp_path.glob("*tmp"))
 
 
 def test_eval_every_and_a_seeded_test_subset_then_the_full_test_set_last():
@@ -104,7 +117,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ContsupError, match="not a contsup checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ContsupError, match="cannot read"):
+    with pytest.raises(ContsupError, match="not a torch zip archive"):
         load_checkpoint(tmp_path / "junk.pt")
     state = make_trainer(epochs=1).state()
     save_checkpoint(tmp_path / "ok.pt", {**state, "epoch": 3})
@@ -143,3 +156,30 @@ def test_history_records_the_rate_at_the_epoch_ends():
     first = trainer.history[0]
     assert first["lr"] == pytest.approx(trainer.schedule.lr(0, 0)) and first["lr"] > first["lr_end"]
     assert trainer.history[-1]["lr_end"] == pytest.approx(trainer.optimizer.param_groups[0]["lr"])
+
+
+class Elsewhere:
+    """A batch tensor as if on another device: `evaluate` must move it to the network's device itself."""
+
+    moved: list[str] = []
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+    def to(self, device, non_blocking=False):
+        Elsewhere.moved.append(str(device))
+        return self.t
+
+
+def test_evaluate_moves_batches_and_equals_the_trainer_in_channels_last():
+    """The public `evaluate` and the Trainer's evaluation are one path: the same error and loss, in
+    channels_last; batches from elsewhere are moved to the network's device."""
+    trainer = make_trainer("R1E", 3, epochs=1, channels_last=True)
+    trainer.fit()
+    assert trainer.net.blocks[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    inside = trainer.evaluate(trainer.test_loader)
+    Elsewhere.moved = []
+    batches = [(Elsewhere(x), Elsewhere(y)) for x, y in trainer.test_loader]
+    outside = evaluate(trainer.net, batches, channels_last=True)
+    assert outside == inside
+    assert Elsewhere.moved == ["cpu"] * 2 * len(batches)

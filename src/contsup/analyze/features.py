@@ -69,27 +69,22 @@ def walk_boundaries(
 
 
 def _walk(net: LocalNetwork, x: torch.Tensor, wanted: set[int], batch_size: int) -> Iterator[CutFeatures]:
-    """The walk of `walk_boundaries` (network already in eval mode): `LocalNetwork.walk`, unit by unit."""
+    """The walk of `walk_boundaries` (network already in eval mode): every module's units in turn."""
     last = max(wanted)
-
-    def supply(k: int, h: torch.Tensor, sources: dict[int, torch.Tensor]) -> torch.Tensor:
-        return _supply(net, k, h, sources, batch_size) if has_context(net, k) else h
-
-    walk = net.walk(x, {0: x}, supply=supply)
-    k, h = next(walk)
-    u = -1
-    while True:
-        block = net.blocks[k]
+    h, sources, u = x, {0: x}, -1
+    for k, block in enumerate(net.blocks):
         for i, unit in enumerate(block):
             u += 1
             h = _batched(unit, h, batch_size)
-            at_cut = i == len(block) - 1 and k < net.num_modules - 1
-            k_next, hc = walk.send(h) if at_cut else (k, h)
+            hc = h
+            if i == len(block) - 1 and k < net.num_modules - 1:  # a cut: supply context, record s_{k+1}
+                hc = _supply(net, k, h, sources, batch_size) if has_context(net, k) else h
+                net.keep_source(k + 1, hc, sources)
             if u in wanted:
                 yield CutFeatures(u, unit_label(net.unit_names[u]), h, hc)
             if u == last:
                 return
-        k, h = k_next, hc
+        h = hc
 
 
 def has_context(net: LocalNetwork, k: int) -> bool:
@@ -110,5 +105,5 @@ def _supply(
     out = []
     for i in range(0, h.shape[0], batch_size):
         sl = slice(i, i + batch_size)
-        out.append(net.supply(k, h[sl], {j: s[sl] for j, s in sources.items()}))
+        out.append(net.context[k](h[sl], {j: s[sl] for j, s in sources.items()}))
     return torch.cat(out)

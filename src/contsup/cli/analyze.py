@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from contsup.analyze import AnalyzeConfig, ProbeConfig, ReconConfig, analyze_runs, format_table, plot, write_csv
+from contsup.checks import MAX_SEED, check_int
+from contsup.data.download import check_data_dir
 from contsup.errors import ContsupError
+from contsup.files import check_out_dir
 
 
 def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
@@ -14,8 +18,10 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
     for name in ("train_size", "test_size", "probe_steps", "recon_steps", "batch_size"):
         if getattr(args, name) <= 0:
             raise ContsupError(f"--{name.replace('_', '-')} must be positive")
-    if args.pool < 0 or args.probe_wd < 0:
-        raise ContsupError("--pool and --probe-wd must be >= 0")
+    if args.pool < 0 or not 0 <= args.probe_wd < math.inf:
+        raise ContsupError("--pool must be >= 0, --probe-wd a finite number >= 0")
+    check_int("seed", args.seed, 0, MAX_SEED)
+    check_data_dir(args.data_dir)
     probe = ProbeConfig(pool=args.pool, linear_steps=args.probe_steps, weight_decay=args.probe_wd, mlp=args.mlp)
     recon = None if args.no_recon else ReconConfig(train_size=min(args.recon_size, args.train_size),
                                                    steps=args.recon_steps)
@@ -26,9 +32,10 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Probe every run at the chosen boundaries; print the table, write CSV and plot."""
+    check_out_dir(args.out, "--out")
+    out = Path(args.out)
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     rows = analyze_runs(args.runs, config_from_args(args), labels)
-    out = Path(args.out)
     write_csv(rows, out / "analysis.csv")
     plot(rows, out / "analysis.png", args.title)
     print(format_table(rows))

@@ -9,12 +9,21 @@ import torch
 
 from contsup.checks import MAX_SEED, check_int
 from contsup.errors import ContsupError
+from contsup.files import check_out_dir
 from contsup.method.context import IMAGE_ENCODERS
 from contsup.method.cuts import TABLES
 from contsup.method.heads import HEADS
 from contsup.method.losses import LOSSES
 from contsup.models import BACKBONES
-from contsup.profile.runner import ProfileConfig, ProfileRow, format_table, machine, run_profile, write_outputs
+from contsup.profile.runner import (
+    ProfileConfig,
+    ProfileRow,
+    check_fits,
+    format_table,
+    machine,
+    run_profile,
+    write_outputs,
+)
 
 MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
 
@@ -57,9 +66,11 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile the configurations, print the table, write CSV/JSON/plot with --out."""
+    check_out_dir(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
+    check_fits(cfg)
     rows: list[ProfileRow] = []
 
     def report(row: ProfileRow) -> None:
@@ -91,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW")
     p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
-    p.add_argument("--head", default="1c2f", choices=HEADS, help="local head shape")
+    p.add_argument("--head", default="1c2f", help=f"local head: {HEADS.describe()}")
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")

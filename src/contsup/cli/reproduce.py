@@ -8,8 +8,10 @@ import textwrap
 from pathlib import Path
 
 from contsup.data import dataset_info
+from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
 from contsup.errors import ContsupError
+from contsup.files import check_out_dir
 from contsup.reproduce.collect import collect
 from contsup.reproduce.presets import Preset, available_presets, jobs, load_preset, parse_only
 from contsup.reproduce.sweep import job_state, run_sweep
@@ -40,8 +42,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return cmd_list()
     if not args.preset:
         raise ContsupError("name a preset (see `contsup reproduce --list`)")
+    out = check_out_dir(args.out if args.out is not None else f"runs/reproduce/{args.recipe}", "--out")
+    results = check_out_dir(args.results if args.results is not None else Path(out) / "results", "--results")
+    check_data_dir(args.data_dir)
     preset = load_preset(args.preset)
-    out = args.out or f"runs/reproduce/{args.recipe}"
     overrides = {k: v for k, v in (("device", args.device), ("data_root", args.data_dir)) if v is not None}
     todo = jobs(preset, args.recipe, out, args.seeds, parse_only(args.only), overrides, progress=args.progress)
     if not todo:
@@ -67,7 +71,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         failed = len(report.failed)
         print(f"done earlier {len(report.done)}, trained {len(report.trained)}, resumed {len(report.resumed)}, "
               f"failed {failed}")
-    result = collect(todo, args.results or Path(out) / "results", stem, preset.title)
+    result = collect(todo, results, stem, preset.title)
     print(json.dumps(result, indent=2))
     print(Path(result["markdown"]).read_text())
     return 1 if failed else 0

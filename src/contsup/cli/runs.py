@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from contsup.files import check_out_dir
 from contsup.reproduce.runs import find_runs, format_runs, read_run, result_rows, varying_settings, write_report
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """Print the runs' table; with --out also write CSV, markdown and the two plots."""
+    check_out_dir(args.out, "--out")
     records = [read_run(folder) for folder in find_runs(args.runs)]
     print(format_runs(result_rows(records), varying_settings(records)))
     if args.out:

@@ -8,14 +8,15 @@ import os
 import tomllib
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
+from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
+from contsup.files import read_text_file
 from contsup.run import build_network, evaluate_checkpoint, run_training
 from contsup.train.steps import resolve_device
 
@@ -47,6 +48,9 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         if s.type is bool:
             g.add_argument(*flags, dest=s.path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
+        elif typing.get_origin(s.type) is typing.Literal:
+            g.add_argument(*flags, dest=s.path, choices=typing.get_args(s.type), default=argparse.SUPPRESS,
+                           help=help_text)
         else:
             g.add_argument(*flags, dest=s.path, type=_scalar(s.type), default=argparse.SUPPRESS,
                            metavar=s.key.upper(), help=help_text)
@@ -55,15 +59,15 @@ def add_settings(p: argparse.ArgumentParser) -> None:
 def _scalar(t: Any) -> Callable[[str], Any]:
     """How a flag's text becomes a value: int and float settings are numbers, the rest text (the schema parses it)."""
     base = [a for a in typing.get_args(t) if a is not type(None)] or [t]
+    if base[0] is int and len(base) > 1:  # a count or a word (checkpoint_segments: N or sqrt)
+        return lambda text: int(text) if text.isascii() and text.isdigit() else text
     return base[0] if base[0] in (int, float) else str
 
 
 def read_config_file(path: str) -> dict[str, Any]:
     """A `--config` TOML file: tables [data], [local], [train], [pipeline] or dotted / plain setting names."""
     try:
-        doc = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ContsupError(f"no config file {path}") from None
+        doc = tomllib.loads(read_text_file(path, "config file"))
     except tomllib.TOMLDecodeError as err:
         raise ContsupError(f"{path}: invalid TOML: {err}") from None
     return nest(dict(flatten(doc)))
@@ -142,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on its dataset's test split."""
+    check_data_dir(args.data_dir)
     result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir)
     method = "end-to-end (K=1)" if result["modules"] == 1 else f"K={result['modules']} {result['context']}"
     print(f"{result['arch']} {method} on {result['dataset']}, "

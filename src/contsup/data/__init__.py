@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contsup.data.download import check_data_dir
 from contsup.data.loader import DeviceLoader
 from contsup.data.sources import fetch, get_spec, load_real, locate
 from contsup.data.specs import DATASETS, SPECS, DatasetInfo
@@ -36,6 +37,7 @@ def load_dataset(
     """Load dataset `name` (fetching it if allowed), with optional seeded val split and subset."""
     if name not in DATASETS:
         raise ContsupError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    check_data_dir(root)
     if name == "synthetic":
         opts = synthetic or SyntheticOptions()
         train, test = make_synthetic(opts)
@@ -43,5 +45,7 @@ def load_dataset(
     else:
         train, test = load_real(name, root, download)
         info = get_spec(name).info
+    if len(test) == 0:
+        raise ContsupError(f"the test split of {name} holds no image; its copy is damaged (fetch it again)")
     train, val = carve(train, val_split, train_subset, seed)
     return Dataset(info=info, train=train, test=test, val=val)

@@ -27,7 +27,7 @@ def candidate_dirs(
 ) -> list[Path]:
     """Folders searched for dataset `name`, in order; an explicit `root` is searched alone."""
     if root is not None:
-        return [Path(root).expanduser()]
+        return [check_data_dir(root)]
     dirs = []
     env = os.environ.get("CONTSUP_DATA")
     if env:
@@ -35,6 +35,18 @@ def candidate_dirs(
     dirs.append(cache_dir() / name)
     dirs.extend(Path(d) for d in system_dirs)
     return dirs
+
+
+def check_data_dir(root: str | Path | None) -> Path | None:
+    """A dataset folder named by the user, refused in one line when it is empty or names something not a folder."""
+    if root is None:
+        return None
+    if str(root) == "":
+        raise ContsupError("the dataset folder (--data-dir) is empty; name a folder")
+    folder = Path(root).expanduser()
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ContsupError(f"dataset folder {folder} is not a folder; --data-dir names the folder holding the files")
+    return folder
 
 
 def download_dir(name: str, root: str | Path | None) -> Path:

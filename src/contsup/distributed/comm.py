@@ -2,9 +2,10 @@
 
 A message in front of module k carries module k-1's raw (detached) output, the earlier module inputs
 s_j that cut k or later cuts read, the labels, and the un-normalised image when reconstruction is on.
-Their shapes are known from the network except the batch size, which the header gives along with
-the message kind and each float tensor's dtype. Sends are non-blocking; at most `inflight` messages
-may be outstanding, so a fast stage cannot run unboundedly ahead of a slow one.
+Their per-sample shapes (feature maps or token sequences) are known from the network; the header gives
+the batch size, the message kind and each float tensor's dtype. Headers always travel through the CPU
+control group (gloo), so a CUDA run copies no header between host and device. Sends are non-blocking; at
+most `inflight` messages may be outstanding, so a fast stage cannot run unboundedly ahead of a slow one.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from contsup.distributed.stage import boundary_sources, dims
+from contsup.distributed.stage import boundary_sources
 from contsup.method.network import LocalNetwork
-from contsup.train.steps import memory_format
+from contsup.models.chain import to_format
 
 TRAIN, EVAL, END = 0, 1, 2
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -38,14 +39,15 @@ class Link:
     """The boundary in front of module k: who sends, who receives, and what the tensors look like."""
 
     def __init__(self, net: LocalNetwork, k: int, device: torch.device, comm_device: torch.device,
-                 inflight: int = 2, channels_last: bool = False) -> None:
+                 ctrl: dist.ProcessGroup, inflight: int = 2,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.source_ids = boundary_sources(net, k)
         # The memory format received images and feature maps are put in (the network's).
-        self.memory_format = memory_format(channels_last)
-        self.h_shape = dims(net.source_shapes[k])
-        self.source_shapes = [dims(net.source_shapes[j]) for j in self.source_ids]
-        self.pixel_shape = dims(net.source_shapes[0]) if len(net.decoders) else None
-        self.device, self.comm_device = device, comm_device
+        self.memory_format = memory_format
+        self.h_shape = net.source_shapes[k].dims
+        self.source_shapes = [net.source_shapes[j].dims for j in self.source_ids]
+        self.pixel_shape = net.source_shapes[0].dims if net.needs_pixels else None
+        self.device, self.comm_device, self.ctrl = device, comm_device, ctrl
         self.inflight = max(1, inflight)
         # Outstanding sends, with the buffers they read from (kept alive until the send completes).
         self.pending: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
@@ -72,14 +74,15 @@ class Link:
             for i, t in enumerate(floats):
                 header[2 + i] = _DTYPES.index(t.dtype)
             tensors = [*floats, msg.y]
-        buffers = [header.to(self.comm_device), *(t.detach().to(self.comm_device).contiguous() for t in tensors)]
-        self.pending.append(([dist.isend(b, dst, tag=i) for i, b in enumerate(buffers)], buffers))
+        buffers = [t.detach().to(self.comm_device).contiguous() for t in tensors]
+        works = [dist.isend(header, dst, group=self.ctrl, tag=0),
+                 *(dist.isend(b, dst, tag=1 + i) for i, b in enumerate(buffers))]
+        self.pending.append((works, [header, *buffers]))
 
     def recv(self, src: int) -> Message:
         """The next message from rank `src` (blocks; the process group's timeout bounds the wait)."""
-        header = torch.zeros(2 + len(self._shapes(TRAIN)), dtype=torch.int64, device=self.comm_device)
-        dist.irecv(header, src, tag=0).wait()
-        header = header.cpu()
+        header = torch.zeros(2 + len(self._shapes(TRAIN)), dtype=torch.int64)
+        dist.irecv(header, src, group=self.ctrl, tag=0).wait()
         kind, batch = int(header[0]), int(header[1])
         if kind == END:
             return Message(END)
@@ -90,8 +93,7 @@ class Link:
         works = [dist.irecv(b, src, tag=1 + i) for i, b in enumerate(bufs)]
         for work in works:
             work.wait()
-        bufs = [b.to(self.device).contiguous(memory_format=self.memory_format) if b.dim() == 4 else b.to(self.device)
-                for b in bufs]
+        bufs = [to_format(b.to(self.device), self.memory_format) for b in bufs]
         n = 1 + len(self.source_ids)
         pixels = bufs[n] if len(shapes) > n else None
         return Message(kind, bufs[0], dict(zip(self.source_ids, bufs[1:n], strict=True)), bufs[-1], pixels)

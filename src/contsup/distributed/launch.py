@@ -13,7 +13,6 @@ import copy
 import os
 import sys
 import traceback
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from contsup.checks import check_run
 from contsup.distributed.pipeline import Groups, PipelineStep
-from contsup.distributed.stage import Stage, dims, measure_costs
+from contsup.distributed.stage import Stage, measure_costs
 from contsup.distributed.syncbn import convert_sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
 from contsup.errors import ContsupError
-from contsup.method.network import LocalNetwork
-from contsup.run import RunConfig, build_network, check_fit, check_steps, load_data, make_loaders, prepare_run
+from contsup.method.network import LocalNetwork, Plan
+from contsup.method.objective import Targets
+from contsup.models.chain import memory_format, to_format
+from contsup.run import (
+    RunConfig,
+    build_network,
+    check_fit,
+    check_steps,
+    load_data,
+    make_loaders,
+    plan_from_checkpoint,
+    prepare_run,
+    run_meta,
+)
 from contsup.train.runfolder import open_run_folder
-from contsup.train.steps import memory_format
 from contsup.train.trainer import Trainer
 
 
@@ -45,23 +56,26 @@ def env_rank() -> tuple[int, int, int]:
 
 
 def pick_device(cfg: RunConfig, backend: str, local_rank: int) -> tuple[str, torch.device, torch.device]:
-    """(backend, compute device, device that messages travel through) for this rank."""
+    """(backend, compute device, device that messages travel through) for this rank.
+
+    On CUDA every rank of a node gets its own GPU (`cuda:LOCAL_RANK`, made current): more ranks on a node
+    than GPUs, or one `cuda:N` named for all ranks, is refused in one line rather than shared silently.
+    """
     name = cfg.train.device
     cuda = torch.cuda.is_available() and (name == "auto" or name.startswith("cuda"))
     if backend == "auto":
         backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
-    if backend not in ("gloo", "nccl"):
-        raise ContsupError(f"unknown --backend {backend!r}; use auto, gloo or nccl")
-    if backend == "nccl":
-        if not cuda:
-            raise ContsupError("--backend nccl needs CUDA devices")
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-        return backend, device, device
+    if backend == "nccl" and not cuda:
+        raise ContsupError("--backend nccl needs CUDA devices")
     if not cuda:
         return backend, torch.device("cpu"), torch.device("cpu")
-    device = torch.device(name if ":" in name else f"cuda:{local_rank % torch.cuda.device_count()}")
-    return backend, device, torch.device("cpu")  # gloo moves messages through host memory
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_ranks > torch.cuda.device_count() or (":" in name and local_ranks > 1):
+        raise ContsupError(f"{local_ranks} ranks on this node and {torch.cuda.device_count()} CUDA device(s): "
+                           "a pipeline gives every rank its own GPU; start at most one rank per GPU with --device cuda")
+    device = torch.device(name if ":" in name else f"cuda:{local_rank}")
+    torch.cuda.set_device(device)
+    return backend, device, device if backend == "nccl" else torch.device("cpu")  # gloo: through host memory
 
 
 def assign_modules(net: LocalNetwork, cfg: RunConfig, topo: Topology, ctrl: dist.ProcessGroup,
@@ -72,26 +86,31 @@ def assign_modules(net: LocalNetwork, cfg: RunConfig, topo: Topology, ctrl: dist
         return from_sizes(cfg.pipeline.stage_sizes, k, topo.stages)
     if topo.stages == 1:
         return [range(k)]
-    shape = dims(net.source_shapes[0])
+    shape = net.source_shapes[0]
     batch = max(1, min(cfg.train.batch_size // topo.replicas, 64))
     gen = torch.Generator().manual_seed(0)
     fmt = memory_format(cfg.train.channels_last)  # the network's
-    x = torch.randn((batch, *shape), generator=gen).to(device).contiguous(memory_format=fmt)
+    x = to_format(torch.randn(shape.batch(batch), generator=gen).to(device), fmt)
     y = torch.randint(0, 2, (batch,), generator=gen).to(device)
-    pixels = torch.rand((batch, *shape), generator=gen).to(device).contiguous(memory_format=fmt) \
-        if len(net.decoders) else None
-    costs = torch.tensor(measure_costs(copy.deepcopy(net), x, y, pixels), dtype=torch.float64)
+    pixels = to_format(torch.rand(shape.batch(batch), generator=gen).to(device), fmt) if net.needs_pixels else None
+    costs = torch.tensor(measure_costs(copy.deepcopy(net), x, Targets(y, pixels)), dtype=torch.float64)
     dist.all_reduce(costs, group=ctrl)
     return partition((costs / topo.world).tolist(), topo.stages)
 
 
-def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
-    """Join the process group and set up this rank's stage (data, network part, links) in the one Trainer."""
+def build_rank(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, PipelineStep]:
+    """Join the process group and set up this rank's stage (data, network part, links) in the one Trainer.
+
+    BatchNorm across a stage's replicas is torch's SyncBatchNorm with NCCL, the own one (`syncbn`) on gloo.
+    """
     rank, world, local_rank = env_rank()
     pcfg = cfg.pipeline
     backend, device, comm_device = pick_device(cfg, pcfg.backend, local_rank)
     timeout = timedelta(seconds=pcfg.timeout_s)
     topo = Topology.build(world, pcfg.replicas, rank)
+    if cfg.local.man_momentum > 0 and topo.stages > 1:
+        raise ContsupError("MAN's heads follow the next module's first unit, which another stage trains: run MAN "
+                           "with one stage (--replicas = the number of ranks) or in one process")
     if cfg.train.batch_size % topo.replicas:
         raise ContsupError(f"--batch-size {cfg.train.batch_size} must divide into {topo.replicas} replicas")
     dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world,
@@ -102,15 +121,18 @@ def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
     data = load_data(cfg)
     check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
-    net = build_network(cfg, info.channels, info.num_classes, info.size).to(device)
-    if cfg.train.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = build_network(cfg, info.channels, info.num_classes, info.size, plan)
+    net = net.to(device, memory_format=memory_format(cfg.train.channels_last))
     ranges = assign_modules(net, cfg, topo, ctrl, device)
     stage = Stage(net, ranges[topo.stage])
     group = stage_groups[topo.stage] if stage_groups else None
     if group is not None:
         for part in stage.parts.values():
-            convert_sync_batchnorm(part, group)
+            if backend == "nccl":
+                synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(part, group)
+                assert synced is part, "a stage's part is never a BatchNorm layer itself"
+            else:
+                convert_sync_batchnorm(part, group)
     if rank == 0:
         sizes = ",".join(str(len(r)) for r in ranges)
         print(f"pipeline: {topo.replicas} replica(s) x {topo.stages} stage(s), backend {backend}, "
@@ -119,8 +141,7 @@ def build_rank(cfg: RunConfig) -> tuple[Trainer, PipelineStep]:
                         cfg.train.channels_last)
     loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None,
                                                                                "test_subset": None}
-    meta = {"run": cfg.to_dict(), "dataset": asdict(data.info),
-            "pipeline": {"stages": topo.stages, "replicas": topo.replicas}}
+    meta = {**run_meta(cfg, data, net), "pipeline": {"stages": topo.stages, "replicas": topo.replicas}}
     return Trainer(
         net, step.loader(loaders["train"], train=True), step.loader(loaders["test"], train=False), cfg.train,
         cfg.out, val_loader=step.loader(loaders["val"], train=False) if data.val is not None else None,
@@ -137,8 +158,10 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     """
     rank = os.environ.get("RANK", "?")
     try:
-        payload = prepare_run(cfg, resume)  # every rank, before joining the group
-        trainer, step = build_rank(cfg)
+        check_run(cfg)
+        _, payload = prepare_run(cfg, resume)  # every rank, before joining the group
+        plan = plan_from_checkpoint(payload, cfg.out or "", cfg) if payload is not None else None
+        trainer, step = build_rank(cfg, plan)
         if payload is not None:
             check_fit(cfg, trainer.net, payload)
         if cfg.out is not None and step.topo.rank == 0:

@@ -21,15 +21,18 @@ from torch import nn
 from contsup.config import PipelineConfig
 from contsup.data import DeviceLoader
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
-from contsup.distributed.stage import Stage, param_index
+from contsup.distributed.stage import Stage
 from contsup.distributed.topology import Topology
 from contsup.method.network import LocalNetwork
-
-__all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]
-from contsup.method.step import modules_step
+from contsup.method.objective import Targets
+from contsup.method.step import autocast, modules_step
+from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.memory import peak_memory
-from contsup.train.steps import bf16_autocast
+from contsup.train.optim import load_named_state, merge_named_states, named_state, param_names
+from contsup.train.steps import use_device
+
+__all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]
 
 
 @dataclass
@@ -45,19 +48,23 @@ class PipelineStep:
 
     def __init__(self, net: LocalNetwork, stage: Stage, topo: Topology, groups: Groups, device: torch.device,
                  comm_device: torch.device, inflight: int, bf16: bool = False, channels_last: bool = False) -> None:
+        use_device(device)
         self.net, self.stage, self.topo, self.groups, self.device = net, stage, topo, groups, device
         self.modules = stage.modules
         self.main = topo.rank == 0
-        self.autocast = bf16_autocast(device) if bf16 else None
-        self.channels_last = channels_last
-        self.link_in = Link(net, self.modules.start, device, comm_device, inflight,
-                            channels_last) if not topo.first else None
-        self.link_out = Link(net, self.modules.stop, device, comm_device, inflight,
-                             channels_last) if not topo.last else None
+        self.bf16 = bf16
+        self.amp = autocast(device, bf16)
+        self.format = memory_format(channels_last)
+        self.names = param_names(net)
+        self.link_in = Link(net, self.modules.start, device, comm_device, groups.ctrl, inflight,
+                            self.format) if not topo.first else None
+        self.link_out = Link(net, self.modules.stop, device, comm_device, groups.ctrl, inflight,
+                             self.format) if not topo.last else None
 
-    def parameters(self) -> Iterable[nn.Parameter]:
-        """The parameters of this stage's modules."""
-        return self.stage.module().parameters()
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The parameters of this stage's modules, by their names in the whole network."""
+        own = {id(p) for p in self.stage.module().parameters()}
+        return [(n, p) for n, p in self.net.named_parameters() if id(p) in own]
 
     # -- batches ----------------------------------------------------------------------------------
     def loader(self, loader: DeviceLoader | None, train: bool) -> Iterable[Message]:
@@ -79,7 +86,7 @@ class PipelineStep:
         """This stage's local steps on one micro-batch; sends the last output on, all-reduces gradients."""
         assert msg.h is not None and msg.sources is not None and msg.y is not None
         sources = dict(msg.sources)
-        h, losses = modules_step(self.net, self.modules, msg.h, sources, msg.y, msg.pixels, self.autocast)
+        h, losses = modules_step(self.net, self.modules, msg.h, sources, Targets(msg.y, msg.pixels), self.amp)
         self._send(Message(TRAIN, h, sources, msg.y, msg.pixels))
         self._all_reduce_grads()
         return losses, h if self.topo.last else None, msg.y
@@ -87,9 +94,12 @@ class PipelineStep:
     def infer(self, msg: Message) -> tuple[torch.Tensor | None, torch.Tensor]:
         """This stage's modules of the inference pass on one micro-batch; sends the output on."""
         assert msg.h is not None and msg.sources is not None and msg.y is not None
-        sources = dict(msg.sources)
-        with self.autocast if self.autocast is not None else torch.autocast(self.device.type, enabled=False):
-            h = self.net.run(self.net.infer_module, msg.h, sources, self.modules)
+        sources, h = dict(msg.sources), msg.h
+        with self.amp:
+            for k in self.modules:
+                h = self.net.blocks[k](self.net.module_input(k, h, sources))
+            if self.topo.last:
+                h = self.net.classifier(h)
         self._send(Message(EVAL, h, sources, msg.y))
         return h if self.topo.last else None, msg.y
 
@@ -120,40 +130,28 @@ class PipelineStep:
                 peak_memory(self.device)[1] + ", largest rank")
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def _part(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        """This stage's weights, buffers and optimizer state keyed by single-process parameter index."""
-        if self.topo.replica != 0:
-            return None
-        params = list(self.stage.module().parameters())
-        index = param_index(self.net, params)
-        local = optimizer.state_dict()
-        state = {index[i]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in s.items()}
-                 for i, s in local["state"].items()}
-        hyper = {k: v for k, v in local["param_groups"][0].items() if k != "params"}
-        return {"model": self.stage.state_dict(), "optimizer_state": state, "hyper": hyper}
-
     def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        """On rank 0: the whole network's and optimizer's state merged from every stage; None elsewhere."""
+        """On rank 0: the whole network's and optimizer's state merged from every stage, as one process writes it.
+
+        Each stage's first replica contributes its weights and buffers and its optimizer's named state; the
+        merge lists every group's parameters in the network's order (`merge_named_states`).
+        """
+        part = {"model": self.stage.state_dict(), "optimizer": named_state(optimizer, self.names)} \
+            if self.topo.replica == 0 else None
         parts: list[Any] = [None] * self.topo.world if self.topo.rank == 0 else []
-        dist.gather_object(self._part(optimizer), parts if self.topo.rank == 0 else None, dst=0,
-                           group=self.groups.ctrl)
+        dist.gather_object(part, parts if self.topo.rank == 0 else None, dst=0, group=self.groups.ctrl)
         if self.topo.rank != 0:
             return None
         model: dict[str, torch.Tensor] = {}
-        opt_state: dict[int, Any] = {}
-        for part in parts:
-            if part is not None:
-                model.update(part["model"])
-                opt_state.update(part["optimizer_state"])
+        for p in parts:
+            if p is not None:
+                model.update(p["model"])
         expected = self.net.state_dict().keys()
         if set(model) != set(expected):
             raise RuntimeError(f"merged checkpoint misses {sorted(set(expected) - set(model))[:5]}")
-        n_params = len(list(self.net.parameters()))
-        hyper = next(p for p in parts if p is not None)["hyper"]
-        return {
-            "model": {k: model[k] for k in expected},
-            "optimizer": {"state": opt_state, "param_groups": [{**hyper, "params": list(range(n_params))}]},
-        }
+        order = [name for name, _ in self.net.named_parameters()]
+        return {"model": {k: model[k] for k in expected},
+                "optimizer": merge_named_states((p["optimizer"] for p in parts if p is not None), order)}
 
     def read(self, path: Path) -> dict[str, Any]:
         """A (merged or single-process) checkpoint: rank 0 reads it, every rank receives it."""
@@ -162,13 +160,9 @@ class PipelineStep:
         return box[0]
 
     def restore(self, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
-        """Load the network, and this stage's part of the optimizer state."""
+        """Load the network, and this stage's part of the (named) optimizer state."""
         self.net.load_state_dict(payload["model"])
-        params = list(self.stage.module().parameters())
-        glob = payload["optimizer"]
-        state = {i: glob["state"][g] for i, g in enumerate(param_index(self.net, params)) if g in glob["state"]}
-        hyper = {k: v for k, v in glob["param_groups"][0].items() if k != "params"}
-        optimizer.load_state_dict({"state": state, "param_groups": [{**hyper, "params": list(range(len(params)))}]})
+        load_named_state(optimizer, payload["optimizer"], self.names)
 
 
 class Feed:
@@ -184,14 +178,13 @@ class Feed:
 
     def __iter__(self) -> Iterator[Message]:
         topo, step = self.step.topo, self.step
-        decoders = len(step.net.decoders) > 0
+        needs_pixels = step.net.needs_pixels
         for x, y in self.loader:
             x, y = (torch.tensor_split(t, topo.replicas)[topo.replica] for t in (x, y))
             if x.shape[0] == 0:
                 continue
-            if step.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            pixels = self.loader.denormalize(x) if decoders and self.train else None
+            x = to_format(x, step.format)
+            pixels = self.loader.denormalize(x) if needs_pixels and self.train else None
             yield Message(TRAIN if self.train else EVAL, x, {0: x}, y, pixels)
 
 

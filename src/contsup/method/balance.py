@@ -27,9 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.method.context import ContextMode, CutContext
-from contsup.method.heads import LocalHead
-from contsup.method.losses import LOSSES
-from contsup.method.recon import Decoder
+from contsup.method.objective import Objective, Targets
 from contsup.models.chain import Shape
 from contsup.profile.memory import SavedTensorCounter
 
@@ -52,20 +50,19 @@ def memory_model(
     sample: torch.Tensor,
     shapes: Sequence[Shape],
     mode: ContextMode,
-    head: str,
-    loss: str,
-    num_classes: int,
-    width: int = 128,
-    widen: float = 1.0,
-    recon: bool = False,
+    objective: Callable[[int], Objective],
     image_encoder: str = "paper",
     lean: bool = False,
 ) -> tuple[list[float], list[float], list[float]]:
-    """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`."""
+    """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`.
+
+    `objective(j)` builds the local objective of a cut after unit j (a fresh one, counted on a copy).
+    """
     n = len(units)
-    x = sample[:1].expand(BATCH, *sample.shape[-3:]).clone()
+    x = sample[:1].expand(BATCH, *sample.shape[1:]).clone()
     y = torch.zeros(BATCH, dtype=torch.long)
-    x_shape = Shape(*x.shape[1:])
+    targets = Targets(y, torch.rand_like(x))
+    x_shape = Shape.of(x)
     chain = copy.deepcopy(nn.Sequential(*units)).train()
     counter = SavedTensorCounter(exclude=chain)
     unit_bytes = []
@@ -76,25 +73,23 @@ def memory_model(
             h = unit(h)
             unit_bytes.append((counter.total - before) / BATCH)
     del h
-    objective = LOSSES[loss](num_classes, int(width * widen))
     end_bytes, start_bytes = [], []
     for j, s in enumerate(shapes):
-        h = torch.randn(BATCH, s.channels, s.height, s.width)
+        h = torch.randn(s.batch(BATCH))
         if j == n - 1:
             cls = copy.deepcopy(classifier).train()
             end_bytes.append(_counted(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
         else:
-            local = LocalHead(s.channels, head, objective.out_dim, width, widen).train()
-            cost = _counted(local, lambda m=local, h=h: objective.fn(m(h), y), h)
-            if recon:
-                dec = Decoder(s.channels, x_shape.channels, (x_shape.height, x_shape.width)).train()
-                cost += _counted(dec, lambda m=dec, h=h: m.loss(h, torch.rand_like(x)), h)
-            end_bytes.append(cost)
+            local = objective(j).train()
+            end_bytes.append(_counted(local, lambda m=local, h=h: m(h, targets)[0], h))
     start_bytes.append(0.0)
-    bound = max(s.channels * s.height * s.width for s in [x_shape, *shapes])
+    bound = max(s.numel() for s in [x_shape, *shapes])
     for s in shapes[:-1]:
+        if not (mode.window or mode.image):
+            start_bytes.append(0.0)
+            continue
         ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder, lean, bound).train()
-        h = torch.randn(BATCH, s.channels, s.height, s.width)
+        h = torch.randn(s.batch(BATCH))
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
         held = sum(t.numel() * t.element_size() for j, t in sources.items() if j > 0) / BATCH
         start_bytes.append(held + _counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))

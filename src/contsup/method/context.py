@@ -17,6 +17,7 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.method.lean import lean_encode, supported
+from contsup.method.tokens import TokenImageEncoder, TokenResidualEncoder
 from contsup.models.chain import Shape
 from contsup.registry import Registry
 
@@ -163,10 +164,21 @@ class ResidualEncoder(ConvEncoder):
         super().__init__(net, target, False, lean, max_elements)
 
 
+def token_encoder(source: Shape, target: Shape, patch: int | None) -> nn.Module:
+    """The encoder of one source at a token cut: the image through a patch embedding, tokens per token."""
+    if not source.is_map:
+        return TokenResidualEncoder(source.channels, target.channels)
+    if patch is None or source.height != source.width:
+        raise ContsupError("context from the image at a token cut needs square images and the backbone's patch size "
+                           "(its first unit's `patch`)")
+    return TokenImageEncoder(source.channels, target.channels, source.height, patch, target.positions[0])
+
+
 LOCAL_INITS = ["torch", "kaiming"]
 
 
-def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_init: str, context_scale: float) -> None:
+def init_local_modules(heads: Sequence[nn.Module], context: Sequence[CutContext], local_init: str,
+                       context_scale: float) -> None:
     """Optional initialisations of the heads and encoders (both off by default: nothing is touched then).
 
     `local_init = "kaiming"`: Kaiming normal (fan-out) on every convolution of the heads and the context
@@ -178,38 +190,44 @@ def init_local_modules(heads: nn.Module, context: Sequence[CutContext], local_in
     if local_init not in LOCAL_INITS:
         raise ContsupError(f"unknown local init {local_init!r}; choose from {', '.join(LOCAL_INITS)}")
     if local_init == "kaiming":
-        for m in [*heads.modules(), *(m for ctx in context for m in ctx.modules())]:
+        for m in [*(m for head in heads for m in head.modules()), *(m for ctx in context for m in ctx.modules())]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     if context_scale != 1.0:
         for ctx in context:
             for enc in [*ctx.residual, *([ctx.image] if ctx.image is not None else [])]:
-                last_bn = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)][-1]
-                nn.init.constant_(last_bn.weight, context_scale)
+                bns = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]
+                if not bns:
+                    raise ContsupError("context_scale sets the encoders' last BatchNorm; token encoders have none")
+                nn.init.constant_(bns[-1].weight, context_scale)
 
 
 class CutContext(nn.Module):
     """Every encoder at one cut, and the sum that supplies h_k with context.
 
-    `lean` and `max_elements` as in ConvEncoder (the default bound: the largest source, per sample).
+    `lean` and `max_elements` as in ConvEncoder (the default bound: the largest source, per sample). At a
+    cut that outputs tokens the encoders are the token ones (contsup.method.tokens): the image (s_0) through
+    a fresh patch embedding of patch size `patch` (the backbone's), token sources through LayerNorm + Linear.
     """
 
     def __init__(
         self, cut: int, mode: ContextMode, source_shapes: Sequence[Shape], target: Shape, image_encoder: str = "paper",
-        lean: bool = False, max_elements: int | None = None,
+        lean: bool = False, max_elements: int | None = None, patch: int | None = None,
     ) -> None:
         super().__init__()
         check_image_encoder(image_encoder)
         self.cut = cut
         self.source_ids = mode.sources(cut)
-        bound = max(s.channels * s.height * s.width for s in source_shapes) if max_elements is None else max_elements
-        self.residual = nn.ModuleList(
-            ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids
-        )
-        pool_first = image_encoder == "pooled"
-        self.image = ImageEncoder(
-            source_shapes[0].channels, target, pool_first=pool_first, lean=lean, max_elements=bound
-        ) if mode.image else None
+        bound = max(s.numel() for s in source_shapes) if max_elements is None else max_elements
+        if target.is_map:
+            self.residual = nn.ModuleList(
+                ResidualEncoder(source_shapes[j].channels, target, lean, bound) for j in self.source_ids)
+            self.image = ImageEncoder(source_shapes[0].channels, target, pool_first=image_encoder == "pooled",
+                                      lean=lean, max_elements=bound) if mode.image else None
+        else:
+            self.residual = nn.ModuleList(
+                token_encoder(source_shapes[j], target, patch) for j in self.source_ids)
+            self.image = token_encoder(source_shapes[0], target, patch) if mode.image else None
 
     def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""

@@ -1,16 +1,27 @@
-"""Local heads `<a>c<b>f`: a conv layers, global average pool, b linear layers (docs/method.md, heads)."""
+"""Local heads: what reads a cut's output h_k and gives the local loss its input. Add one with `@HEADS.register`.
+
+A head builder takes the cut (`contsup.method.objective.Cut`: h_k's shape, the network's unit shapes, the
+loss's input size, the hidden width) and returns an nn.Module mapping h_k to that input. The paper's heads
+are `<a>c<b>f` (docs/method.md, heads): a conv layers, an average pool over positions, b linear layers.
+"""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.models.chain import Shape, pool
+from contsup.registry import Registry
 
-HEADS = ["0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f"]
-_HEAD = re.compile(r"([0-2])c([1-3])f")
+if TYPE_CHECKING:
+    from contsup.method.objective import Cut
+
+# name -> (pattern groups..., cut) -> head module
+HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> list[nn.Module]:
@@ -19,19 +30,22 @@ def conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> list[nn.Module]:
 
 
 class LocalHead(nn.Module):
-    """conv layers, global average pool, then linear layers: turns h_k into logits or a feature."""
+    """conv layers, average pool over positions, then linear layers: turns h_k into logits or a feature.
 
-    def __init__(self, channels: int, kind: str, out_dim: int, width: int = 128, widen: float = 1.0) -> None:
+    On token sequences (NLC) only conv-free heads (`0c<b>f`) apply: the pool averages the tokens.
+    """
+
+    def __init__(self, shape: Shape, convs: int, fcs: int, out_dim: int, width: int = 128,
+                 widen: float = 1.0) -> None:
         super().__init__()
-        match = _HEAD.fullmatch(kind)
-        if kind not in HEADS or not match:
-            raise ContsupError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
-        convs, fcs = int(match.group(1)), int(match.group(2))
+        if convs and not shape.is_map:
+            raise ContsupError(f"head {convs}c{fcs}f has conv layers, which need feature maps; this cut outputs "
+                               f"tokens ({shape}): use 0c{fcs}f")
         layers: list[nn.Module] = []
-        ch = channels
+        ch = shape.channels
         if convs:
             # C -> 2C with stride 2 below 64 channels; from 64 on (the paper's C = 64) C stays, stride 1.
-            out_ch, stride = (channels, 1) if channels >= 64 else (2 * channels, 2)
+            out_ch, stride = (ch, 1) if ch >= 64 else (2 * ch, 2)
             out_ch = int(out_ch * widen)
             if out_ch < 1:
                 raise ContsupError(f"widen {widen} leaves a local head's conv layer with no channels")
@@ -52,5 +66,11 @@ class LocalHead(nn.Module):
         self.fc = nn.Sequential(*fc)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Head output for a feature map."""
-        return self.fc(self.conv(h).mean(dim=(2, 3)))
+        """Head output for a feature map or a token sequence."""
+        return self.fc(pool(self.conv(h)))
+
+
+@HEADS.register("1c2f", pattern=r"([0-2])c([1-3])f", help="<a>c<b>f (a = 0..2 conv layers, b = 1..3 linear)")
+def conv_fc_head(convs: str, fcs: str, cut: Cut) -> nn.Module:
+    """The paper's `<a>c<b>f` head at this cut."""
+    return LocalHead(cut.shape, int(convs), int(fcs), cut.out_dim, cut.settings.width, cut.settings.widen)

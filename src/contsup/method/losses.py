@@ -1,4 +1,7 @@
-"""Local losses: what a local head's output is trained with. Add one with `@LOSSES.register(name)`."""
+"""Local losses: what a local head's output is trained with. Add one with `@LOSSES.register(name)`.
+
+Every loss is computed in float32 outside autocast (`float32_loss`), whatever precision the head ran in.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,13 @@ class LocalLoss:
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def float32_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: torch.Tensor,
+                 target: torch.Tensor) -> torch.Tensor:
+    """fn(out, target) in float32 with autocast off (an enclosing bf16 autocast would undo a plain `.float()`)."""
+    with torch.autocast(out.device.type, enabled=False):
+        return fn(out.float(), target.float() if target.is_floating_point() else target)
+
+
 # name -> (number of classes, hidden width W of the heads) -> LocalLoss
 LOSSES: Registry[Callable[[int, int], LocalLoss]] = Registry("loss")
 
@@ -26,7 +36,7 @@ LOSSES: Registry[Callable[[int, int], LocalLoss]] = Registry("loss")
 @LOSSES.register("softmax")
 def softmax(num_classes: int, width: int) -> LocalLoss:
     """Cross entropy over the classes: the head outputs one logit per class."""
-    return LocalLoss(num_classes, lambda out, y: F.cross_entropy(out.float(), y))
+    return LocalLoss(num_classes, F.cross_entropy)
 
 
 @LOSSES.register("contrast")
@@ -36,8 +46,12 @@ def contrast(num_classes: int, width: int) -> LocalLoss:
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020) with positives = same label in the batch."""
-    z = F.normalize(features.float(), dim=1)
+    """Supervised contrastive loss (Khosla et al. 2020) with positives = same label in the batch.
+
+    Anchors without a positive are left out; a batch with none gives 0 (with a gradient of zeros). No
+    value is read on the host, so the loss never waits for the device.
+    """
+    z = F.normalize(features, dim=1)
     logits = z @ z.T / temperature
     n = z.shape[0]
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
@@ -46,7 +60,6 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     positives = (labels[:, None] == labels[None, :]) & ~self_mask
     count = positives.sum(1)
     has_pos = count > 0
-    if not has_pos.any():
-        return features.sum() * 0.0
     pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(1)
-    return -(pos_log_prob[has_pos] / count[has_pos]).mean()
+    per_anchor = torch.where(has_pos, pos_log_prob / count.clamp_min(1), torch.zeros_like(pos_log_prob))
+    return -per_anchor.sum() / has_pos.sum().clamp_min(1)

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contsup.config import ReconWeights
 from contsup.errors import ContsupError
+from contsup.method.losses import float32_loss
 
 __all__ = ["RECON_PRESETS", "Decoder", "ReconWeights", "parse_recon"]
 
 
+@dataclass(frozen=True)
+class ReconWeights:
+    """(lambda_x, lambda_y) at the first cut (ixx_1, ixy_1) and at the last cut (ixx_2, ixy_2)."""
+
+    ixx_1: float
+    ixy_1: float
+    ixx_2: float
+    ixy_2: float
+
+    def at(self, cut: int, num_cuts: int) -> tuple[float, float]:
+        """(lambda_x, lambda_y) at cut index `cut` (0-based) of `num_cuts`, linearly interpolated."""
+        t = cut / (num_cuts - 1) if num_cuts > 1 else 0.0
+        return (self.ixx_1 + (self.ixx_2 - self.ixx_1) * t, self.ixy_1 + (self.ixy_2 - self.ixy_1) * t)
+
+    def text(self) -> str:
+        """The four numbers as `--recon` takes them."""
+        return ",".join(f"{v:g}" for v in (self.ixx_1, self.ixy_1, self.ixx_2, self.ixy_2))
+
+
 class Decoder(nn.Module):
-    """InfoPro's reconstruction decoder: upsample h_k to the image, conv3x3 -> BN -> ReLU -> conv3x3 -> sigmoid."""
+    """InfoPro's reconstruction decoder: upsample h_k to the image, conv3x3 -> BN -> ReLU -> conv3x3.
+
+    It returns logits: the paper's sigmoid is folded into the loss (binary cross entropy with logits, the
+    same function, numerically safer, and allowed under CUDA autocast where sigmoid + BCE is refused).
+    """
 
     def __init__(self, channels: int, image_channels: int, image_size: tuple[int, int]) -> None:
         super().__init__()
@@ -23,18 +48,17 @@ class Decoder(nn.Module):
             nn.BatchNorm2d(12),
             nn.ReLU(inplace=True),
             nn.Conv2d(12, image_channels, 3, 1, 1, bias=False),
-            nn.Sigmoid(),
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Reconstructed image in [0, 1]."""
+        """The reconstruction's logits (the image is their sigmoid)."""
         if tuple(h.shape[-2:]) != tuple(self.image_size):
             h = F.interpolate(h, size=self.image_size, mode="bilinear", align_corners=True)
         return self.net(h)
 
     def loss(self, h: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """Binary cross entropy of the reconstruction against the un-normalised image."""
-        return F.binary_cross_entropy(self(h).float(), pixels.float())
+        """Binary cross entropy of the reconstruction against the un-normalised image, in float32."""
+        return float32_loss(F.binary_cross_entropy_with_logits, self(h), pixels)
 
 
 # The paper's [ixx_1, ixy_1, ixx_2, ixy_2] by (arch, dataset, K) (docs/method.md, reconstruction);
@@ -66,11 +90,14 @@ RECON_PRESETS: dict[tuple[str, str, int], tuple[float, float, float, float]] = {
 }
 
 
-def parse_recon(text: str | None, arch: str, dataset: str, modules: int, balanced: bool) -> ReconWeights | None:
+def parse_recon(text: str | None, arch: str, dataset: str | None, modules: int,
+                balanced: bool) -> ReconWeights | None:
     """`--recon`: none, `paper` (the preset for this arch/dataset/K) or four numbers ixx1,ixy1,ixx2,ixy2."""
     if text is None or text.lower() in ("", "none", "off"):
         return None
     if text.lower() == "paper":
+        if dataset is None:
+            raise ContsupError("recon = paper needs the dataset whose weights to take: set recon_dataset")
         key = (arch, dataset + ("-balanced" if balanced else ""), modules)
         if key not in RECON_PRESETS:
             raise ContsupError(
@@ -79,9 +106,10 @@ def parse_recon(text: str | None, arch: str, dataset: str, modules: int, balance
             )
         return ReconWeights(*RECON_PRESETS[key])
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",") if v.strip().isascii()]
     except ValueError:
         values = []
-    if len(values) != 4:
-        raise ContsupError(f"--recon takes 'paper', 'none' or four numbers ixx1,ixy1,ixx2,ixy2; got {text!r}")
+    if len(values) != 4 or not all(0 <= v <= 1e6 for v in values):
+        raise ContsupError(f"--recon takes 'paper', 'none' or four numbers from 0 to 1e6, ixx1,ixy1,ixx2,ixy2; "
+                           f"got {text!r}")
     return ReconWeights(*values)

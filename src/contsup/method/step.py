@@ -1,9 +1,12 @@
-"""The local-learning step: per batch, each module learns from its own loss; nothing crosses a cut.
+"""The local-learning step: per batch, each module learns from its own objective; nothing crosses a cut.
 
-Per module k along `LocalNetwork.walk`: module k-1's detached output is supplied with context, module k
-runs forward and backwards its local loss at once (freeing its activations). Context encoders at cut k
-sit in front of module k+1, so module k+1's loss trains them. The optimizer steps all modules together
-afterwards. A pipeline stage runs the same `modules_step` for the modules it owns.
+For module k in turn: cut k-1 supplies context to module k-1's detached output, module k runs forward,
+its objective gives the loss, and the loss is back-propagated at once (freeing module k's activations).
+Cut k-1's encoders sit in front of module k, so module k's loss trains them. The optimizer steps all
+modules together afterwards. A pipeline stage runs the same `modules_step` for the modules it owns.
+
+Autocast (bf16) is entered in one place, around each module's forward (`module_step`); the backward runs
+outside it and every loss is computed in float32 (`contsup.method.losses.float32_loss`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,43 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from contsup.method.network import LocalNetwork, Sources
+from contsup.method.objective import Targets
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """The forward passes' autocast: bf16 on `device` when asked for, else a context that does nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def module_step(net: LocalNetwork, k: int, h: torch.Tensor, sources: Sources, targets: Targets,
+                amp: contextlib.AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
+    """Module k's local step from module k-1's raw output `h` (x for k = 0): forward, loss, backward.
+
+    Returns (module k's detached output, or the logits for the last module; the detached loss).
+    """
+    with amp:
+        out = net.blocks[k](net.module_input(k, h, sources))
+        loss, prediction = net.objectives[k](out, targets)
+    loss.backward()
+    return (prediction if k == net.num_modules - 1 else out).detach(), loss.detach()
+
+
+def modules_step(net: LocalNetwork, modules: range, h: torch.Tensor, sources: Sources, targets: Targets,
+                 amp: contextlib.AbstractContextManager | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local steps of a run of modules (all of them, or a pipeline stage's), one after the other.
+
+    `h` and `sources` are what enters the first module (x and {0: x} for module 0; module `modules.start - 1`'s
+    raw output and the sources crossing the cut otherwise); `sources` is updated in place. Returns (the last
+    module's detached output, or the logits; the modules' losses stacked, detached, on the device).
+    """
+    amp = amp or contextlib.nullcontext()
+    losses = []
+    for k in modules:
+        h, loss = module_step(net, k, h, sources, targets, amp)
+        losses.append(loss)
+    return h, torch.stack(losses)
 
 
 @dataclass
@@ -28,77 +65,13 @@ class StepOutput:
     logits: torch.Tensor
 
 
-def local_loss(
-    net: LocalNetwork, k: int, h: torch.Tensor, y: torch.Tensor, pixels: torch.Tensor | None
-) -> torch.Tensor:
-    """Module k's local loss: head task term, plus the weighted reconstruction term when enabled."""
-    task = net.objective.fn(net.heads[k](h), y)
-    if not len(net.decoders):
-        return task
-    if pixels is None:
-        raise ValueError("reconstruction needs the un-normalised image (pixels in [0, 1])")
-    lambda_x, lambda_y = net.config.recon.at(k, len(net.heads))  # type: ignore[union-attr]
-    return lambda_x * net.decoders[k].loss(h, pixels) + lambda_y * task
+def local_step(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor, pixels: torch.Tensor | None = None,
+               amp: contextlib.AbstractContextManager | None = None) -> StepOutput:
+    """Forward and backward every module on one batch (gradients accumulate; no optimizer step).
 
-
-def module_step(
-    net: LocalNetwork,
-    k: int,
-    h_in: torch.Tensor,
-    y: torch.Tensor,
-    pixels: torch.Tensor | None = None,
-    autocast: torch.autocast | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Module k's local step on its input (already supplied with context): forward, local loss, backward.
-
-    Returns (module k's detached output, or the logits for the last module; the detached loss).
+    `pixels` is the un-normalised image in [0, 1], needed with the reconstruction term.
     """
-    amp = autocast if autocast is not None else contextlib.nullcontext()
-    with amp:
-        h = net.blocks[k](h_in)
-        if k == net.num_modules - 1:
-            h = net.classifier(h)
-            loss = F.cross_entropy(h.float(), y)
-        else:
-            loss = local_loss(net, k, h, y, pixels)
-    loss.backward()
-    return h.detach(), loss.detach()
-
-
-def modules_step(
-    net: LocalNetwork,
-    modules: range,
-    h: torch.Tensor,
-    sources: Sources,
-    y: torch.Tensor,
-    pixels: torch.Tensor | None = None,
-    autocast: torch.autocast | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The local steps of a run of modules (all of them, or a pipeline stage's) along the module walk.
-
-    `h` and `sources` are what enters the first module (x and {0: x} for module 0); `sources` is updated
-    in place. Returns (the last module's detached output, its losses stacked, detached).
-    """
-    losses: list[torch.Tensor] = []
-
-    def step(k: int, h_in: torch.Tensor) -> torch.Tensor:
-        out, loss = module_step(net, k, h_in, y, pixels, autocast)
-        losses.append(loss)
-        return out
-
-    h = net.run(step, h, sources, modules, autocast)
-    return h, torch.stack(losses)
-
-
-def local_step(
-    net: LocalNetwork,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    pixels: torch.Tensor | None = None,
-    autocast: torch.autocast | None = None,
-) -> StepOutput:
-    """Forward and backward every module on one batch (gradients accumulate; no optimizer step)."""
-    logits, losses = modules_step(net, range(net.num_modules), x, {0: x}, y, pixels, autocast)
+    logits, losses = modules_step(net, range(net.num_modules), x, {0: x}, Targets(y, pixels), amp)
     return StepOutput(losses, logits)
 
 

@@ -1,9 +1,15 @@
-"""A network as a chain of units plus a classifier: the form every cut, head and encoder works on."""
+"""A network as a chain of units plus a classifier: the form every cut, head and encoder works on.
+
+Units map features to features in one of two layouts: feature maps (N, C, H, W) or token sequences
+(N, T, D). `Shape` is a feature's per-sample shape with its layout; 4-D maps are the fast path.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -19,19 +25,88 @@ class Classifier(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits from a feature map (or an already flat feature)."""
-        if h.dim() == 4:
-            h = h.mean(dim=(2, 3))
-        return self.fc(h)
+        """Logits from a feature map, a token sequence (both averaged over positions) or a flat feature."""
+        return self.fc(pool(h))
+
+
+def pool(h: torch.Tensor) -> torch.Tensor:
+    """The mean over positions: (N, C, H, W) and (N, T, D) -> (N, C) or (N, D); a flat (N, C) is returned as is."""
+    if h.dim() == 4:
+        return h.mean(dim=(2, 3))
+    if h.dim() == 3:
+        return h.mean(dim=1)
+    return h
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format of a network and its batches (`--channels-last`, else the default contiguous one)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def to_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """A 4-D batch in memory format `fmt`; token sequences and labels as they are."""
+    return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
+
+
+Layout = Literal["NCHW", "NLC"]
+RANKS: dict[Layout, int] = {"NCHW": 3, "NLC": 2}  # per-sample dimensions of each layout
 
 
 @dataclass(frozen=True)
 class Shape:
-    """Channels and spatial size of a feature map (batch dimension left out)."""
+    """A feature's per-sample shape and layout: (C, H, W) for a map (NCHW), (T, D) for tokens (NLC)."""
 
-    channels: int
-    height: int
-    width: int
+    dims: tuple[int, ...]
+    layout: Layout = "NCHW"
+
+    def __post_init__(self) -> None:
+        if len(self.dims) != RANKS[self.layout]:
+            raise ValueError(f"a {self.layout} shape has {RANKS[self.layout]} dimensions, got {self.dims}")
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> Shape:
+        """The shape of a batched tensor: 4-D is a feature map, 3-D a token sequence; anything else is refused."""
+        layout = {4: "NCHW", 3: "NLC"}.get(t.dim())
+        if layout is None:
+            raise ContsupError(f"every unit must output a feature map (N, C, H, W) or a token sequence (N, T, D); "
+                               f"got shape {tuple(t.shape)}")
+        return cls(tuple(int(d) for d in t.shape[1:]), layout)  # type: ignore[arg-type]
+
+    @property
+    def channels(self) -> int:
+        """Features per position: C of a map, D of a token sequence."""
+        return self.dims[0] if self.layout == "NCHW" else self.dims[1]
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """(H, W) of a map, (T,) of a token sequence."""
+        return self.dims[1:] if self.layout == "NCHW" else self.dims[:1]
+
+    @property
+    def is_map(self) -> bool:
+        """Whether this is a 4-D feature map (NCHW)."""
+        return self.layout == "NCHW"
+
+    @property
+    def height(self) -> int:
+        """H of a feature map."""
+        return self.positions[0]
+
+    @property
+    def width(self) -> int:
+        """W of a feature map."""
+        return self.positions[-1]
+
+    def numel(self) -> int:
+        """Elements per sample."""
+        return math.prod(self.dims)
+
+    def batch(self, n: int) -> tuple[int, ...]:
+        """The full tensor shape for a batch of `n`."""
+        return (n, *self.dims)
+
+    def __str__(self) -> str:
+        return "x".join(map(str, self.dims)) + ("" if self.is_map else " tokens")
 
 
 class Backbone(nn.Module):
@@ -62,7 +137,7 @@ class Backbone(nn.Module):
     def from_units(
         cls, units: nn.Sequential | Sequence[nn.Module], num_classes: int, sample: torch.Tensor
     ) -> Backbone:
-        """Wrap a user's chain of units (each mapping a 4-D map to a 4-D map) with pool + linear."""
+        """Wrap a user's chain of units (feature maps or token sequences) with pool over positions + linear."""
         units = list(units)
         shapes = probe_shapes(units, sample)
         return cls(units, Classifier(shapes[-1].channels, num_classes))
@@ -80,11 +155,7 @@ def probe_shapes(units: Sequence[nn.Module], sample: torch.Tensor) -> list[Shape
         for unit in units:
             unit.eval()
             x = unit(x)
-            if x.dim() != 4:
-                raise ContsupError(
-                    f"every unit must output a 4-D feature map (N, C, H, W); got shape {tuple(x.shape)}"
-                )
-            shapes.append(Shape(*x.shape[1:]))
+            shapes.append(Shape.of(x))
     finally:
         for unit, mode in zip(units, was_training, strict=True):
             unit.train(mode)

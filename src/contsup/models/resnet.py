@@ -1,7 +1,8 @@
 """ResNets (He et al. 2016) as chains of units (stem, then BasicBlocks), registered in `BACKBONES`.
 
 CIFAR-style ResNet-(6n+2) (the paper's networks) and ImageNet-style ResNet-18/34. To add a backbone,
-register one function `(in_channels, num_classes) -> Backbone` with `@BACKBONES.register(name)`.
+register one function `(in_channels, num_classes, image_size) -> Backbone` with `@BACKBONES.register(name)`
+(`image_size`, the side of the square input, defaults to 32; the ResNets take any size and ignore it).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from contsup.errors import ContsupError
 from contsup.models.chain import Backbone, Classifier
 from contsup.registry import Registry
 
-# name -> (in_channels, num_classes) -> Backbone
-BACKBONES: Registry[Callable[[int, int], Backbone]] = Registry("architecture")
+# name -> (in_channels, num_classes, image_size) -> Backbone
+BACKBONES: Registry[Callable[[int, int, int], Backbone]] = Registry("architecture")
 
 
 class BasicBlock(nn.Module):
@@ -98,35 +99,35 @@ def _chain(name: str, first: nn.Module, stages: list[tuple[int, int, int]], num_
 
 
 @BACKBONES.register("resnet32", pattern=r"resnet(\d+)", help="resnetN (N = 6n+2: resnet20, resnet32, resnet110, ...)")
-def cifar_resnet(depth: str, in_channels: int, num_classes: int) -> Backbone:
+def cifar_resnet(depth: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
     """CIFAR-style ResNet-(6n+2), the paper's networks."""
     return resnet(int(depth), in_channels, num_classes)
 
 
 @BACKBONES.register("resnet18")
-def resnet18(in_channels: int, num_classes: int) -> Backbone:
+def resnet18(in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
     """ImageNet-style ResNet-18."""
     return resnet_imagenet(18, in_channels, num_classes)
 
 
 @BACKBONES.register("resnet34")
-def resnet34(in_channels: int, num_classes: int) -> Backbone:
+def resnet34(in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
     """ImageNet-style ResNet-34."""
     return resnet_imagenet(34, in_channels, num_classes)
 
 
 @BACKBONES.register("resnet18-small")
-def resnet18_small(in_channels: int, num_classes: int) -> Backbone:
+def resnet18_small(in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
     """ResNet-18 with the small-image stem (conv3x3/1, no max-pool), for CIFAR-sized inputs."""
     return resnet_imagenet(18, in_channels, num_classes, small_images=True)
 
 
 @BACKBONES.register("resnet34-small")
-def resnet34_small(in_channels: int, num_classes: int) -> Backbone:
+def resnet34_small(in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
     """ResNet-34 with the small-image stem (conv3x3/1, no max-pool), for CIFAR-sized inputs."""
     return resnet_imagenet(34, in_channels, num_classes, small_images=True)
 
 
-def build_arch(name: str, in_channels: int, num_classes: int) -> Backbone:
-    """Build a registered backbone by name (see `BACKBONES`)."""
-    return BACKBONES[name.lower()](in_channels, num_classes)
+def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
+    """Build a registered backbone by name (see `BACKBONES`) for square inputs of side `image_size`."""
+    return BACKBONES[name.lower()](in_channels, num_classes, image_size)

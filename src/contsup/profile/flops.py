@@ -20,16 +20,18 @@ GROUPS = ("backbone", "heads", "decoders", "context")
 
 
 def group_names(net: LocalNetwork) -> dict[str, str]:
-    """Class name of each directly called submodule of a LocalNetwork -> its parameter group."""
-    names: dict[str, str] = {}
-    for group, modules in (
-        ("backbone", [*net.blocks, net.classifier]),
-        ("heads", list(net.heads)),
-        ("decoders", list(net.decoders)),
-        ("context", list(net.context)),
-    ):
-        for m in modules:
-            names.setdefault(type(m).__name__, group)
+    """Counter name of each submodule a step calls directly, or of an objective's part -> its parameter group.
+
+    The step calls each block, each cut's context and each objective; an objective's head and decoder are
+    named `<objective class>.<attribute>` (e.g. `ReconObjective.decoder`), its classifier is the backbone's.
+    """
+    names: dict[str, str] = {type(b).__name__: "backbone" for b in net.blocks}
+    names.update({type(c).__name__: "context" for c in net.context})
+    for obj in net.objectives:
+        for attr, child in obj.named_children():
+            group = "backbone" if child is net.classifier else "decoders" if child in net.parts("decoders") \
+                else "heads"
+            names[f"{type(obj).__name__}.{attr}"] = group
     return names
 
 
@@ -42,7 +44,7 @@ def count_flops(net: LocalNetwork, fn: Callable[[], Any]) -> tuple[Any, dict[str
     names = group_names(net)
     flops = dict.fromkeys(GROUPS, 0)
     for name, ops in counts.items():
-        if "." not in name and name in names:
+        if name in names:
             flops[names[name]] += sum(ops.values())
     total = counter.get_total_flops()
     flops["other"] = total - sum(flops.values())

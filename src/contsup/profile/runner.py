@@ -19,11 +19,12 @@ from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.method.step import local_step
 from contsup.models import build_arch
+from contsup.models.chain import memory_format
 from contsup.profile.flops import count_flops
 from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
-from contsup.train.steps import memory_format, resolve_device
-from contsup.train.trainer import make_optimizer
+from contsup.train.optim import make_optimizer
+from contsup.train.steps import resolve_device
 
 E2E = "E2E"
 
@@ -89,7 +90,7 @@ def configurations(cfg: ProfileConfig) -> list[tuple[int, str]]:
 def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device) -> LocalNetwork:
     """The network for one configuration, on the device."""
     torch.manual_seed(cfg.seed)
-    backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes)
+    backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes, cfg.input_shape[-1])
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
         cut_table=cfg.cut_table, **cfg.local,
@@ -112,11 +113,11 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     net.train()
     fmt = memory_format(cfg.channels_last)
     net = net.to(memory_format=fmt)
-    optimizer = make_optimizer(net.parameters(), TrainConfig(lr=0.01))
+    optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01))
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
-    pixels = torch.rand_like(x) if len(net.decoders) else None
+    pixels = torch.rand_like(x) if net.needs_pixels else None
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -156,6 +157,46 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
         images_per_s=1000 * cfg.batch_size / median if times else float("nan"),
         params=net.param_counts(), flops=flops,
     )
+
+
+def step_memory_floor(cfg: ProfileConfig) -> int:
+    """Bytes that any training step of `cfg` must hold at once, from its settings alone (nothing allocated).
+
+    The backbone is built and run on the meta device; a step holds at least its input batch and the
+    largest single activation with its gradient, whatever K and the context mode.
+    """
+    largest = [0]
+
+    def record(module: torch.nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    with torch.device("meta"):
+        backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes)
+        hooks = [m.register_forward_hook(record) for m in backbone.modules()]
+        x = torch.empty(cfg.batch_size, *cfg.input_shape)
+        with torch.no_grad():
+            backbone(x)
+    for h in hooks:
+        h.remove()
+    return x.numel() * x.element_size() + 2 * largest[0]
+
+
+def machine_memory(device: torch.device) -> int:
+    """Bytes of memory on `device`: the GPU's total, or the machine's physical memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(cfg: ProfileConfig) -> None:
+    """Refuse, before anything is allocated, a batch and input whose step cannot fit the device's memory."""
+    device = resolve_device(cfg.device)
+    need, have = step_memory_floor(cfg), machine_memory(device)
+    if need > have:
+        raise ContsupError(f"one training step of {cfg.arch} at batch {cfg.batch_size} and input "
+                           f"{'x'.join(map(str, cfg.input_shape))} needs at least {need / 2**30:.1f} GiB; "
+                           f"{device} has {have / 2**30:.1f} GiB: lower --batch-size or --input")
 
 
 def run_profile(cfg: ProfileConfig, report: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:

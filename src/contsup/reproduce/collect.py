@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from contsup.reproduce.presets import Job
-from contsup.reproduce.sweep import read_summary
+from contsup.reproduce.records import read_summary
 from contsup.tables import markdown_table, pyplot, save_figure, write_csv
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.

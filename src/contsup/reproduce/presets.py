@@ -10,26 +10,28 @@ Settings are those of the one schema (`contsup.config`), named by key (`lr`, `da
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from contsup.checks import check_run, check_type
-from contsup.config import RunConfig, flatten, nest, resolve, resolve_name, settings
+from contsup.checks import check_run
+from contsup.config import RunConfig, fits, flatten, nest, resolve, resolve_name, settings, type_name
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
+from contsup.files import read_text_file
 
-# Settings that say how a run is shown or where it is written, not what it computes: not preset settings.
-_NOT_PRESET = ("out", "progress")
+# Settings that say how a run is shown, where it is written or where its dataset lives: not preset settings
+# (a preset file names no place on disk; the command line's --out and --data-dir do).
+_NOT_PRESET = ("out", "progress", "data_root", "download")
+MAX_CONFIGURATIONS = 10_000  # grid points times seeds of one preset, counted before anything is expanded
 E2E = "E2E"
 # A preset value must have a TOML type that its setting's schema type allows (TOML has no null: a setting
 # whose default is None is left out or given a value); values are then checked as on the command line.
-_NUMBER = (int, float)
 _CONTEXT = re.compile(r"E2E|E|R\d{1,4}E?")
 _FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -48,7 +50,8 @@ def as_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         except ContsupError as err:
             raise ContsupError(f"{where}: {err}") from None
         if key in _NOT_PRESET:
-            raise ContsupError(f"{where}: {key} is not a preset setting")
+            raise ContsupError(f"{where}: {key} is not a preset setting (places and display come from the "
+                               "command line: --out, --data-dir, --progress)")
         out[key] = value
     return out
 
@@ -85,23 +88,12 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in preset_dir().glob("*.toml"))
 
 
-def _toml_types(key: str) -> tuple[type, ...]:
-    """The TOML types a setting accepts, from its type in the schema (a float also takes an int)."""
-    t = settings()[resolve_name(key)].type
-    kinds: list[type] = []
-    for b in [a for a in typing.get_args(t) if a is not type(None)] or [t]:
-        origin = typing.get_origin(b) or b
-        kinds += [int, float] if origin is float else [str, list] if origin is Any else [origin]
-    return tuple(kinds)
-
-
 def _check_value(where: str, key: str, value: Any) -> None:
     """One preset value: its TOML type, and the strings that name files or folders."""
     try:
-        check_type(key, value, _toml_types(key))
-        if key == "recon" and isinstance(value, list) and (
-                len(value) != 4 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)):
-            raise ContsupError(f"recon must be 'none', 'paper' or four numbers, got {value!r}")
+        hint = settings()[resolve_name(key)].type
+        if not fits(value, hint):
+            raise ContsupError(f"{key} must be {type_name(hint)}, got {value!r}")
         if key == "context" and not _CONTEXT.fullmatch(value):
             raise ContsupError(f"context must be E2E, E, Rn or RnE, got {value!r}")
         if key in ("dataset", "recon_dataset") and value not in DATASETS:
@@ -130,10 +122,8 @@ def load_preset(name_or_path: str | Path) -> Preset:
         path = preset_dir() / f"{name_or_path}.toml"
         if not path.is_file():
             raise ContsupError(f"unknown preset {str(name_or_path)!r}; see `contsup reproduce --list`")
-    if not path.is_file():
-        raise ContsupError(f"no preset file {path}")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(read_text_file(path, "preset file"))
     except tomllib.TOMLDecodeError as err:
         raise ContsupError(f"{path}: invalid TOML: {err}") from None
     unknown = sorted(set(doc) - {"title", "description", "base", "grid", "recipe"})
@@ -148,6 +138,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if not isinstance(raw_grids, list):
         raise ContsupError(f"{path.name}: grid must be a table or an array of tables")
     grids = [_check_table(f"{path.name} [grid]", g, grid=True) for g in raw_grids]
+    count = sum(math.prod(len(v) for v in g.values()) for g in grids)
+    if count > MAX_CONFIGURATIONS:
+        raise ContsupError(f"{path.name}: its grids hold {count} configurations, more than the {MAX_CONFIGURATIONS} "
+                           "a sweep runs; split it into several presets")
     raw_recipes = doc.get("recipe", {})
     if not isinstance(raw_recipes, dict) or not raw_recipes:
         raise ContsupError(f"{path.name}: no [recipe.NAME] tables")
@@ -192,7 +186,8 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any]:
     if str(s["context"]).upper() == E2E:
         d = defaults()
         s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
-                 **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder")})
+                 **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder", "aux_depth", "aux_pyramid",
+                                      "man_momentum", "man_ema_start", "head_patches")})
     return s
 
 
@@ -203,6 +198,11 @@ def expand(preset: Preset, recipe: str, seeds: Sequence[int] | None = None,
         raise ContsupError(f"preset {preset.name!r} has no recipe {recipe!r}; it has {', '.join(preset.recipes)}")
     rec = {k: v for k, v in preset.recipes[recipe].items() if k != "per_dataset"}
     per = preset.recipes[recipe].get("per_dataset", {})
+    count = sum(math.prod(len(v) for k, v in g.items() if k != "seed") * len(g.get("seed", [0]) if seeds is None
+                                                                              else seeds) for g in preset.grids)
+    if count > MAX_CONFIGURATIONS:
+        raise ContsupError(f"preset {preset.name!r} with these seeds holds {count} configurations, more than the "
+                           f"{MAX_CONFIGURATIONS} a sweep runs; pass fewer --seeds")
     out: dict[str, dict[str, Any]] = {}
     for grid in preset.grids:
         grid = dict(grid)
@@ -243,11 +243,19 @@ def run_name(s: Mapping[str, Any]) -> str:
         parts.append("cuts" + "_".join(str(c).replace(", ", ".").strip("()[]") for c in s["cuts"]))
     elif s["cut_table"] not in ("auto", "equal"):
         parts.append(s["cut_table"])
+    if s["head"] == "auglocal" and (s["aux_depth"], s["aux_pyramid"]) != (d["aux_depth"], d["aux_pyramid"]):
+        parts.append(f"d{s['aux_depth']}p{_num(s['aux_pyramid'])}")
+    if s["man_momentum"]:
+        parts.append(f"man{_num(s['man_momentum'])}" + ("-random" if s["man_ema_start"] == "random" else ""))
+    if s["head_patches"] > 1:
+        parts.append(f"pff{s['head_patches']}")
+    if s["checkpoint_segments"]:
+        parts.append(f"ckpt{s['checkpoint_segments']}")
+    if s["optimizer"] != d["optimizer"]:
+        parts.append(s["optimizer"])
     recon = s["recon"]
-    if isinstance(recon, list):
-        parts.append("recon" + "_".join(_num(v) for v in recon))
-    elif recon not in (None, "none"):
-        parts.append(f"recon-{recon}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
+    if recon not in (None, "none"):
+        parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")
     parts.append(f"s{s['seed']}")

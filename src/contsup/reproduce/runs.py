@@ -6,8 +6,8 @@ run ends); only the two JSON files are read here, never the checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 from contsup.errors import ContsupError
 from contsup.reproduce.collect import plot_error_vs_memory
+from contsup.reproduce.records import read_metrics, read_summary
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
 
 SUMMARY, METRICS = "summary.json", "metrics.jsonl"
@@ -65,19 +66,19 @@ def flat_settings(run: dict[str, Any]) -> dict[str, str]:
 
 
 def read_run(folder: str | Path) -> RunRecord:
-    """Read one run folder's summary.json (if the run has ended) and metrics.jsonl."""
+    """Read one run folder's summary.json (if the run has ended) and metrics.jsonl, both checked."""
     folder = Path(folder)
     summary_path, metrics_path = folder / SUMMARY, folder / METRICS
-    if not (summary_path.is_file() or metrics_path.is_file()):
+    if not (os.path.lexists(summary_path) or os.path.lexists(metrics_path)):
         raise ContsupError(f"{folder} is not a run folder (no {SUMMARY} or {METRICS})")
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        lines = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
-        history = [json.loads(line) for line in lines if line.strip()]
-    except json.JSONDecodeError as err:
-        raise ContsupError(f"cannot read the run in {folder}: {err}") from None
+    summary = read_summary(summary_path) if os.path.lexists(summary_path) else None
+    history = read_metrics(metrics_path) if os.path.lexists(metrics_path) else []
     run = (summary or {}).get("meta", {}).get("run")
     return RunRecord(folder, flat_settings(run) if run else {}, history, summary)
+
+
+def _is_run(folder: Path) -> bool:
+    return os.path.lexists(folder / SUMMARY) or os.path.lexists(folder / METRICS)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -86,11 +87,14 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise ContsupError(f"{p} does not exist")
-        folder = p.parent if p.is_file() else p
-        if (folder / SUMMARY).is_file() or (folder / METRICS).is_file():
+        folder = p if p.is_dir() else p.parent
+        if _is_run(folder):
             found.append(folder)
             continue
-        children = sorted(c for c in folder.iterdir() if (c / SUMMARY).is_file() or (c / METRICS).is_file())
+        try:
+            children = sorted(c for c in folder.iterdir() if c.is_dir() and _is_run(c))
+        except OSError as err:
+            raise ContsupError(f"cannot list {folder}: {err.strerror or err}") from None
         if not children:
             raise ContsupError(f"{p} holds no run folder (no {SUMMARY} or {METRICS} in it or its sub-folders)")
         found += children

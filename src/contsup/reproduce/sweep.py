@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -17,6 +19,7 @@ from typing import Any
 from contsup.errors import ContsupError
 from contsup.files import read_json, write_json
 from contsup.reproduce.presets import Job, defaults
+from contsup.reproduce.records import read_summary
 from contsup.run import RunConfig, run_training
 
 SETTINGS_FILE = "settings.json"
@@ -42,26 +45,6 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in full.items() if k not in _PLACE}))
 
 
-# Fields of summary.json that sweeps and collect read, with their types.
-_SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
-    "epochs": (int,), "final_test_error": (int, float, type(None)),
-    "best_test_error_selected_on_test": (int, float, type(None)), "train_time_s": (int, float),
-    "images_per_s": (int, float), "peak_memory_bytes": (int, float), "peak_memory_kind": (str,),
-    "device": (str,), "params": (dict,),
-}
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """A run's summary.json, checked for the fields that sweeps and collect read."""
-    s = read_json(path, "run summary")
-    ok = isinstance(s, dict) and all(isinstance(s.get(k, ...), t) for k, t in _SUMMARY_FIELDS.items()) \
-        and all(isinstance(s["params"].get(k), int) for k in ("total", "context"))
-    if not ok:
-        raise ContsupError(f"cannot read run summary {path} (fields missing or of the wrong type); "
-                           "delete it and resume the run")
-    return s
-
-
 def job_state(job: Job) -> str:
     """`done` (summary of every epoch), `resume` (checkpoint only) or `new`; a folder of another config raises."""
     folder = Path(job.config.out or "")
@@ -79,29 +62,61 @@ def job_state(job: Job) -> str:
     return "resume"  # killed mid-run, or stopped early on purpose (Trainer.fit(until=...))
 
 
-def _train(cfg: dict[str, Any], resume: bool) -> None:
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies (Linux)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when its parent ends (no orphan keeps training); exit if it already did."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _train(cfg: dict[str, Any], resume: bool, parent: int) -> None:
     """Child-process entry: train one configuration (its summary lands in the run folder); a user error is one line."""
+    die_with_parent(parent)
     try:
         run_training(RunConfig.from_dict(cfg), resume=resume)
     except ContsupError as err:
         print(f"contsup: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+_children: set[multiprocessing.process.BaseProcess] = set()  # the sweep's live runs, for an interrupt to reach
 
 
 def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
-    """Train one configuration (in a fresh process with `isolate`, so peak memory is its own); its summary."""
+    """Train one configuration (in a fresh process with `isolate`, so peak memory is its own); its summary.
+
+    The child dies with this process (a parent-death signal), and an interrupt of the sweep reaches it at once.
+    """
     folder = Path(job.config.out or "")
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / SETTINGS_FILE, job.settings)
     if not isolate:
         run_training(job.config, resume=resume)
     else:
-        proc = multiprocessing.get_context("spawn").Process(target=_train, args=(job.config.to_dict(), resume))
+        proc = multiprocessing.get_context("spawn").Process(target=_train,
+                                                             args=(job.config.to_dict(), resume, os.getpid()))
         proc.start()
-        proc.join()
+        _children.add(proc)
+        try:
+            proc.join()
+        finally:
+            _children.discard(proc)
         if proc.exitcode != 0:
             raise ContsupError(f"run {job.name} failed (exit code {proc.exitcode}); its output is above")
     return read_summary(folder / "summary.json")
+
+
+def interrupt_children() -> None:
+    """Send SIGINT to every run the sweep has started and that still runs."""
+    for proc in list(_children):
+        if proc.pid is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGINT)
 
 
 def run_sweep(jobs: Sequence[Job], isolate: bool = True, log: Callable[[str], None] = print,
@@ -142,6 +157,11 @@ def run_sweep(jobs: Sequence[Job], isolate: bool = True, log: Callable[[str], No
     # Each run is its own process; the threads only start them and wait, in the jobs' order.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(one, i, job, state) for i, (job, state) in enumerate(zip(jobs, states, strict=True), 1)]
-        for f in futures:
-            f.result()
+        try:
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            stop.set()
+            interrupt_children()
+            raise
     return report

@@ -6,12 +6,12 @@ from __future__ import annotations
 import copy
 import resource
 import sys
-from typing import Any
 
 import torch
 
-from contsup.method.network import LocalNetwork
-from contsup.method.step import local_step
+from contsup.method.network import LocalNetwork, num_classes
+from contsup.method.step import autocast, local_step
+from contsup.models.chain import to_format
 from contsup.profile.memory import PeakMemory, measure_peak
 
 
@@ -29,7 +29,7 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return float(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
 
 
-def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, autocast: Any = None,
+def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, bf16: bool = False,
               fmt: torch.memory_format = torch.contiguous_format, seed: int = 0) -> PeakMemory:
     """Measured peak memory of one local step (forward and backward of every module) of a copy of `net`.
 
@@ -41,8 +41,8 @@ def step_peak(net: LocalNetwork, batch_size: int, device: torch.device, autocast
     twin = copy.deepcopy(net).to(device).train()
     g = torch.Generator().manual_seed(seed)
     shape = twin.source_shapes[0]
-    x = torch.randn(batch_size, shape.channels, shape.height, shape.width, generator=g).to(device)
-    x = x.contiguous(memory_format=fmt)
-    y = torch.randint(0, LocalNetwork._num_classes(twin.classifier), (batch_size,), generator=g).to(device)
-    pixels = torch.rand(x.shape, generator=g).to(device).contiguous(memory_format=fmt) if len(twin.decoders) else None
-    return measure_peak(lambda: local_step(twin, x, y, pixels, autocast), device)[1]
+    x = to_format(torch.randn(shape.batch(batch_size), generator=g).to(device), fmt)
+    y = torch.randint(0, num_classes(twin.classifier), (batch_size,), generator=g).to(device)
+    pixels = to_format(torch.rand(x.shape, generator=g).to(device), fmt) if twin.needs_pixels else None
+    return measure_peak(lambda: local_step(twin, x, y, pixels, autocast(device, bf16)), device)[1]
+

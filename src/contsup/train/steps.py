@@ -6,7 +6,6 @@ step differs (`contsup.distributed.pipeline.PipelineStep` runs one stage's modul
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,9 +15,12 @@ from torch import nn
 
 from contsup.checks import device_from_name
 from contsup.method.network import LocalNetwork
-from contsup.method.step import modules_step
+from contsup.method.objective import Targets
+from contsup.method.step import autocast, modules_step
+from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.memory import peak_memory
+from contsup.train.optim import load_named_state, named_state, param_names
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,14 +28,18 @@ def resolve_device(name: str) -> torch.device:
     return device_from_name(name)
 
 
-def memory_format(channels_last: bool) -> torch.memory_format:
-    """The memory format of the network and its batches (`--channels-last`, else the default contiguous one)."""
-    return torch.channels_last if channels_last else torch.contiguous_format
+def use_device(device: torch.device) -> None:
+    """Make `device` this process's current CUDA device, with the fast kernels on (no-op elsewhere).
 
-
-def bf16_autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on the device (`--bf16`)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    cuDNN picks the fastest convolution algorithm per shape (`cudnn.benchmark`; shapes are fixed within a
+    run) and float32 matmuls and convolutions may use TF32 on Ampere and newer GPUs (docs/method.md, GPUs).
+    """
+    if device.type != "cuda":
+        return
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 class Step(Protocol):
@@ -44,8 +50,8 @@ class Step(Protocol):
     modules: range  # the modules whose local steps this process runs
     main: bool  # this process prints the log line and writes the run folder
 
-    def parameters(self) -> Iterable[nn.Parameter]:
-        """The parameters this process optimises."""
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The parameters this process optimises, by their names in the whole network."""
         ...
 
     def train(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -65,7 +71,7 @@ class Step(Protocol):
         ...
 
     def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        """{"model", "optimizer"} state of the whole network on the main process; None elsewhere."""
+        """{"model", "optimizer" (named, `contsup.train.optim`)} of the whole network on the main process."""
         ...
 
     def read(self, path: Path) -> dict[str, Any]:
@@ -82,42 +88,42 @@ class Step(Protocol):
 
 
 class LocalStep:
-    """Every module's local step in this process, on one device."""
+    """Every module's local step in this process, on one device (the network is moved there).
+
+    Batches may come from anywhere: each is moved to the device and put in the network's memory format.
+    `pixels` maps a normalised batch back to the image in [0, 1] when an objective reads it (reconstruction).
+    """
 
     def __init__(self, net: LocalNetwork, device: torch.device, bf16: bool = False, channels_last: bool = False,
                  pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        use_device(device)
         self.device = device
-        self.channels_last = channels_last
-        self.net = net.to(device)
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.bf16 = bf16
+        self.format = memory_format(channels_last)
+        self.net = net.to(device, memory_format=self.format) if channels_last else net.to(device)
         self.modules = range(self.net.num_modules)
         self.main = True
-        self.autocast = bf16_autocast(device) if bf16 else None
-        # Reconstruction targets are the un-normalised image: the loader's inverse transform, if any.
-        self.pixels = pixels if len(self.net.decoders) else None
+        self.amp = autocast(device, bf16)
+        self.pixels = pixels if self.net.needs_pixels else None
 
-    def parameters(self) -> Iterable[nn.Parameter]:
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """Every parameter of the network."""
-        return self.net.parameters()
+        return self.net.named_parameters()
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
+        return to_format(x.to(self.device, non_blocking=True), self.format), y.to(self.device, non_blocking=True)
 
     def train(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`local_step` on one (x, y) batch."""
+        """Every module's local step on one (x, y) batch."""
         x, y = self._to_device(*batch)
-        pixels = self.pixels(x) if self.pixels is not None else None
-        logits, losses = modules_step(self.net, self.modules, x, {0: x}, y, pixels, self.autocast)
+        targets = Targets(y, self.pixels(x) if self.pixels is not None else None)
+        logits, losses = modules_step(self.net, self.modules, x, {0: x}, targets, self.amp)
         return losses, logits, y
 
     def infer(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's inference pass on one (x, y) batch."""
         x, y = self._to_device(*batch)
-        with self.autocast if self.autocast is not None else contextlib.nullcontext():
+        with self.amp:
             return self.net(x), y
 
     def end_phase(self) -> None:
@@ -128,8 +134,8 @@ class LocalStep:
         return t
 
     def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The network's and the optimizer's state."""
-        return {"model": self.net.state_dict(), "optimizer": optimizer.state_dict()}
+        """The network's and the optimizer's state (the optimizer's keyed by parameter name)."""
+        return {"model": self.net.state_dict(), "optimizer": named_state(optimizer, param_names(self.net))}
 
     def read(self, path: Path) -> dict[str, Any]:
         """The checkpoint at `path`, on this device."""
@@ -138,7 +144,7 @@ class LocalStep:
     def restore(self, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
         """Load the model and optimizer state."""
         self.net.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        load_named_state(optimizer, payload["optimizer"], param_names(self.net))
 
     def describe(self) -> tuple[str, str]:
         """This device, and its peak memory reading."""

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from contsup.config import TrainConfig
@@ -28,36 +26,40 @@ from contsup.profile.memory import PeakMemory
 from contsup.train.checkpoint import save_checkpoint
 from contsup.train.guard import FiniteWatch, check_row
 from contsup.train.memory import peak_memory, reset_peak, step_peak
+from contsup.train.optim import make_optimizer
 from contsup.train.report import TAIL, epoch_line, legend, postfix
 from contsup.train.schedule import make_schedule
-from contsup.train.steps import LocalStep, Step, memory_format, resolve_device
+from contsup.train.steps import LocalStep, Step, resolve_device
 from contsup.train.tensorboard import TensorBoardLog
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig,
-                   context: Iterable[nn.Parameter] = ()) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and weight decay; the `context` parameters' rate scaled by `context_lr_scale`."""
-    groups: Any = list(params)
-    if cfg.context_lr_scale != 1.0:
-        ctx = {id(p) for p in context}
-        groups = [{"params": [p for p in groups if id(p) not in ctx]},
-                  {"params": [p for p in groups if id(p) in ctx], "lr_scale": cfg.context_lr_scale}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-
-
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, loader: Iterable, autocast: Any = None, bar: str | None = None) -> dict[str, float]:
-    """Error (%) and mean cross entropy of the network's inference pass over a loader (a progress bar named `bar`)."""
-    was_training = net.training
-    net.eval()
-    amp = autocast if autocast is not None else contextlib.nullcontext()
-    counts = torch.zeros(3, dtype=torch.float64, device=next(net.parameters()).device)  # wrong, total, loss sum
-    for x, y in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
-        with amp:
-            logits = net(x).float()
-        count_errors(counts, logits, y)
-    net.train(was_training)
-    return error_and_loss(counts.cpu())
+def evaluate_step(step: Step, loader: Iterable, bar: str | None = None) -> dict[str, float]:
+    """Error (%) and mean cross entropy of a step's inference pass over a loader, summed over every process.
+
+    The one evaluation path: training, `contsup eval` and `evaluate` all run it. The step moves each batch to
+    its device and memory format and runs the forward under its autocast.
+    """
+    was_training = step.net.training
+    step.net.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=step.device)  # wrong, total, loss sum
+    for batch in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
+        logits, y = step.infer(batch)
+        if logits is not None:
+            count_errors(counts, logits.float(), y)
+    step.end_phase()
+    step.net.train(was_training)
+    return error_and_loss(step.reduce(counts.cpu()))  # the one host read of the pass
+
+
+def evaluate(net: LocalNetwork, loader: Iterable, bf16: bool = False, channels_last: bool = False,
+             bar: str | None = None) -> dict[str, float]:
+    """Error (%) and mean cross entropy of a network's inference pass over (x, y) batches from anywhere.
+
+    Runs on the network's device; batches are moved there (in channels_last when asked for, under bf16
+    autocast with `bf16`). A progress bar named `bar` is shown when given.
+    """
+    return evaluate_step(LocalStep(net, next(net.parameters()).device, bf16, channels_last), loader, bar)
 
 
 def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -76,9 +78,11 @@ def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
 class Trainer:
     """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`.
 
-    Without `step`, every module trains in this process (`LocalStep`); a pipeline rank passes its
-    `PipelineStep` and the loaders of its stage. With `cfg.eval_subset`, `subset_loader` holds those seeded
-    test images (`contsup.run.make_loaders`); epochs before the last evaluate on it, the last on `test_loader`.
+    Without `step`, every module trains in this process (`LocalStep`, on `device`, else `cfg.device`); a
+    pipeline rank passes its `PipelineStep` and the loaders of its stage. With the reconstruction term,
+    `pixels` (or the training loader's `denormalize`) maps a normalised batch back to the image in [0, 1].
+    With `cfg.eval_subset`, `subset_loader` holds those seeded test images (`contsup.run.make_loaders`);
+    epochs before the last evaluate on it, the last on `test_loader`.
     """
 
     LOG_EVERY = 20  # batches between progress-bar loss readings (each waits for the device); steps 1, 2, 4, 8, 16 too
@@ -97,12 +101,15 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         step: Step | None = None,
         steps_per_epoch: int | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.cfg = cfg
-        self.step: Step = step or LocalStep(
-            net, resolve_device(cfg.device), cfg.bf16, cfg.channels_last,
-            pixels or getattr(train_loader, "denormalize", None) or (lambda x: x),
-        )
+        pixels = pixels or getattr(train_loader, "denormalize", None)
+        if net.needs_pixels and pixels is None and step is None:
+            raise ContsupError("the reconstruction term needs the images' pixels in [0, 1]: pass pixels= (the "
+                               "inverse of your loader's normalisation) or a loader with a denormalize method")
+        self.step: Step = step or LocalStep(net, device or resolve_device(cfg.device), cfg.bf16, cfg.channels_last,
+                                            pixels)
         self.net, self.device = self.step.net, self.step.device
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
         if cfg.eval_subset and subset_loader is None:
@@ -110,7 +117,7 @@ class Trainer:
         self.subset_loader = subset_loader if cfg.eval_subset else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
-        self.optimizer = make_optimizer(self.step.parameters(), cfg, self.net.context.parameters())
+        self.optimizer = make_optimizer(self.step.named_parameters(), cfg)
         steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_steps,
                                       cfg.warmup_start_lr)
@@ -172,6 +179,7 @@ class Trainer:
             if self.cfg.clip_grad:
                 clip_module_grads(self.net, mods, self.cfg.clip_grad)
             self.optimizer.step()
+            self.net.after_step(mods)
             stats[mods.start:mods.stop] += losses.double()
             watch.update(mods, losses, i)
             steps.append(losses)
@@ -237,20 +245,10 @@ class Trainer:
             tail[k_total] = n
         return tail
 
-    @torch.no_grad()
     def evaluate(self, loader: Iterable, split: str = "test") -> dict[str, float]:
         """Error (%) and mean cross entropy of the inference pass over a loader, over every process."""
-        self.net.eval()
-        counts = torch.zeros(3, dtype=torch.float64, device=self.device)  # wrong, total, loss sum
-        hidden = not (self.cfg.progress and self.step.main)
-        for batch in tqdm(loader, desc=f"evaluating on the {split} set", leave=False, disable=hidden,
-                          dynamic_ncols=True):
-            logits, y = self.step.infer(batch)
-            if logits is not None:
-                count_errors(counts, logits.float(), y)
-        self.step.end_phase()
-        self.net.train()
-        return error_and_loss(self.step.reduce(counts.cpu()))
+        shown = self.cfg.progress and self.step.main
+        return evaluate_step(self.step, loader, f"evaluating on the {split} set" if shown else None)
 
     def fit(self, until: int | None = None) -> dict[str, Any] | None:
         """Train to `cfg.epochs` (or stop after epoch `until`), checkpointing every epoch and evaluating every
@@ -280,8 +278,8 @@ class Trainer:
         if board is not None:
             board.close()
         if self.step_memory is None and isinstance(self.step, LocalStep):
-            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.autocast,
-                                         memory_format(self.step.channels_last))
+            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
+                                         self.step.format)
         return self.summary() if self.step.main else None
 
     def _evaluate_into(self, row: dict[str, Any]) -> None:

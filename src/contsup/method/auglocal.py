@@ -1,0 +1,123 @@
+"""AugLocal heads (Ma et al., ICLR 2024; spec/HEADS.md section 1), held to the official code ChenxiangMA/AugLocal.
+
+The head of the cut after unit l is a short, freshly initialised copy of the rest of the network: one
+BasicBlock per unit sampled uniformly from the units after the cut (the last unit always among them),
+then global average pool -> (BatchNorm1d when the depth is at most 1) -> Linear. No weight is shared
+with the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from contsup.errors import ContsupError
+from contsup.method.heads import HEADS
+from contsup.models.resnet import BasicBlock, init_weights
+
+if TYPE_CHECKING:
+    from contsup.method.objective import Cut
+
+
+def aux_depths(depth: int, num_cuts: int, pyramid: float) -> list[int]:
+    """Head depth of each of `num_cuts` cuts: max(1, round(d (1 - i tau/(N-1)) + i tau/(N-1))), Python's round.
+
+    `pyramid` (tau) 0 gives every cut depth `depth`; a single cut gets `depth` whatever tau is.
+    """
+    if depth < 1:
+        raise ContsupError(f"--aux-depth must be at least 1, got {depth}")
+    if not 0.0 <= pyramid <= 1.0:
+        raise ContsupError(f"--aux-pyramid must lie in [0, 1], got {pyramid}")
+    depths = []
+    for i in range(num_cuts):
+        # the official expression, term for term (its N - 1 is local_module_num - 2)
+        ratio = (i * pyramid) / (num_cuts - 1) if num_cuts > 1 else 0.0
+        depths.append(max(1, round(depth * (1 - ratio) + ratio)))
+    return depths
+
+
+def sample_units(unit: int, num_units: int, depth: int) -> list[int]:
+    """Units whose widths and strides the head of the cut after `unit` copies: `depth` of them, the last one last.
+
+    All units after the cut when there are at most `depth` of them, else round(l + (n-1-l)/d * t) for
+    t = 1..d (the official code's order of operations; Python's round, half to even).
+    """
+    if not 0 <= unit < num_units - 1:
+        raise ContsupError(f"an AugLocal head needs a cut before the last unit; got unit {unit} of {num_units}")
+    if depth < 1:
+        raise ContsupError(f"--aux-depth must be at least 1, got {depth}")
+    if depth >= num_units - 1 - unit:
+        return list(range(unit + 1, num_units))
+    return [round(unit + (num_units - unit - 1) / depth * t) for t in range(1, depth + 1)]
+
+
+def trim_cuts(cuts: Sequence[int], depth: int) -> list[int]:
+    """The official CIFAR code's partition (setting `--aux-trim`): K - d modules, the last `depth` cuts dropped.
+
+    With a cut after every unit, as the code has it, the last module then holds the last d + 1 units
+    (ResNet-32, `--local_module_num 16 --aux_net_depth 2`: 14 modules, cuts after units 0..12).
+    """
+    if not 0 <= depth <= len(cuts):
+        raise ContsupError(f"--aux-trim with --aux-depth {depth} needs at least {depth} cuts; got {len(cuts)}")
+    return list(cuts[: len(cuts) - depth])
+
+
+def resolution_levels(sizes: Sequence[int]) -> list[int]:
+    """How many times the resolution has halved from unit 0 to each unit (stride-2 steps, odd sizes rounded up)."""
+    levels = [0]
+    for before, after in zip(sizes, sizes[1:], strict=False):
+        if after > before:
+            raise ContsupError(f"an AugLocal head needs a backbone whose resolution never grows ({before} -> {after})")
+        levels.append(levels[-1] + round(math.log2(before / after)))
+    return levels
+
+
+class AugLocalHead(nn.Module):
+    """Head of the cut after unit `unit`: BasicBlocks following sampled later units, GAP, (BN1d), Linear.
+
+    `channels` and `sizes` are every unit's output channels and height. Strides follow the pending-
+    downsample rule of the official code: p += the halvings between the previous and the sampled unit;
+    stride 2 while p >= 1. The code counts halvings as log2 of the channel ratio; this counts them from
+    the heights (`resolution_levels`), which is the same wherever the width doubles exactly where the
+    resolution halves (every ResNet of this project, the code's ResNet-32/110 included) and still right
+    for backbones whose channel ratios do not say where the resolution drops.
+    """
+
+    def __init__(self, unit: int, channels: Sequence[int], sizes: Sequence[int], depth: int, out_dim: int) -> None:
+        super().__init__()
+        if len(channels) != len(sizes):
+            raise ContsupError(f"AugLocal head: {len(channels)} channel counts for {len(sizes)} unit sizes")
+        levels = resolution_levels(sizes)
+        self.units = sample_units(unit, len(channels), depth)
+        blocks: list[nn.Module] = []
+        ch, prev, pending = channels[unit], unit, 0
+        for j in self.units:
+            pending += levels[j] - levels[prev]
+            stride = 1
+            if pending >= 1:
+                stride, pending = 2, pending - 1
+            blocks.append(BasicBlock(ch, channels[j], stride))
+            ch, prev = channels[j], j
+        self.blocks = nn.Sequential(*blocks)
+        # the CIFAR code normalises the pooled feature only for depth <= 1 (its aux_net_depth, not the block count)
+        self.norm: nn.Module = nn.BatchNorm1d(ch) if depth <= 1 else nn.Identity()
+        self.fc = nn.Linear(ch, out_dim)
+        init_weights(self)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (or a feature of size out_dim) for the cut's output h."""
+        return self.fc(self.norm(self.blocks(h).mean(dim=(2, 3))))
+
+
+@HEADS.register("auglocal")
+def auglocal_head(cut: Cut) -> nn.Module:
+    """The AugLocal head of this cut: depth from `aux_depth` and the pyramid `aux_pyramid` over the cuts."""
+    if not all(s.is_map for s in cut.unit_shapes):
+        raise ContsupError("head auglocal copies residual blocks of later units: it needs feature maps")
+    depth = aux_depths(cut.settings.aux_depth, cut.num_cuts, cut.settings.aux_pyramid)[cut.index]
+    return AugLocalHead(cut.unit, [s.channels for s in cut.unit_shapes], [s.height for s in cut.unit_shapes], depth,
+                        cut.out_dim)

@@ -1,0 +1,72 @@
+"""MAN, the Momentum Auxiliary Network (Su et al., ECCV 2024; spec/HEADS.md section 2; code JunhaoSu0/MAN).
+
+The head of cut k first applies two copies of the next module's first unit `nxt` to h_k:
+a_k = LB(h_k) + EMA(h_k), then any head. LB is trainable; EMA gets no gradient and follows nxt's
+parameters by momentum after each optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from contsup.errors import ContsupError
+from contsup.models.resnet import init_weights
+
+EMA_STARTS = ("paper", "random")
+
+
+def fresh_init(module: nn.Module) -> None:
+    """Re-initialise in place: every layer's PyTorch default, then convolutions and BN as the backbone's init."""
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    init_weights(module)
+
+
+class MomentumHead(nn.Module):
+    """head(LB(h) + EMA(h)) over two copies of `nxt`, the next module's first unit (not owned, not saved here).
+
+    LB starts freshly initialised (`fresh_init`), as in the official code, whose global init runs after
+    the copy. EMA starts equal to nxt (`ema_start="paper"`, the paper's intent) or freshly initialised
+    (`"random"`, the released code's behaviour). EMA follows the head's train/eval mode as the code's
+    does: in training its BN layers normalise with batch statistics and update their own running
+    statistics, which are never averaged from nxt's (only parameters are).
+    """
+
+    def __init__(self, head: nn.Module, nxt: nn.Module, ema_start: str = "paper", momentum: float = 0.995) -> None:
+        super().__init__()
+        if ema_start not in EMA_STARTS:
+            raise ContsupError(f"unknown MAN EMA start {ema_start!r}; choose from {', '.join(EMA_STARTS)}")
+        self.head = head
+        self.momentum = momentum  # of `ema_update` after each optimizer step
+        self._nxt = (nxt,)  # a tuple: nn.Module does not register it, so nxt stays owned by its module
+        self.lb = copy.deepcopy(nxt)
+        fresh_init(self.lb)
+        self.lb.requires_grad_(True)
+        self.ema = copy.deepcopy(nxt)
+        if ema_start == "random":
+            fresh_init(self.ema)
+        self.ema.requires_grad_(False)
+
+    @property
+    def nxt(self) -> nn.Module:
+        """The next module's first unit that the EMA copy follows."""
+        return self._nxt[0]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Head output for the cut's output h."""
+        return self.head(self.lb(h) + self.ema(h))
+
+    @torch.no_grad()
+    def ema_update(self, momentum: float) -> None:
+        """theta_ema <- m * theta_ema + (1 - m) * theta_nxt on parameters (not buffers), without a host sync."""
+        if not 0.0 <= momentum <= 1.0:
+            raise ContsupError(f"--man-momentum must lie in [0, 1], got {momentum}")
+        ema = list(self.ema.parameters())
+        src = [p.detach() for p in self.nxt.parameters()]
+        torch._foreach_mul_(ema, momentum)
+        torch._foreach_add_(ema, src, alpha=1.0 - momentum)

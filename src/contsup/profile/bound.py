@@ -1,0 +1,65 @@
+"""The lower bound of a local step's memory for a cut table: what no implementation of it goes below.
+
+A step must at some point hold the activations one module saves for backward, with its local head's (or
+the classifier's and its loss's) on top, and it holds the whole network's parameters, their gradients
+(all of them at once before the optimizer step), the optimizer's state (SGD with momentum: one buffer
+per parameter) and the buffers (BatchNorm running statistics) throughout. The bound is the largest
+module's saved bytes plus all of that. The saved bytes come from the balanced cut rule's memory model
+(contsup.method.balance.memory_model: per unit and per module end, counted on a batch of two and
+scaled per sample), so bound and cuts share one measurement.
+
+`contsup profile` reports a step's peak above what lived before it (`peak_bytes`, gradients included)
+and the state between steps (`state_bytes`: parameters, buffers, optimizer state): their sum is what
+compares with `LowerBound.total`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from contsup.method.balance import memory_model
+from contsup.method.network import LocalNetwork
+
+
+@dataclass(frozen=True)
+class LowerBound:
+    """The ideal step peak in bytes, by part; `module` is the module whose activations set it."""
+
+    module: int
+    activations: int  # the largest module's units' and its head's saved bytes at the batch size
+    params: int
+    grads: int
+    optimizer: int
+    buffers: int
+
+    @property
+    def total(self) -> int:
+        """Everything the step holds at its ideal peak."""
+        return self.activations + self.params + self.grads + self.optimizer + self.buffers
+
+
+def largest_module(unit_bytes: Sequence[float], end_bytes: Sequence[float], cuts: Sequence[int]) -> tuple[int, float]:
+    """(module, its saved bytes per sample): the module whose units plus head (at its last unit) save the most."""
+    bounds = [0, *(c + 1 for c in cuts), len(unit_bytes)]
+    sizes = [sum(unit_bytes[a:b]) + end_bytes[b - 1] for a, b in zip(bounds, bounds[1:], strict=False)]
+    k = max(range(len(sizes)), key=sizes.__getitem__)
+    return k, sizes[k]
+
+
+def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) -> LowerBound:
+    """The network's lower bound at `batch_size` with `optimizer_buffers` state tensors per parameter."""
+    cfg = net.config
+    units = [unit for block in net.blocks for unit in block]
+    x = net.source_shapes[0]
+    unit_bytes, end_bytes, _ = memory_model(
+        units, net.classifier, torch.zeros(1, x.channels, x.height, x.width), net.unit_shapes, net.mode, cfg.head,
+        cfg.loss, LocalNetwork._num_classes(net.classifier), cfg.width, cfg.widen, cfg.recon is not None,
+        cfg.image_encoder, cfg.lean_context,
+    )
+    k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in net.buffers())
+    return LowerBound(k, round(per_sample * batch_size), params, params, optimizer_buffers * params, buffers)

@@ -1,0 +1,105 @@
+"""Backbones of token units ([B, T, D] -> [B, T, D]) build and train through the same engine as feature maps."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contsup.config import LocalConfig
+from contsup.method import LocalNetwork, local_step
+from contsup.models import Backbone, build_arch
+from contsup.models.chain import Shape, probe_shapes
+
+
+class Tokens(nn.Module):
+    """Unit 0: 4 x 4 patches of a 1 x 8 x 8 image as 4 tokens of width 12 (`patch` tells context encoders)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, 12, 4, 4)
+        self.patch = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mix(nn.Module):
+    """A residual token unit: LayerNorm, Linear, GELU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(12), nn.Linear(12, 12)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + F.gelu(self.fc(self.norm(h)))
+
+
+def token_backbone() -> Backbone:
+    torch.manual_seed(0)
+    units = [Tokens(), *(Mix() for _ in range(5))]
+    return Backbone.from_units(units, 10, torch.zeros(1, 1, 8, 8))
+
+
+def batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+def test_token_shapes_know_their_layout():
+    shapes = probe_shapes(list(token_backbone().units), torch.zeros(1, 1, 8, 8))
+    assert shapes == [Shape((4, 12), "NLC")] * 6
+    assert (shapes[0].channels, shapes[0].positions, shapes[0].numel()) == (12, (4,), 48)
+
+
+def test_k1_on_tokens_equals_plain_end_to_end_training():
+    """K = 1 over token units is plain end-to-end training, bit for bit, over three SGD steps."""
+    x, y = batch()
+    plain = token_backbone()
+    local = LocalNetwork(copy.deepcopy(plain), LocalConfig(modules=1, context="R0"), torch.zeros(1, 1, 8, 8))
+    opt_a = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    opt_b = torch.optim.SGD(local.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt_a.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        opt_a.step()
+        opt_b.zero_grad()
+        local_step(local, x, y)
+        opt_b.step()
+    b = {n.replace("blocks.0.", "units.").replace("objectives.0.", ""): p for n, p in local.named_parameters()}
+    for n, p in plain.named_parameters():
+        assert torch.equal(p, b[n]), n
+
+
+@pytest.mark.parametrize("context,head", [("R0", "0c2f"), ("R1E", "meantoken"), ("R2", "clstoken")])
+def test_local_learning_on_tokens_is_isolated_and_trains(context, head):
+    """Cut into 3 modules with a token head: module j's loss reaches only module j (and its encoders), and
+    training lowers every module's loss."""
+    x, y = batch()
+    net = LocalNetwork(token_backbone(), LocalConfig(modules=3, context=context, head=head), torch.zeros(1, 1, 8, 8))
+    out = local_step(net, x, y)
+    for k in range(3):
+        touched = {n.split(".")[0] + "." + n.split(".")[1] for n, p in net.named_parameters() if p.grad is not None}
+        assert f"blocks.{k}" in touched and f"objectives.{k}" in touched
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    first = out.losses
+    for _ in range(20):
+        opt.zero_grad()
+        last = local_step(net, x, y).losses
+        opt.step()
+    assert bool((last < first).all()), (first, last)
+
+
+def test_vit_cut_into_modules_with_token_context():
+    """The registered ViT: R1E at every cut through the token encoders, shapes as the blocks'."""
+    torch.manual_seed(0)
+    net = LocalNetwork(build_arch("vit-mini", 1, 10, 28), LocalConfig(modules=4, context="R1E", head="clstoken"),
+                       torch.zeros(1, 1, 28, 28))
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    sources = {0: x}
+    h = net.blocks[0](x)
+    s = net.module_input(1, h, sources)
+    assert s.shape == h.shape == (4, 50, 64)
+    out = local_step(net, x, y)
+    assert out.logits.shape == (4, 10) and bool(torch.isfinite(out.losses).all())

@@ -1,0 +1,54 @@
+import torch
+from torch import nn
+
+from contsup.method import LocalConfig, LocalNetwork
+from contsup.models import Backbone, Classifier
+from contsup.profile.bound import largest_module, lower_bound
+
+F32 = 4
+
+
+def tiny(modules: int, cuts: list[int]) -> LocalNetwork:
+    """Three conv units on 1x8x8 images, a 0c1f head: every saved tensor can be counted by hand."""
+    units = [
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.ReLU()),
+    ]
+    config = LocalConfig(modules=modules, context="R0", head="0c1f", cuts=cuts)
+    return LocalNetwork(Backbone(units, Classifier(8, 10)), config, torch.zeros(1, 1, 8, 8))
+
+
+# Saved for backward, per sample (float32; parameters are not activations):
+UNIT0 = 1 * 8 * 8 * F32  # conv: its input x
+UNIT1 = 4 * 8 * 8 * F32 + 8 * 4 * 4 * F32  # conv: unit 0's output; ReLU: its output
+UNIT2 = 8 * 4 * 4 * F32  # conv: unit 1's output, already counted; ReLU: its output
+# Head 0c1f or classifier on 8x4x4: the mean saves nothing, the linear its pooled input (8), cross entropy
+# its log-softmax (10 logits) and the int64 label; nll's scalar total weight (4 bytes) is counted per batch
+# of two in the model: 2 bytes a sample.
+END = 8 * F32 + 10 * F32 + 8 + 2
+PARAMS = (1 * 4 * 9 + 4 * 8 * 9 + 8 * 8 * 9 + 8 * 10 + 10) * F32  # units and classifier
+HEAD = (8 * 10 + 10) * F32  # the local head's linear
+
+
+def test_lower_bound_of_a_hand_checked_network():
+    bound = lower_bound(tiny(2, [1]), batch_size=4)  # module 0: units 0, 1 and the head; module 1: unit 2
+    assert bound.module == 0
+    assert bound.activations == 4 * (UNIT0 + UNIT1 + END) == 7496
+    assert bound.params == bound.grads == bound.optimizer == PARAMS + HEAD == 4320
+    assert bound.buffers == 0
+    assert bound.total == 7496 + 3 * 4320
+    assert lower_bound(tiny(2, [1]), batch_size=4, optimizer_buffers=2).total == 7496 + 4 * 4320  # e.g. Adam
+
+
+def test_end_to_end_bound_is_the_whole_network():
+    bound = lower_bound(tiny(1, []), batch_size=3)
+    assert bound.module == 0 and bound.activations == 3 * (UNIT0 + UNIT1 + UNIT2 + END)
+    assert bound.params == PARAMS
+
+
+def test_largest_module_counts_its_head():
+    units, ends = [10.0, 10.0, 10.0, 10.0], [0.0, 50.0, 0.0, 5.0]
+    assert largest_module(units, ends, [1]) == (0, 70.0)  # 10 + 10 + head 50 against 10 + 10 + 5
+    assert largest_module(units, ends, [0]) == (1, 35.0)  # 10 against 30 + 5
+    assert largest_module(units, ends, []) == (0, 45.0)
