@@ -51,9 +51,9 @@ def decoder_probe(
     mse = bce = 0.0
     with torch.no_grad():
         for i in range(0, test_h.shape[0], eval_batch):
-            out, target = decoder(test_h[i:i + eval_batch]).float(), test_pixels[i:i + eval_batch].float()
-            mse += float(F.mse_loss(out, target, reduction="sum"))
-            bce += float(F.binary_cross_entropy(out, target, reduction="sum"))
+            logits, target = decoder(test_h[i:i + eval_batch]).float(), test_pixels[i:i + eval_batch].float()
+            mse += float(F.mse_loss(logits.sigmoid(), target, reduction="sum"))  # host syncs: probe, not training
+            bce += float(F.binary_cross_entropy_with_logits(logits, target, reduction="sum"))
     count = test_pixels.numel()
     mse, bce = mse / count, bce / count
     return ReconResult(mse, bce, 10 * math.log10(1 / max(mse, 1e-12)))
