@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from contsup.method import LocalConfig, LocalNetwork
-from contsup.models import resnet
+from contsup.method.heads import LocalHead
+from contsup.method.objective import Cut
+from contsup.models import Shape, resnet
 
 torch.set_num_threads(2)
 
@@ -17,6 +19,16 @@ def tiny_net(modules: int = 4, context: str = "R1E", in_ch: int = 3, size: int =
     backbone = resnet(20, in_ch, 10)
     config = LocalConfig(modules=modules, context=context, **kw)
     return LocalNetwork(backbone, config, torch.zeros(1, in_ch, size, size))
+
+
+def plain_head(channels: int, kind: str = "1c2f", out_dim: int = 10) -> LocalHead:
+    """The paper's `<a>c<b>f` head on feature maps of `channels` channels (their size does not change it)."""
+    return LocalHead(Shape((channels, 8, 8)), int(kind[0]), int(kind[2]), out_dim)
+
+
+def cut_at(shape: Shape, out_dim: int = 10, **settings) -> Cut:
+    """The first of two cuts, after unit 0 of output `shape`, on 3 x 16 x 16 images, with these local settings."""
+    return Cut(0, 2, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, LocalConfig(**settings))
 
 
 @pytest.fixture

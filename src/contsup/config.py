@@ -176,7 +176,7 @@ class RunConfig(Section):
     local: LocalConfig = field(default_factory=LocalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    out: str | None = None  # run folder for checkpoint.pt, metrics.jsonl, summary.json (train: runs/<data>-<arch>-...)
+    out: str | None = None  # run folder: checkpoint.pt, metrics.jsonl, summary.json
 
     def __post_init__(self) -> None:
         super().__post_init__()

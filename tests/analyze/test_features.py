@@ -20,7 +20,7 @@ def test_walk_gives_module_outputs_and_context_supplied_inputs(batch):
         h0 = net.blocks[0](x)
         first = feats[net.cuts[0]]
         assert torch.allclose(first.h, h0, atol=1e-5)
-        assert torch.allclose(first.hc, net.supply(0, h0, {0: x}), atol=1e-5)
+        assert torch.allclose(first.hc, net.module_input(1, h0, {0: x}), atol=1e-5)
         assert not torch.allclose(first.hc, first.h)
         # Finishing the chain from the last boundary gives the network's own output.
         logits = net.classifier(net.blocks[-1][-1](feats[-1].hc))

@@ -71,8 +71,8 @@ def test_model_counts_lean_encoders_as_their_held_sources():
     loss = LOSSES["softmax"](10, 128)
 
     def objective(j):
-        return local_objective(Cut(0, j, shapes[j], tuple(shapes), Shape.of(sample), 10, 128, 1.0), "1c2f", loss,
-                               None, 3)
+        cut = Cut(0, 3, j, shapes[j], tuple(shapes), Shape.of(sample), 10, LocalConfig(), units[j + 1])
+        return local_objective(cut, "1c2f", loss, None)
 
     plain = memory_model(units, net.classifier, sample, shapes, mode, objective, lean=False)[2]
     lean = memory_model(units, net.classifier, sample, shapes, mode, objective, lean=True)[2]

@@ -2,19 +2,16 @@ import math
 
 import pytest
 import torch
+from tests.conftest import cut_at
 
 from contsup.errors import ContsupError
 from contsup.method.heads import HEADS, LocalHead
 from contsup.method.losses import float32_loss, supcon_loss
-from contsup.method.objective import Cut
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.models.chain import Shape
 
 KINDS = [f"{a}c{b}f" for a in range(3) for b in range(1, 4)]
 
-
-def cut_at(shape: Shape, out_dim: int = 10) -> Cut:
-    return Cut(0, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, 128, 1.0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

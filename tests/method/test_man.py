@@ -1,8 +1,8 @@
 import pytest
 import torch
+from tests.conftest import plain_head
 
 from contsup.errors import ContsupError
-from contsup.method.heads import LocalHead
 from contsup.method.man import MomentumHead
 from contsup.models import build_arch, probe_shapes
 
@@ -17,7 +17,7 @@ def backbone_and_shapes(arch: str) -> tuple[torch.nn.Module, list[int], list[int
 
 def man_head(backbone: torch.nn.Module, C: list[int], l: int, ema_start: str = "paper") -> MomentumHead:
     """MAN head of the cut after unit l: a 1c2f head over the output of nxt = unit l + 1."""
-    return MomentumHead(LocalHead(C[l + 1], "1c2f", 10), backbone.units[l + 1], ema_start)
+    return MomentumHead(plain_head(C[l + 1], "1c2f"), backbone.units[l + 1], ema_start)
 
 
 def block_params(a: int, b: int) -> int:

@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import plain_head
 
 from contsup.errors import ContsupError
-from contsup.method.heads import LocalHead
 from contsup.method.patches import PatchAveraged, to_patches
 from contsup.models import build_arch, probe_shapes
 
@@ -21,7 +21,7 @@ def manual_average(head: torch.nn.Module, h: torch.Tensor, n: int) -> torch.Tens
 def trained_head(channels: int, kind: str = "1c2f") -> torch.nn.Module:
     """A LocalHead whose BN statistics are not the defaults, in eval mode (patches must not share statistics)."""
     torch.manual_seed(0)
-    head = LocalHead(channels, kind, 10)
+    head = plain_head(channels, kind)
     with torch.no_grad():
         head(torch.randn(16, channels, 8, 8) * 3 + 1)
     return head.eval()
@@ -56,7 +56,7 @@ def test_patches_of_a_sample_in_order():
 def test_gradient_reaches_only_head_and_h():
     torch.manual_seed(0)
     backbone = build_arch("resnet32", 3, 10)
-    head = PatchAveraged(LocalHead(16, "1c2f", 10), 2)
+    head = PatchAveraged(plain_head(16, "1c2f"), 2)
     h = torch.randn(4, 16, 32, 32, requires_grad=True)
     torch.nn.functional.cross_entropy(head(h), torch.arange(4)).backward()
     assert h.grad is not None and h.grad.abs().sum() > 0
@@ -68,10 +68,10 @@ def test_gradient_reaches_only_head_and_h():
 def test_forward_shapes(arch):
     shapes = probe_shapes(list(build_arch(arch, 3, 10).units), torch.zeros(1, 3, 32, 32))
     for s in shapes:
-        head = PatchAveraged(LocalHead(s.channels, "1c2f", 10), 2)
+        head = PatchAveraged(plain_head(s.channels, "1c2f"), 2)
         assert head(torch.randn(2, s.channels, s.height, s.width)).shape == (2, 10)
 
 
 def test_patches_must_be_positive():
     with pytest.raises(ContsupError):
-        PatchAveraged(LocalHead(16, "1c2f", 10), 0)
+        PatchAveraged(plain_head(16, "1c2f"), 0)

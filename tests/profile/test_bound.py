@@ -15,7 +15,7 @@ def tiny(modules: int, cuts: list[int]) -> LocalNetwork:
         nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.ReLU()),
         nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.ReLU()),
     ]
-    config = LocalConfig(modules=modules, context="R0", head="0c1f", cuts=cuts)
+    config = LocalConfig(modules=modules, context="R0", head="0c1f", cuts=",".join(f"0.{c}" for c in cuts) or None)
     return LocalNetwork(Backbone(units, Classifier(8, 10)), config, torch.zeros(1, 1, 8, 8))
 
 

@@ -13,9 +13,9 @@ from contsup.reproduce.presets import jobs, load_preset, run_folder
 
 
 @pytest.mark.parametrize("line,message", [
-    ('modules = "2"', "modules must be of type int"),
-    ("lr = [0.1]", "lr must be of type int or float"),
-    ("bf16 = 1", "bf16 must be of type bool"),
+    ('modules = "2"', "modules must be an integer"),
+    ("lr = [0.1]", "lr must be a finite number"),
+    ("bf16 = 1", "bf16 must be true or false"),
     ('dataset = "../../../tmp/x"', "dataset must be one of"),
     ('arch = "resnet8/../../../x"', "unknown architecture"),
     ('context = "R1E/../../x"', "context must be"),

@@ -71,7 +71,7 @@ def test_sweep_resume_never_runs_code(tmp_path, capsys):
     preset.write_text(TINY)
     out = tmp_path / "sweep"
     assert main(["reproduce", str(preset), "--out", str(out), "--dry-run"]) == 0
-    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]]
+    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
     marker = tmp_path / "marker"
     from contsup.reproduce.presets import jobs, load_preset
 

@@ -10,7 +10,7 @@ The recomputation runs the units a second time in training mode. BatchNorm then 
 same batch statistics (same input, same output), but would also move its running buffers a second time;
 `RestoreBuffers` puts every buffer of the recomputed modules back as the forward left it, so running
 means, variances and `num_batches_tracked` end exactly as in a plain run. `checkpointed` applies the
-same to any module (a local head: contsup.method.lean.lean_head).
+same to any module.
 """
 
 from __future__ import annotations

@@ -11,10 +11,8 @@ The last layer runs in chunks of its output channels, so that no full-resolution
 larger than `max_elements` per sample. BatchNorm normalises each channel over the whole batch, so a
 channel chunk has exactly the whole-batch statistics.
 
-A local head (conv-BN-ReLU layers, pool, linears, or any other head module) is made lean by
-`lean_head`: a checkpoint of the whole head (contsup.method.checkpointing), which keeps only the head's
-input (module k's output, alive anyway) and recomputes the head in backward, its BatchNorm running
-buffers updated once.
+Local heads are not made lean: a head's backward runs, and frees its saved activations, before the
+backward of its module's units, which is where a local step's memory peaks (docs/method.md, memory).
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from contsup.method.checkpointing import checkpointed
 
 if TYPE_CHECKING:
     from contsup.method.context import ConvEncoder
@@ -125,8 +121,3 @@ def lean_encode(enc: ConvEncoder, x: torch.Tensor) -> torch.Tensor:
     """The encoder's output on x, holding only x for backward (module docstring)."""
     params = [t for conv, bn in _layers(enc) for t in (conv.weight, conv.bias, bn.weight, bn.bias)]
     return _LeanEncode.apply(enc, x, *params)
-
-
-def lean_head(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """head(h), holding only h for backward: the head is recomputed in backward (module docstring)."""
-    return checkpointed(head, [head], h)

@@ -14,7 +14,6 @@ Indices are 0-based throughout the package:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +72,7 @@ class LocalNetwork(nn.Module):
         self.unit_shapes = probe_shapes(units, sample)
         self.image_shape = Shape.of(sample)
         self.loss = LOSSES[config.loss](num_classes(backbone.classifier), int(config.width * config.widen))
-        kinds = head_kinds(config.head, config.modules - 1)
+        self.head_kinds = head_kinds(config.head, config.modules - 1)
         if plan is None:
             recon = parse_recon(config.recon, backbone.name, config.recon_dataset or dataset, config.modules,
                                 config.cut_table.startswith("balanced"))
@@ -82,7 +81,7 @@ class LocalNetwork(nn.Module):
                 parse_cut_list(config.cuts) if config.cuts else None,
                 memory=lambda: memory_model(
                     units, backbone.classifier, sample, self.unit_shapes, self.mode,
-                    lambda j: self._objective(j, 0, kinds, recon), config.image_encoder, config.lean_context),
+                    lambda j: self.objective_at(j, 0, recon), config.image_encoder, config.lean_context),
             )
             plan = Plan(tuple(cuts), recon)
         elif len(plan.cuts) != config.modules - 1:
@@ -97,7 +96,7 @@ class LocalNetwork(nn.Module):
         self.unit_names = backbone.unit_names
         # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c (h_k's shape).
         self.source_shapes = [self.image_shape, *(self.unit_shapes[c] for c in self.cuts)]
-        local = [self._objective(c, k, kinds, self.plan.recon) for k, c in enumerate(self.cuts)]
+        local = [self.objective_at(c, k, self.plan.recon) for k, c in enumerate(self.cuts)]
         self.objectives = nn.ModuleList([*local, ClassifierObjective(backbone.classifier)])
         self.context = nn.ModuleList(
             CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context,
@@ -110,11 +109,12 @@ class LocalNetwork(nn.Module):
             for j in ctx.source_ids + ([0] if ctx.image is not None else []):
                 self.last_use[j] = max(self.last_use[j], ctx.cut)
 
-    def _objective(self, unit: int, k: int, kinds: Sequence[str], recon: ReconWeights | None) -> Objective:
-        """The local objective of cut k after `unit`."""
+    def objective_at(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
+        """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         cut = Cut(k, self.config.modules - 1, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
                   self.loss.out_dim, self.config, self._units[unit + 1])
-        return local_objective(cut, kinds[k], self.loss, recon)
+        kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]
+        return local_objective(cut, kind, self.loss, recon)
 
     @property
     def num_modules(self) -> int:

@@ -15,6 +15,7 @@ compares with `LowerBound.total`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import torch
 
 from contsup.method.balance import memory_model
 from contsup.method.network import LocalNetwork
+from contsup.method.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,15 @@ def largest_module(unit_bytes: Sequence[float], end_bytes: Sequence[float], cuts
 
 def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) -> LowerBound:
     """The network's lower bound at `batch_size` with `optimizer_buffers` state tensors per parameter."""
-    cfg = net.config
     units = [unit for block in net.blocks for unit in block]
-    x = net.source_shapes[0]
-    unit_bytes, end_bytes, _ = memory_model(
-        units, net.classifier, torch.zeros(1, x.channels, x.height, x.width), net.unit_shapes, net.mode, cfg.head,
-        cfg.loss, LocalNetwork._num_classes(net.classifier), cfg.width, cfg.widen, cfg.recon is not None,
-        cfg.image_encoder, cfg.lean_context,
-    )
+    cut_of = {c: k for k, c in enumerate(net.cuts)}
+
+    def objective(j: int) -> Objective:  # the network's own objective at its cuts (a copy: it is run), else a new one
+        return copy.deepcopy(net.objectives[cut_of[j]]) if j in cut_of else net.objective_at(j, 0, net.plan.recon)
+
+    unit_bytes, end_bytes, _ = memory_model(units, net.classifier, torch.zeros(net.source_shapes[0].batch(1)),
+                                            net.unit_shapes, net.mode, objective, net.config.image_encoder,
+                                            net.config.lean_context)
     k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())

@@ -335,13 +335,13 @@ def run_summary(
 
     The best epoch is chosen among the epochs evaluated on as many test images as the final one.
     """
-    images = history[-1].get("test_images") if history else None
-    tested = [r for r in history if "test_error" in r and r.get("test_images") == images]
+    test_images = history[-1].get("test_images") if history else None
+    tested = [r for r in history if "test_error" in r and r.get("test_images") == test_images]
     best = min(tested, key=lambda r: r["test_error"]) if tested else None
     out = {
         "final_test_error": history[-1]["test_error"] if history else None,
-        **({"final_test_images": images, "final_test_set": "subset" if history[-1].get("test_subset") else "full"}
-           if images is not None else {}),
+        **({"final_test_images": test_images, "final_test_set": "subset" if history[-1].get("test_subset") else "full"}
+           if test_images is not None else {}),
         "best_test_error_selected_on_test": best["test_error"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": epochs,
