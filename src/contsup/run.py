@@ -11,11 +11,12 @@ import torch
 from contsup.checks import check_run
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset
+from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork, Plan
 from contsup.method.recon import parse_recon
-from contsup.models import build_arch
+from contsup.models import BACKBONES, build_arch
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.optim import make_optimizer
 from contsup.train.runfolder import (
@@ -86,15 +87,29 @@ def check_steps(train_images: int, batch_size: int) -> None:
                            "no training step would run; lower --batch-size or raise --train-subset")
 
 
+def known_run(run: dict[str, Any]) -> bool:
+    """Whether a stored run names a registered backbone and a known dataset (else `contsup` cannot rebuild it)."""
+    data = run.get("data")
+    try:
+        BACKBONES[str(run.get("arch"))]
+    except ContsupError:
+        return False
+    return isinstance(data, dict) and data.get("name") in DATASETS
+
+
 def run_from_checkpoint(payload: dict[str, Any], path: str | Path) -> RunConfig:
     """The checked run configuration stored in a checkpoint's metadata (its dataset must be the known one)."""
     meta = payload["meta"]
-    unknown = sorted(str(k) for k in set(meta) - {"run", "dataset", "plan", "pipeline", "stages", "replicas"})
+    unknown = sorted(str(k) for k in set(meta) - {"run", "dataset", "plan", "pipeline", "stages", "replicas", "api"})
     if unknown:
         raise ContsupError(f"{path}: malformed checkpoint metadata (unknown key(s) {', '.join(unknown)})")
     if "run" not in meta:
-        raise ContsupError(f"{path} holds no run configuration (trained through the Python API?)")
+        raise ContsupError(f"{path} holds no run configuration")
     run = meta["run"]
+    if meta.get("api") is True and isinstance(run, dict) and not known_run(run):
+        raise ContsupError(f"{path} was trained through the Python API on a network or dataset of its own: "
+                           "rebuild that network in Python and load the checkpoint's weights "
+                           "(contsup.train.load_checkpoint(path)['model'])")
     try:
         cfg = RunConfig.from_dict(run, "metadata")
         check_run(cfg)

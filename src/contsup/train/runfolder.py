@@ -36,6 +36,7 @@ RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
 WRITTEN = (*RUN_FILES, SETTINGS, LOCK, "tensorboard")
 # Settings that say where or how a run executes, not what it computes: they may change on --resume.
 PLACE = ("out", "data.root", "data.download", "train.device", "train.progress")
+_HELD: set[Path] = set()  # run folders whose lock this process holds (`hold_run_folder` is re-entrant)
 
 
 def _busy(folder: Path, fd: int) -> ContsupError:
@@ -53,7 +54,8 @@ def hold_run_folder(out: str | Path | None) -> Iterator[None]:
     """Hold the run folder's write lock (`<out>/.lock`, created with the folder if need be) for the block.
 
     A second writer gets one line. On leaving, the lock file is removed, and the folder too if this
-    call created it and nothing else was written into it (a refused run leaves no trace).
+    call created it and nothing else was written into it (a refused run leaves no trace). Within a
+    process that holds the lock already (the command line's run, then its Trainer), it does nothing.
     """
     if out is None:
         yield
@@ -61,6 +63,9 @@ def hold_run_folder(out: str | Path | None) -> Iterator[None]:
     folder = Path(out)
     if str(out) == "":
         raise ContsupError("--out is empty; name a run folder")
+    if folder.resolve() in _HELD:
+        yield
+        return
     if os.path.lexists(folder) and not folder.is_dir():
         raise ContsupError(f"run folder {folder} is a file; choose another --out")
     created = not os.path.lexists(folder)
@@ -82,9 +87,12 @@ def hold_run_folder(out: str | Path | None) -> Iterator[None]:
             raise ContsupError(f"{folder} is being written by another contsup process; try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held = folder.resolve()
+        _HELD.add(held)
         try:
             yield
         finally:
+            _HELD.discard(held)
             lock.unlink(missing_ok=True)
             if created:
                 with contextlib.suppress(OSError):

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from contsup.config import TrainConfig
+from contsup.config import DataConfig, RunConfig, TrainConfig
 from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
 from contsup.method.network import LocalNetwork
@@ -28,6 +29,7 @@ from contsup.train.guard import FiniteWatch, check_row
 from contsup.train.memory import peak_memory, reset_peak, step_peak
 from contsup.train.optim import make_optimizer
 from contsup.train.report import TAIL, epoch_line, legend, postfix
+from contsup.train.runfolder import RUN_FILES, hold_run_folder, open_run_folder
 from contsup.train.schedule import make_schedule
 from contsup.train.steps import LocalStep, Step, resolve_device
 from contsup.train.tensorboard import TensorBoardLog
@@ -83,6 +85,11 @@ class Trainer:
     `pixels` (or the training loader's `denormalize`) maps a normalised batch back to the image in [0, 1].
     With `cfg.eval_subset`, `subset_loader` holds those seeded test images (`contsup.run.make_loaders`);
     epochs before the last evaluate on it, the last on `test_loader`.
+
+    A run folder `out_dir` is used as the command line uses it: one writer at a time (its lock is held
+    while `fit` runs), a folder that holds a run is continued only through `resume`, and the checkpoint
+    and summary record the run's settings (`meta`, else `api_meta`) so that `contsup eval` and `contsup
+    runs` read it. The batch size is the training loader's (its `batch_size`), whatever `cfg` says.
     """
 
     LOG_EVERY = 20  # batches between progress-bar loss readings (each waits for the device); steps 1, 2, 4, 8, 16 too
@@ -103,6 +110,9 @@ class Trainer:
         steps_per_epoch: int | None = None,
         device: torch.device | None = None,
     ) -> None:
+        batch = getattr(train_loader, "batch_size", None)
+        if step is None and isinstance(batch, int) and batch != cfg.batch_size:
+            cfg = replace(cfg, batch_size=batch)  # the loader's batch is what trains: the step peak and records say it
         self.cfg = cfg
         pixels = pixels or getattr(train_loader, "denormalize", None)
         if net.needs_pixels and pixels is None and step is None:
@@ -116,7 +126,7 @@ class Trainer:
             raise ContsupError("eval_subset needs the loader of its test images (Trainer(subset_loader=...))")
         self.subset_loader = subset_loader if cfg.eval_subset else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.meta = meta or {}
+        self.meta = meta if meta is not None else api_meta(self.net, cfg, train_loader)
         self.optimizer = make_optimizer(self.step.named_parameters(), cfg)
         steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_steps,
@@ -259,6 +269,14 @@ class Trainer:
         reported in the summary beside the process peak.
         Returns the summary on the main process, None on the other ranks of a pipeline.
         """
+        with hold_run_folder(self.out_dir if self.step.main else None):
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> dict[str, Any] | None:
+        """`fit` with the run folder's lock held (on the main process)."""
+        if self.out_dir is not None and self.step.main:
+            self._check_new_run()
+            open_run_folder(self.out_dir)
         board = self._tensorboard()
         if self.cfg.progress and self.step.main:
             tqdm.write(legend(self.net.num_modules))
@@ -281,6 +299,14 @@ class Trainer:
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
                                          self.step.format)
         return self.summary() if self.step.main else None
+
+    def _check_new_run(self) -> None:
+        """Refuse to start a run from epoch 0 in a folder that already holds one (`resume` continues it)."""
+        assert self.out_dir is not None
+        held = [name for name in RUN_FILES if os.path.lexists(self.out_dir / name)] if self.epoch == 0 else []
+        if held:
+            raise ContsupError(f"{self.out_dir} already holds a run ({', '.join(held)}): continue it with "
+                               f"Trainer.resume('{self.out_dir / 'checkpoint.pt'}'), or choose another out_dir")
 
     def _evaluate_into(self, row: dict[str, Any]) -> None:
         """The epoch's validation and test errors into its row; the test subset before the run's last epoch."""
@@ -325,6 +351,16 @@ class Trainer:
         if self.out_dir is not None:
             write_json(self.out_dir / "summary.json", {**out, "meta": self.meta})
         return out
+
+
+def api_meta(net: LocalNetwork, cfg: TrainConfig, loader: Iterable) -> dict[str, Any]:
+    """What a run started through the Python API records: its settings as a run configuration (the
+    backbone's name and the loader's dataset, `custom` when it has none), the dataset and the plan."""
+    info = getattr(loader, "info", None)
+    run = RunConfig(data=DataConfig(name=getattr(info, "name", "custom")), arch=net.backbone_name,
+                    local=net.config, train=cfg)
+    return {"run": run.to_dict(), **({"dataset": asdict(info)} if info is not None else {}),
+            "plan": net.plan.to_dict(), "api": True}
 
 
 def run_summary(

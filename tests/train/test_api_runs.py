@@ -1,0 +1,78 @@
+"""The Python API's Trainer keeps the command line's promises about run folders."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from contsup.cli import main
+from contsup.config import LocalConfig, TrainConfig
+from contsup.data import DeviceLoader, load_dataset
+from contsup.errors import ContsupError
+from contsup.method.network import LocalNetwork
+from contsup.models import Backbone, build_arch
+from contsup.train import Trainer
+from contsup.train.memory import step_peak
+
+
+def api_trainer(out, batch=32, epochs=1):
+    """A K = 3 R1E ResNet-8 on the default synthetic data (what `contsup eval` loads again), TrainConfig's batch
+    size left at its default (128), the loader's at `batch`."""
+    data = load_dataset("synthetic", train_subset=64)
+    torch.manual_seed(0)
+    net = LocalNetwork(build_arch("resnet8", 3, 10, 32), LocalConfig(modules=3, context="R1E"), torch.zeros(1, 3, 32, 32))
+    cfg = TrainConfig(epochs=epochs, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
+    train = DeviceLoader(data.train, data.info, batch, "cpu", train=True)
+    return Trainer(net, train, DeviceLoader(data.test, data.info, 128, "cpu"), cfg, out)
+
+
+def test_a_folder_that_holds_a_run_is_refused_and_left_unchanged(tmp_path):
+    api_trainer(tmp_path).fit()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ContsupError, match=r"already holds a run .*Trainer\.resume"):
+        api_trainer(tmp_path).fit()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert ".lock" not in before  # the lock lives only while fit runs
+
+
+def test_resume_through_the_api_continues_the_run(tmp_path):
+    api_trainer(tmp_path, epochs=2).fit(until=1)
+    trainer = api_trainer(tmp_path, epochs=2)
+    trainer.resume(tmp_path / "checkpoint.pt")
+    assert trainer.fit()["epochs"] == 2
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_the_batch_size_is_the_loaders(tmp_path):
+    trainer = api_trainer(tmp_path, batch=32)
+    summary = trainer.fit()
+    assert trainer.cfg.batch_size == 32 and trainer.meta["run"]["train"]["batch_size"] == 32
+    assert summary["step_peak_memory_bytes"] == step_peak(trainer.net, 32, torch.device("cpu")).peak_bytes
+
+
+def test_eval_and_runs_read_an_api_run(tmp_path, capsys):
+    summary = api_trainer(tmp_path / "run").fit()
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("resnet8 K=3 R1E on synthetic") and f"{summary['final_test_error']:.2f}%" in first
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "R1E K=3" in capsys.readouterr().out
+
+
+def test_eval_refuses_a_network_of_ones_own_in_one_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 2, (32,))
+    units = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))]
+    net = LocalNetwork(Backbone.from_units(units, 2, x[:1]), LocalConfig(modules=2, context="R1E", head="0c2f"), x[:1])
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    cfg = TrainConfig(epochs=1, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
+    Trainer(net, loader, loader, cfg, tmp_path / "own").fit()
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "own")]) == 0
+    assert "R1E K=2" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "own"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "network or dataset of its own" in err and len(err.splitlines()) == 1
