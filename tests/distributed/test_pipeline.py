@@ -2,6 +2,7 @@
 and with replicas."""
 
 import json
+import shutil
 from contextlib import contextmanager
 
 import pytest
@@ -83,21 +84,28 @@ def test_replicas_equal_single_process_with_the_whole_batch(ranks, tmp_path):
     for code, _, err in ranks.finish(timeout=90):
         assert code == 0, err
     # Momentum buffers are (sums of) raw gradients, not scaled by the learning rate: looser in absolute terms.
-    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5, momentum_atol=2e-4)
+    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5, momentum_atol=5e-4)
 
 
 def test_pipeline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
-    flags = [*BASE, "--train-subset", "32", "--modules", "3", "--context", "R1", "--batch-size", "32"]
+    """Two parameter groups (the encoders at half rate): the merged checkpoint resumes as a pipeline and in
+    one process, both equal to the uninterrupted single-process run."""
+    flags = [*BASE, "--train-subset", "32", "--modules", "3", "--context", "R1", "--batch-size", "32",
+             "--context-lr-scale", "0.5"]
     ranks.start(2, [*flags, "--epochs", "1", "--pipeline", "--out", str(tmp_path / "pipe")])
     for code, _, err in ranks.finish(timeout=90):
         assert code == 0, err
+    shutil.copytree(tmp_path / "pipe", tmp_path / "single")
     ranks.start(2, [*flags, "--pipeline", "--resume", "--out", str(tmp_path / "pipe")])
     reference([*flags, "--out", str(tmp_path / "ref")])
     for code, _, err in ranks.finish(timeout=90):
         assert code == 0, err
-    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5)
-    rows = (tmp_path / "pipe" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    reference([*flags, "--resume", "--out", str(tmp_path / "single")])
+    for resumed in ("pipe", "single"):
+        assert_same_run(tmp_path / resumed, tmp_path / "ref", atol=1e-5)
+        rows = (tmp_path / resumed / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    assert len(load_checkpoint(tmp_path / "ref" / "checkpoint.pt")["optimizer"]["param_groups"]) > 1
 
 
 def test_pipeline_evaluates_the_seeded_test_subset_as_one_process(ranks, tmp_path):

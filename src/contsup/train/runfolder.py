@@ -36,7 +36,7 @@ RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
 WRITTEN = (*RUN_FILES, SETTINGS, LOCK, "tensorboard")
 # Settings that say where or how a run executes, not what it computes: they may change on --resume.
 PLACE = ("out", "data.root", "data.download", "train.device", "train.progress")
-_HELD: set[Path] = set()  # run folders whose lock this process holds (`hold_run_folder` is re-entrant)
+_HELD: set[Path] = set()  # run folders whose lock this process holds (`hold_run_folder`)
 
 
 def _busy(folder: Path, fd: int) -> ContsupError:
@@ -50,12 +50,12 @@ def _busy(folder: Path, fd: int) -> ContsupError:
 
 
 @contextlib.contextmanager
-def hold_run_folder(out: str | Path | None) -> Iterator[None]:
+def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator[None]:
     """Hold the run folder's write lock (`<out>/.lock`, created with the folder if need be) for the block.
 
     A second writer gets one line. On leaving, the lock file is removed, and the folder too if this
-    call created it and nothing else was written into it (a refused run leaves no trace). Within a
-    process that holds the lock already (the command line's run, then its Trainer), it does nothing.
+    call created it and nothing else was written into it (a refused run leaves no trace). `reentrant`:
+    where this process holds the lock already (the command line's run, then its Trainer), do nothing.
     """
     if out is None:
         yield
@@ -63,7 +63,7 @@ def hold_run_folder(out: str | Path | None) -> Iterator[None]:
     folder = Path(out)
     if str(out) == "":
         raise ContsupError("--out is empty; name a run folder")
-    if folder.resolve() in _HELD:
+    if reentrant and folder.resolve() in _HELD:
         yield
         return
     if os.path.lexists(folder) and not folder.is_dir():

@@ -269,7 +269,7 @@ class Trainer:
         reported in the summary beside the process peak.
         Returns the summary on the main process, None on the other ranks of a pipeline.
         """
-        with hold_run_folder(self.out_dir if self.step.main else None):
+        with hold_run_folder(self.out_dir if self.step.main else None, reentrant=True):
             return self._fit(until)
 
     def _fit(self, until: int | None) -> dict[str, Any] | None:
