@@ -40,9 +40,10 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
         torch.testing.assert_close(pipe["model"][key], want, atol=atol, rtol=0, msg=key)
     got_opt, want_opt = pipe["optimizer"], ref["optimizer"]
     assert got_opt["state"].keys() == want_opt["state"].keys()
-    for i, state in want_opt["state"].items():
-        torch.testing.assert_close(got_opt["state"][i]["momentum_buffer"], state["momentum_buffer"],
-                                   atol=momentum_atol or atol, rtol=0)
+    for name, state in want_opt["state"].items():  # SGD's momentum, AdamW's moments and step counts, by name
+        for key, want in state.items():
+            torch.testing.assert_close(got_opt["state"][name][key], want, atol=momentum_atol or atol, rtol=0,
+                                       msg=f"{name} {key}")
     assert got_opt["param_groups"] == want_opt["param_groups"]
     assert pipe["epoch"] == ref["epoch"] == 2
     for got, want in zip(pipe["history"], ref["history"], strict=True):
@@ -57,6 +58,11 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
 @pytest.mark.parametrize("world,flags,pipe_flags", [
     pytest.param(2, ["--modules", "4", "--context", "R1E", "--recon", "5,1,0,1"], [], marks=pytest.mark.quick),
     (3, ["--modules", "4", "--context", "R2E", "--channels-last"], ["--stage-sizes", "1,2,1", "--inflight", "1"]),
+    (2, ["--modules", "4", "--context", "R1E", "--head", "auglocal"], []),  # heads modelled on later units
+    (2, ["--modules", "4", "--context", "R1", "--head-patches", "2", "--optimizer", "adamw"], []),
+    # token sequences cross the ranks: a ViT with a class token, its context from the image and from s_1
+    (2, ["--arch", "vit-mini-p8", "--modules", "3", "--context", "R1E", "--head", "meantoken", "--optimizer", "adamw"],
+     []),
 ])
 def test_pipeline_equals_single_process(ranks, tmp_path, world, flags, pipe_flags):
     flags = [*flags, "--batch-size", "32"]
@@ -85,6 +91,13 @@ def test_replicas_equal_single_process_with_the_whole_batch(ranks, tmp_path):
         assert code == 0, err
     # Momentum buffers are (sums of) raw gradients, not scaled by the learning rate: looser in absolute terms.
     assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5, momentum_atol=5e-4)
+
+
+def test_man_across_stages_is_refused_in_one_line(ranks, tmp_path):
+    ranks.start(2, [*BASE, "--modules", "2", "--man-momentum", "0.9", "--pipeline", "--out", str(tmp_path / "pipe")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 2 and "MAN's heads follow the next module's first unit" in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_pipeline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
