@@ -22,12 +22,12 @@ import torch
 
 from contsup.config import TrainConfig
 from contsup.method.checkpointing import CheckpointedSequential
+from contsup.method.local_step import local_step
 from contsup.method.network import LocalNetwork
-from contsup.method.step import local_step
 from contsup.profile.bound import lower_bound
 from contsup.profile.runner import E2E, ProfileConfig, build, state_bytes
 from contsup.tables import text_table
-from contsup.train.memory import step_peak
+from contsup.train.peak import step_peak
 from contsup.train.trainer import make_optimizer
 
 MIB = 2**20

@@ -151,7 +151,7 @@ def top_ops(args: argparse.Namespace, count: int = 8) -> str:
     """Where a K = 16 R1E step spends its time: the profiler's top operators, in both memory formats."""
     from torch.profiler import ProfilerActivity, profile
 
-    from contsup.method.step import local_step
+    from contsup.method.local_step import local_step
     from contsup.profile.runner import build
     from contsup.train.steps import resolve_device
 

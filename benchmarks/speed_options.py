@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.method.context import ImageEncoder
-from contsup.method.step import local_step
+from contsup.method.local_step import local_step
 from contsup.profile.runner import E2E, ProfileConfig, build, machine
 from docregion import write_region
 

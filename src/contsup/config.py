@@ -244,6 +244,11 @@ def _comments(cls: type) -> dict[str, str]:
     return out
 
 
+# Settings that say where a run reads and writes, on which device and how it is shown, not what it computes:
+# they may change on --resume, and run comparisons and sweeps leave them out.
+PLACE = frozenset({"out", "data.root", "data.download", "train.device", "train.progress", "train.tensorboard"})
+
+
 @cache
 def settings() -> dict[str, Setting]:
     """Every leaf setting of RunConfig by dotted path, in schema order."""

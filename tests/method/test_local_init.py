@@ -6,7 +6,7 @@ from torch import nn
 import contsup.method.network as network
 from contsup.config import TrainConfig
 from contsup.errors import ContsupError
-from contsup.method.step import local_step
+from contsup.method.local_step import local_step
 from contsup.train.optim import make_optimizer
 
 

@@ -2,8 +2,8 @@ import torch
 from tests.conftest import tiny_net
 
 from contsup.method import local_step
+from contsup.method.local_step import modules_step
 from contsup.method.objective import Targets
-from contsup.method.step import modules_step
 
 
 def infer(net, modules, h, sources):

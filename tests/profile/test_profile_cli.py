@@ -22,7 +22,35 @@ def test_profile_writes_table_csv_json_and_plot(capsys, tmp_path):
     assert (out / "profile.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("bad", [["--input", "3x16"], ["-K", "a,b"], ["--batch-size", "0"]])
+def test_checkpointed_rows_and_the_lower_bound(capsys, tmp_path):
+    """Each configuration once per --checkpoint-segments value; every row's bound is `lower_bound` of its network;
+    plain E2E sits near its bound, checkpointed E2E well below it."""
+    import torch
+
+    from contsup.config import LocalConfig
+    from contsup.method.network import LocalNetwork
+    from contsup.models import build_arch
+    from contsup.profile.bound import lower_bound
+
+    out = tmp_path / "prof"
+    args = ["profile", "--arch", "resnet20", "-K", "1,2", "--contexts", "R0", "--batch-size", "16", "--input",
+            "3x16x16", "--checkpoint-segments", "0,sqrt", "--warmup", "1", "--steps", "1", "--device", "cpu",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert "bound MiB" in capsys.readouterr().out
+    rows = {(r["modules"], r["context"]): r for r in csv.DictReader(open(out / "profile.csv"))}
+    assert list(rows) == [("1", "E2E"), ("1", "E2E (ckpt sqrt)"), ("2", "R0"), ("2", "R0 (ckpt sqrt)")]
+    torch.manual_seed(0)
+    e2e = LocalNetwork(build_arch("resnet20", 3, 10, 16), LocalConfig(modules=1), torch.zeros(1, 3, 16, 16))
+    bound = lower_bound(e2e, 16).total
+    assert int(rows["1", "E2E"]["bound_bytes"]) == int(rows["1", "E2E (ckpt sqrt)"]["bound_bytes"]) == bound
+    plain, ckpt = (int(rows[c]["peak_bytes"]) + int(rows[c]["state_bytes"]) for c in rows if c[0] == "1")
+    assert 0.8 < plain / bound < 1.25  # the model (saved tensors, per sample) against the allocator's events
+    assert ckpt < 0.8 * min(plain, bound)
+
+
+@pytest.mark.parametrize("bad", [["--input", "3x16"], ["-K", "a,b"], ["--batch-size", "0"],
+                                 ["--checkpoint-segments", "half"]])
 def test_bad_flags_are_one_line_errors(capsys, bad):
     assert main(["profile", "--device", "cpu", *bad]) == 2
     assert capsys.readouterr().err.startswith("contsup: error:")

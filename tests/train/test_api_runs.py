@@ -14,7 +14,7 @@ from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.models import Backbone, build_arch
 from contsup.train import Trainer
-from contsup.train.memory import step_peak
+from contsup.train.peak import step_peak
 
 
 def api_trainer(out, batch=32, epochs=1):
@@ -22,7 +22,8 @@ def api_trainer(out, batch=32, epochs=1):
     size left at its default (128), the loader's at `batch`."""
     data = load_dataset("synthetic", train_subset=64)
     torch.manual_seed(0)
-    net = LocalNetwork(build_arch("resnet8", 3, 10, 32), LocalConfig(modules=3, context="R1E"), torch.zeros(1, 3, 32, 32))
+    config = LocalConfig(modules=3, context="R1E")
+    net = LocalNetwork(build_arch("resnet8", 3, 10, 32), config, torch.zeros(1, 3, 32, 32))
     cfg = TrainConfig(epochs=epochs, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
     train = DeviceLoader(data.train, data.info, batch, "cpu", train=True)
     return Trainer(net, train, DeviceLoader(data.test, data.info, 128, "cpu"), cfg, out)

@@ -6,7 +6,7 @@ from tests.conftest import tiny_net
 from torch import nn
 
 from contsup.config import TrainConfig
-from contsup.method.step import local_step
+from contsup.method.local_step import local_step
 from contsup.method.tokens import TokenImageEncoder
 from contsup.models import build_arch, vit
 from contsup.train.optim import (

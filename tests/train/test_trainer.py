@@ -7,7 +7,7 @@ from tests.conftest import tiny_net
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.errors import ContsupError
 from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, save_checkpoint
-from contsup.train.memory import step_peak
+from contsup.train.peak import step_peak
 
 OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
 

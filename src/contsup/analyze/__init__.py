@@ -1,9 +1,9 @@
 """Information diagnostics: what is left about the label and the input at every cut of a trained network."""
 
+from contsup.analyze.analysis import AnalyzeConfig, Row, analyze_runs
 from contsup.analyze.features import CutFeatures, parse_units, walk_boundaries
-from contsup.analyze.pipeline import AnalyzeConfig, Row, analyze_runs
 from contsup.analyze.probes import ProbeConfig, ProbeResult, label_entropy, linear_probe, mlp_probe
-from contsup.analyze.recon import ReconConfig, ReconResult, decoder_probe
+from contsup.analyze.recon_probe import ReconConfig, ReconResult, decoder_probe
 from contsup.analyze.report import format_table, plot, write_csv
 
 __all__ = [

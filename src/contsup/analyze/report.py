@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from contsup import tables
-from contsup.analyze.pipeline import Row
+from contsup.analyze.analysis import Row
 
 
 def write_csv(rows: Sequence[Row], path: str | Path) -> None:

@@ -48,6 +48,21 @@ def input_shape(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+def segments_list(text: str) -> list[int | str]:
+    """Parse "0,sqrt,8" (checkpoint segments: 0 off, a count, or sqrt)."""
+    out: list[int | str] = []
+    for t in (t.strip() for t in text.split(",") if t.strip()):
+        if t == "sqrt":
+            out.append(t)
+            continue
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise ContsupError(f"--checkpoint-segments takes 0, sqrt or segment counts, got {t!r}") from None
+        check_int("checkpoint_segments", out[-1], 0, 10_000)
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     """A ProfileConfig from parsed flags."""
     if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
@@ -60,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
+        checkpoint_segments=segments_list(args.checkpoint_segments),
         local={"image_encoder": args.image_encoder, "lean_context": args.lean_context},
     )
 
@@ -108,6 +124,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
     p.add_argument("--no-lean-context", dest="lean_context", action="store_false",
                    help="straightforward context encoders (default: lean, recompute in backward)")
+    p.add_argument("--checkpoint-segments", default="0",
+                   help="comma-separated gradient checkpointing of each module's units: 0 (off), N segments or sqrt; "
+                        "each configuration is profiled with each")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from contsup.files import check_out_dir
-from contsup.reproduce.runs import find_runs, format_runs, read_run, result_rows, varying_settings, write_report
+from contsup.reproduce.compare import find_runs, format_runs, read_run, result_rows, varying_settings, write_report
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from contsup.run import (
     prepare_run,
     run_meta,
 )
-from contsup.train.runfolder import open_run_folder
+from contsup.train.runfolder import CHECKPOINT, open_run_folder
 from contsup.train.trainer import Trainer
 
 
@@ -167,7 +167,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
         if cfg.out is not None and step.topo.rank == 0:
             open_run_folder(cfg.out)
         if resume:
-            trainer.resume(Path(cfg.out) / "checkpoint.pt")  # type: ignore[arg-type]
+            trainer.resume(Path(cfg.out) / CHECKPOINT)  # type: ignore[arg-type]
         summary = trainer.fit()
         dist.barrier(group=step.groups.ctrl)
         dist.destroy_process_group()

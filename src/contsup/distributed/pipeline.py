@@ -23,13 +23,13 @@ from contsup.data import DeviceLoader
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
 from contsup.distributed.stage import Stage
 from contsup.distributed.topology import Topology
+from contsup.method.local_step import autocast, modules_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
-from contsup.method.step import autocast, modules_step
 from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
-from contsup.train.memory import peak_memory
 from contsup.train.optim import load_named_state, merge_named_states, named_state, param_names
+from contsup.train.peak import peak_memory
 from contsup.train.steps import use_device
 
 __all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]

@@ -1,6 +1,6 @@
 """One pipeline stage: a contiguous run of modules, their parameters, and the per-module local step.
 
-A stage runs `contsup.method.step.modules_step` over its own modules, the function the single-process
+A stage runs `contsup.method.local_step.modules_step` over its own modules, the function the single-process
 `local_step` runs over all of them: module k supplies context to module k-1's (detached) output with its
 own encoders (cut k-1 sits in front of module k, so module k's loss trains them), runs its block and its
 objective, and back-propagates at once. So a chain of stages computes exactly what `local_step` does.
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from contsup.method.local_step import autocast, module_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
-from contsup.method.step import autocast, module_step
 
 
 def boundary_sources(net: LocalNetwork, k: int) -> list[int]:

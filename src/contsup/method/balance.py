@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contsup.memory import SavedTensorCounter
 from contsup.method.context import ContextMode, CutContext
 from contsup.method.objective import Objective, Targets
 from contsup.models.chain import Shape
-from contsup.profile.memory import SavedTensorCounter
 
 BATCH = 2
 

@@ -12,7 +12,7 @@ larger than `max_elements` per sample. BatchNorm normalises each channel over th
 channel chunk has exactly the whole-batch statistics.
 
 Local heads are not made lean: a head's backward runs, and frees its saved activations, before the
-backward of its module's units, which is where a local step's memory peaks (docs/method.md, memory).
+backward of its module's units, which is where a local step's memory peaks (docs/method.md, the engine).
 """
 
 from __future__ import annotations

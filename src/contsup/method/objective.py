@@ -1,4 +1,4 @@
-"""The per-cut objective: what trains module k (docs/method.md, objectives).
+"""The per-cut objective: what trains module k (docs/method.md, the engine).
 
 An objective reads module k's output h_k (and what it declares: the image's pixels for a decoder), returns
 the module's loss with its prediction, and owns its parameters. Cut k's objective is a local head with a

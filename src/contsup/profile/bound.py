@@ -53,6 +53,7 @@ def largest_module(unit_bytes: Sequence[float], end_bytes: Sequence[float], cuts
 
 def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) -> LowerBound:
     """The network's lower bound at `batch_size` with `optimizer_buffers` state tensors per parameter."""
+    net = copy.deepcopy(net).cpu()  # the model runs copies of its parts on a CPU batch of two
     units = [unit for block in net.blocks for unit in block]
     cut_of = {c: k for k, c in enumerate(net.cuts)}
 

@@ -16,12 +16,13 @@ import torch
 
 from contsup.config import LocalConfig, TrainConfig
 from contsup.errors import ContsupError
+from contsup.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
+from contsup.method.local_step import local_step
 from contsup.method.network import LocalNetwork
-from contsup.method.step import local_step
 from contsup.models import build_arch
 from contsup.models.chain import memory_format
+from contsup.profile.bound import lower_bound
 from contsup.profile.flops import count_flops
-from contsup.profile.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
 from contsup.train.optim import make_optimizer
 from contsup.train.steps import resolve_device
@@ -49,6 +50,7 @@ class ProfileConfig:
     memory: bool = True  # measure peak memory and saved tensors (one extra step each)
     flops: bool = True  # count FLOPs (one extra step)
     seed: int = 0
+    checkpoint_segments: Sequence[int | str] = (0,)  # each configuration with each (0: plain; N or "sqrt")
     local: dict[str, Any] = field(default_factory=dict)  # further LocalConfig fields (e.g. recon)
 
 
@@ -58,7 +60,7 @@ class ProfileRow:
 
     arch: str
     modules: int
-    context: str  # "E2E" for K = 1; "(pooled)", "(straightforward)" added for those encoders
+    context: str  # "E2E" for K = 1; "(pooled)", "(straightforward)", "(ckpt N)" added for those settings
     cuts: list[int]
     batch_size: int
     input_shape: list[int]
@@ -66,6 +68,7 @@ class ProfileRow:
     peak_bytes: int  # peak tensor memory allocated during a training step, above its start
     peak_method: str
     state_bytes: int  # parameters, buffers and optimizer state held between steps
+    bound_bytes: int  # the cut table's lower bound without recomputation (`lower_bound`): compare peak + state
     saved_peak_bytes: int  # most bytes saved for backward alive at once during the step
     saved_total_bytes: int  # bytes saved for backward over the whole step
     step_ms: float  # median over the timed steps
@@ -75,25 +78,28 @@ class ProfileRow:
     flops: dict[str, int]
 
 
-def configurations(cfg: ProfileConfig) -> list[tuple[int, str]]:
-    """(K, context) pairs to run: K = 1 once, as E2E (context plays no part there), every mode otherwise."""
-    if not cfg.modules or not cfg.contexts:
-        raise ContsupError("give at least one K and one context mode")
-    out: list[tuple[int, str]] = []
+def configurations(cfg: ProfileConfig) -> list[tuple[int, str, int | str]]:
+    """(K, context, checkpoint segments) to run: K = 1 once per segments value, as E2E (context plays no part
+    there), every mode otherwise."""
+    if not cfg.modules or not cfg.contexts or not cfg.checkpoint_segments:
+        raise ContsupError("give at least one K, one context mode and one checkpoint_segments value")
+    out: list[tuple[int, str, int | str]] = []
     for k in cfg.modules:
         if k < 1:
             raise ContsupError(f"K must be >= 1, got {k}")
-        out += [(1, E2E)] if k == 1 else [(k, c) for c in cfg.contexts]
+        for seg in cfg.checkpoint_segments:
+            out += [(1, E2E, seg)] if k == 1 else [(k, c, seg) for c in cfg.contexts]
     return list(dict.fromkeys(out))
 
 
-def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device) -> LocalNetwork:
+def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device,
+          segments: int | str = 0) -> LocalNetwork:
     """The network for one configuration, on the device."""
     torch.manual_seed(cfg.seed)
     backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes, cfg.input_shape[-1])
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
-        cut_table=cfg.cut_table, **cfg.local,
+        cut_table=cfg.cut_table, checkpoint_segments=segments, **cfg.local,
     )
     return LocalNetwork(backbone, local, torch.zeros(1, *cfg.input_shape)).to(device)
 
@@ -106,10 +112,10 @@ def state_bytes(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
+def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | str = 0) -> ProfileRow:
     """Build one configuration and measure it with real training steps on a synthetic batch."""
     device = resolve_device(cfg.device)
-    net = build(cfg, modules, context, device)
+    net = build(cfg, modules, context, device, segments)
     net.train()
     fmt = memory_format(cfg.channels_last)
     net = net.to(memory_format=fmt)
@@ -147,12 +153,15 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str) -> ProfileRow:
     labels = [net.config.image_encoder] if net.mode.image and net.config.image_encoder != "paper" else []
     if not net.config.lean_context and (net.mode.image or net.mode.window):
         labels.append("straightforward")
+    if segments:
+        labels.append(f"ckpt {segments}")
     if labels:
         context = f"{context} ({', '.join(labels)})"
     return ProfileRow(
         arch=cfg.arch, modules=modules, context=context, cuts=list(net.cuts), batch_size=cfg.batch_size,
         input_shape=list(cfg.input_shape), device=str(device), peak_bytes=peak.peak_bytes,
-        peak_method=peak.method, state_bytes=state_bytes(net, optimizer), saved_peak_bytes=saved.peak,
+        peak_method=peak.method, state_bytes=state_bytes(net, optimizer),
+        bound_bytes=lower_bound(net, cfg.batch_size).total, saved_peak_bytes=saved.peak,
         saved_total_bytes=saved.total, step_ms=median, step_ms_all=times,
         images_per_s=1000 * cfg.batch_size / median if times else float("nan"),
         params=net.param_counts(), flops=flops,
@@ -172,7 +181,7 @@ def step_memory_floor(cfg: ProfileConfig) -> int:
             largest[0] = max(largest[0], out.numel() * out.element_size())
 
     with torch.device("meta"):
-        backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes)
+        backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes, cfg.input_shape[-1])
         hooks = [m.register_forward_hook(record) for m in backbone.modules()]
         x = torch.empty(cfg.batch_size, *cfg.input_shape)
         with torch.no_grad():
@@ -202,8 +211,8 @@ def check_fits(cfg: ProfileConfig) -> None:
 def run_profile(cfg: ProfileConfig, report: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:
     """Profile every configuration in turn (calling `report` after each)."""
     rows = []
-    for modules, context in configurations(cfg):
-        row = profile_one(cfg, modules, context)
+    for modules, context, segments in configurations(cfg):
+        row = profile_one(cfg, modules, context, segments)
         rows.append(row)
         if report is not None:
             report(row)
@@ -223,7 +232,7 @@ def machine() -> dict[str, Any]:
 
 
 MIB = 2**20
-HEADER = ["arch", "K", "context", "peak MiB", "saved MiB", "state MiB", "step ms", "img/s",
+HEADER = ["arch", "K", "context", "peak MiB", "saved MiB", "state MiB", "bound MiB", "x bound", "step ms", "img/s",
           "params", "ctx params", "GFLOP", "ctx GFLOP", "head GFLOP"]
 
 
@@ -231,7 +240,9 @@ def table_cells(row: ProfileRow) -> list[str]:
     """One row of the terminal / markdown table."""
     return [
         row.arch, str(row.modules), row.context, f"{row.peak_bytes / MIB:.1f}", f"{row.saved_peak_bytes / MIB:.1f}",
-        f"{row.state_bytes / MIB:.1f}", f"{row.step_ms:.0f}", f"{row.images_per_s:.0f}",
+        f"{row.state_bytes / MIB:.1f}", f"{row.bound_bytes / MIB:.1f}",
+        f"{(row.peak_bytes + row.state_bytes) / row.bound_bytes:.2f}" if row.peak_bytes else "-",
+        f"{row.step_ms:.0f}", f"{row.images_per_s:.0f}",
         f"{row.params['total']:,}", f"{row.params['context']:,}",
         *(f"{row.flops[g] / 1e9:.2f}" if row.flops else "-" for g in ("total", "context", "heads")),
     ]

@@ -11,6 +11,7 @@ from typing import Any
 from contsup.reproduce.presets import Job
 from contsup.reproduce.records import read_summary
 from contsup.tables import markdown_table, pyplot, save_figure, write_csv
+from contsup.train.runfolder import SUMMARY
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
@@ -29,7 +30,7 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """One row per finished run: its settings and final metrics (unfinished runs are left out)."""
     rows = []
     for job in jobs:
-        path = Path(job.config.out or "") / "summary.json"
+        path = Path(job.config.out or "") / SUMMARY
         if not path.is_file():
             continue
         s = read_summary(path)

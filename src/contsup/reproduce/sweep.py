@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contsup.config import PLACE, settings
 from contsup.errors import ContsupError
 from contsup.files import read_json, write_json
 from contsup.reproduce.presets import Job, defaults
 from contsup.reproduce.records import read_summary
 from contsup.run import RunConfig, run_training
+from contsup.train.runfolder import CHECKPOINT, SETTINGS, SUMMARY
 
-SETTINGS_FILE = "settings.json"
 # Settings that say where or how a run executes, not what it computes: a run folder is reused across them.
-_PLACE = ("device", "data_root")
+_PLACE = {setting.key for path, setting in settings().items() if path in PLACE}  # as preset keys
 
 
 @dataclass
@@ -48,8 +49,8 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
 def job_state(job: Job) -> str:
     """`done` (summary of every epoch), `resume` (checkpoint only) or `new`; a folder of another config raises."""
     folder = Path(job.config.out or "")
-    stored = folder / SETTINGS_FILE
-    has_ckpt, has_summary = (folder / "checkpoint.pt").is_file(), (folder / "summary.json").is_file()
+    stored = folder / SETTINGS
+    has_ckpt, has_summary = (folder / CHECKPOINT).is_file(), (folder / SUMMARY).is_file()
     if not (has_ckpt or has_summary):
         return "new"
     if not stored.is_file():
@@ -57,7 +58,7 @@ def job_state(job: Job) -> str:
     settings = read_json(stored, "sweep settings")
     if not isinstance(settings, dict) or _comparable(settings) != _comparable(job.settings):
         raise ContsupError(f"{folder} holds a run with other settings (another recipe?); choose another --out")
-    if has_summary and read_summary(folder / "summary.json")["epochs"] >= job.config.train.epochs:
+    if has_summary and read_summary(folder / SUMMARY)["epochs"] >= job.config.train.epochs:
         return "done"
     return "resume"  # killed mid-run, or stopped early on purpose (Trainer.fit(until=...))
 
@@ -95,7 +96,7 @@ def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
     """
     folder = Path(job.config.out or "")
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / SETTINGS_FILE, job.settings)
+    write_json(folder / SETTINGS, job.settings)
     if not isolate:
         run_training(job.config, resume=resume)
     else:
@@ -109,7 +110,7 @@ def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
             _children.discard(proc)
         if proc.exitcode != 0:
             raise ContsupError(f"run {job.name} failed (exit code {proc.exitcode}); its output is above")
-    return read_summary(folder / "summary.json")
+    return read_summary(folder / SUMMARY)
 
 
 def interrupt_children() -> None:

@@ -23,6 +23,7 @@ import torch
 
 from contsup.errors import ContsupError
 from contsup.files import atomic_write
+from contsup.train.runfolder import CHECKPOINT
 
 MAX_BYTES = 16 << 30  # a checkpoint file's size; ResNet-110 at K = 16 writes about 30 MB
 MAX_ENTRIES = 100_000  # zip entries: one per tensor storage
@@ -118,7 +119,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a contsup checkpoint; a missing, corrupt, damaged, foreign or code-carrying file raises ContsupError."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT
     if not os.path.lexists(path):
         raise ContsupError(f"no checkpoint at {path}")
     check_archive(path)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from contsup.config import PLACE
 from contsup.errors import ContsupError
 from contsup.files import remove_stale_temps, tmp_suffix
 from contsup.train.optim import param_names, settings_of
@@ -34,8 +35,6 @@ LOCK = ".lock"
 RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
 # Names contsup writes in a run folder: none of them may be a symbolic link.
 WRITTEN = (*RUN_FILES, SETTINGS, LOCK, "tensorboard")
-# Settings that say where or how a run executes, not what it computes: they may change on --resume.
-PLACE = ("out", "data.root", "data.download", "train.device", "train.progress")
 _HELD: set[Path] = set()  # run folders whose lock this process holds (`hold_run_folder`)
 
 

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from contsup.checks import device_from_name
+from contsup.method.local_step import autocast, modules_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
-from contsup.method.step import autocast, modules_step
 from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
-from contsup.train.memory import peak_memory
 from contsup.train.optim import load_named_state, named_state, param_names
+from contsup.train.peak import peak_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,7 +32,7 @@ def use_device(device: torch.device) -> None:
     """Make `device` this process's current CUDA device, with the fast kernels on (no-op elsewhere).
 
     cuDNN picks the fastest convolution algorithm per shape (`cudnn.benchmark`; shapes are fixed within a
-    run) and float32 matmuls and convolutions may use TF32 on Ampere and newer GPUs (docs/method.md, GPUs).
+    run) and float32 matmuls and convolutions may use TF32 on Ampere and newer GPUs (docs/method.md, the engine).
     """
     if device.type != "cuda":
         return

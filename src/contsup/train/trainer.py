@@ -21,15 +21,15 @@ from tqdm.auto import tqdm
 from contsup.config import DataConfig, RunConfig, TrainConfig
 from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
+from contsup.memory import PeakMemory
+from contsup.method.local_step import clip_module_grads
 from contsup.method.network import LocalNetwork
-from contsup.method.step import clip_module_grads
-from contsup.profile.memory import PeakMemory
 from contsup.train.checkpoint import save_checkpoint
 from contsup.train.guard import FiniteWatch, check_row
-from contsup.train.memory import peak_memory, reset_peak, step_peak
 from contsup.train.optim import make_optimizer
-from contsup.train.report import TAIL, epoch_line, legend, postfix
-from contsup.train.runfolder import RUN_FILES, hold_run_folder, open_run_folder
+from contsup.train.peak import peak_memory, reset_peak, step_peak
+from contsup.train.progress import TAIL, epoch_line, legend, postfix
+from contsup.train.runfolder import CHECKPOINT, METRICS, RUN_FILES, SUMMARY, hold_run_folder, open_run_folder
 from contsup.train.schedule import make_schedule
 from contsup.train.steps import LocalStep, Step, resolve_device
 from contsup.train.tensorboard import TensorBoardLog
@@ -306,7 +306,7 @@ class Trainer:
         held = [name for name in RUN_FILES if os.path.lexists(self.out_dir / name)] if self.epoch == 0 else []
         if held:
             raise ContsupError(f"{self.out_dir} already holds a run ({', '.join(held)}): continue it with "
-                               f"Trainer.resume('{self.out_dir / 'checkpoint.pt'}'), or choose another out_dir")
+                               f"Trainer.resume('{self.out_dir / CHECKPOINT}'), or choose another out_dir")
 
     def _evaluate_into(self, row: dict[str, Any]) -> None:
         """The epoch's validation and test errors into its row; the test subset before the run's last epoch."""
@@ -338,8 +338,8 @@ class Trainer:
         tqdm.write(epoch_line(row, self.cfg.epochs))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(self.out_dir / "checkpoint.pt", payload)
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
+            save_checkpoint(self.out_dir / CHECKPOINT, payload)
+            with open(self.out_dir / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
     def summary(self) -> dict[str, Any]:
@@ -349,7 +349,7 @@ class Trainer:
         out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, kind, device,
                           self.net.param_counts(), self.step_memory)
         if self.out_dir is not None:
-            write_json(self.out_dir / "summary.json", {**out, "meta": self.meta})
+            write_json(self.out_dir / SUMMARY, {**out, "meta": self.meta})
         return out
 
 
@@ -399,4 +399,4 @@ def rewrite_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl as the checkpoint's history (rows past the checkpoint belong to a lost epoch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write(out_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out_dir / METRICS, lambda tmp: Path(tmp).write_text(text))

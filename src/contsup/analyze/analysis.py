@@ -11,7 +11,7 @@ import torch
 
 from contsup.analyze.features import CutFeatures, parse_units, walk_boundaries
 from contsup.analyze.probes import ProbeConfig, flatten_features, label_entropy, linear_probe, mlp_probe
-from contsup.analyze.recon import ReconConfig, decoder_probe
+from contsup.analyze.recon_probe import ReconConfig, decoder_probe
 from contsup.data import Dataset, DeviceLoader, Split
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork

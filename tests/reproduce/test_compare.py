@@ -5,7 +5,7 @@ import pytest
 
 from contsup.errors import ContsupError
 from contsup.method.network import LocalConfig
-from contsup.reproduce.runs import find_runs, format_runs, read_run, result_rows, varying_settings, write_report
+from contsup.reproduce.compare import find_runs, format_runs, read_run, result_rows, varying_settings, write_report
 from contsup.run import RunConfig
 from contsup.train.trainer import TrainConfig
 
@@ -75,7 +75,7 @@ def test_report_files(runs, tmp_path):
 
 
 def test_curves_of_a_one_epoch_run_are_lines_from_its_slices(tmp_path, monkeypatch):
-    import contsup.reproduce.runs as runs_module
+    import contsup.reproduce.compare as runs_module
 
     folder = make_run(tmp_path / "one", 2, "R1E", 0.1, [40.0])
     row = json.loads((folder / "metrics.jsonl").read_text())

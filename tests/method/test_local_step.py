@@ -7,8 +7,8 @@ from tests.conftest import tiny_net
 
 from contsup.errors import ContsupError
 from contsup.method import LocalConfig, LocalNetwork, local_step
+from contsup.method.local_step import clip_module_grads
 from contsup.method.losses import supcon_loss
-from contsup.method.step import clip_module_grads
 from contsup.models import resnet
 
 

@@ -9,10 +9,10 @@ import sys
 
 import torch
 
+from contsup.memory import PeakMemory, measure_peak
+from contsup.method.local_step import autocast, local_step
 from contsup.method.network import LocalNetwork, num_classes
-from contsup.method.step import autocast, local_step
 from contsup.models.chain import to_format
-from contsup.profile.memory import PeakMemory, measure_peak
 
 
 def reset_peak(device: torch.device) -> None:

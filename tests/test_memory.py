@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from contsup.profile.memory import cpu_peak_from_events, measure_peak, saved_bytes
+from contsup.memory import cpu_peak_from_events, measure_peak, saved_bytes
 from contsup.profile.runner import ProfileConfig, profile_one
 
 CPU = torch.device("cpu")

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contsup.config import PLACE
 from contsup.errors import ContsupError
 from contsup.reproduce.collect import plot_error_vs_memory
 from contsup.reproduce.records import read_metrics, read_summary
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
+from contsup.train.runfolder import METRICS, SUMMARY
 
-SUMMARY, METRICS = "summary.json", "metrics.jsonl"
 MIB = 2**20
-# Settings that do not change what a run computes (where and how it was shown, run or stored).
-IGNORED = {"root", "download", "out", "device", "progress", "tensorboard", "extra"}
+IGNORED = {path.split(".")[-1] for path in PLACE}  # flat names of the place settings
 # Settings of local learning only: an end-to-end run (K = 1) has no cuts, heads or context.
 LOCAL_ONLY = {"context", "head", "loss", "width", "widen", "cut_table", "cuts", "recon", "image_encoder"}
 

@@ -1,7 +1,7 @@
 import torch
 
 from contsup.profile.runner import ProfileConfig, build, profile_one
-from contsup.train.memory import step_peak
+from contsup.train.peak import step_peak
 
 CPU = torch.device("cpu")
 
@@ -20,7 +20,7 @@ def test_step_peak_of_a_run_network_matches_profile_and_leaves_it_untouched():
 
 
 def test_step_peak_of_a_channels_last_run_steps_on_a_channels_last_batch(monkeypatch):
-    import contsup.train.memory as memory
+    import contsup.train.peak as memory
 
     cfg = ProfileConfig(arch="resnet32", batch_size=16, input_shape=(3, 16, 16), warmup=1, steps=0, device="cpu",
                         flops=False, channels_last=True)

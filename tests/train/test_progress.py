@@ -1,4 +1,4 @@
-from contsup.train.report import epoch_line, legend, postfix
+from contsup.train.progress import epoch_line, legend, postfix
 
 
 def test_progress_fields_and_their_legend():
