@@ -1,0 +1,26 @@
+"""The README's Python API example runs as written (in a temporary folder) and its model learns."""
+
+import os
+import runpy
+from pathlib import Path
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def api_example() -> str:
+    """The first ```python block after the README's "## Python API" heading."""
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def test_the_python_api_example_runs(tmp_path, monkeypatch):
+    (tmp_path / "example.py").write_text(api_example())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(os.environ, "OMP_NUM_THREADS", "1")
+    scope = runpy.run_path(str(tmp_path / "example.py"))
+    summary = scope["summary"]
+    assert summary["epochs"] == 3 and summary["final_test_error"] < 70  # chance: 90 %
+    assert (tmp_path / "runs" / "mine" / "summary.json").is_file()
+    assert scope["net"].num_modules == 4 and summary["params"]["context"] > 0
