@@ -196,3 +196,25 @@ def test_clipping_bounds_each_module_alone(batch):
             assert all(torch.equal(p.grad, before[n]) for n, p in net.named_parameters() if any(p is q for q in params))
         else:
             assert after == pytest.approx(bound, rel=1e-4)
+
+
+def test_end_to_end_step_holds_no_more_than_plain_backprop():
+    """K = 1: the local step's peak is plain backprop's (the last module's output is not kept through backward)."""
+    import torch.nn.functional as F
+
+    from contsup.memory import measure_peak
+    from contsup.method.local_step import local_step
+
+    torch.manual_seed(0)
+    net = LocalNetwork(resnet(32, 1, 10), LocalConfig(modules=1), torch.zeros(1, 1, 28, 28)).train()
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+
+    def plain():
+        F.cross_entropy(net.classifier(net.blocks[0](x)), y).backward()
+
+    def local():
+        local_step(net, x, y)
+
+    plain()
+    peaks = [measure_peak(fn, torch.device("cpu"))[1].peak_bytes for fn in (plain, local)]
+    assert peaks[1] <= peaks[0] * 1.002  # keeping the last block's output would add 0.65 %

@@ -63,7 +63,8 @@ def measure_costs(net: LocalNetwork, x: torch.Tensor, targets: Targets, repeats:
         for k in range(net.num_modules):
             sync()
             mark = time.perf_counter()
-            h, _ = module_step(net, k, h, sources, targets, autocast(x.device, False))
+            s = net.module_input(k, h, sources)
+            h, _ = module_step(net, k, s, targets, autocast(x.device, False))
             sync()
             best[k] = min(best[k], time.perf_counter() - mark)
     return best

@@ -25,17 +25,19 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def module_step(net: LocalNetwork, k: int, h: torch.Tensor, sources: Sources, targets: Targets,
+def module_step(net: LocalNetwork, k: int, s: torch.Tensor, targets: Targets,
                 amp: contextlib.AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
-    """Module k's local step from module k-1's raw output `h` (x for k = 0): forward, loss, backward.
+    """Module k's local step from its input s_k (`LocalNetwork.module_input`): forward, loss, backward.
 
     Returns (module k's detached output, or the logits for the last module; the detached loss).
     """
     with amp:
-        out = net.blocks[k](net.module_input(k, h, sources))
+        out = net.blocks[k](s)
         loss, prediction = net.objectives[k](out, targets)
+    result = (prediction if k == net.num_modules - 1 else out).detach()
+    del out, prediction  # the last module's output lives through backward only if autograd saved it
     loss.backward()
-    return (prediction if k == net.num_modules - 1 else out).detach(), loss.detach()
+    return result, loss.detach()
 
 
 def modules_step(net: LocalNetwork, modules: range, h: torch.Tensor, sources: Sources, targets: Targets,
@@ -49,7 +51,10 @@ def modules_step(net: LocalNetwork, modules: range, h: torch.Tensor, sources: So
     amp = amp or contextlib.nullcontext()
     losses = []
     for k in modules:
-        h, loss = module_step(net, k, h, sources, targets, amp)
+        with amp:
+            s = net.module_input(k, h, sources)
+        del h  # module k-1's raw output: s_k holds what module k reads, so it is freed before module k's step
+        h, loss = module_step(net, k, s, targets, amp)
         losses.append(loss)
     return h, torch.stack(losses)
 
