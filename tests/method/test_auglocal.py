@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from contsup.errors import ContsupError
-from contsup.method.auglocal import AugLocalHead, aux_depths, resolution_levels, sample_units, trim_cuts
-from contsup.models import build_arch, probe_shapes
+from contsup.method import LocalConfig, LocalNetwork
+from contsup.method.auglocal import AugLocalHead, aux_depths, resolution_levels, sample_units
+from contsup.models import build_arch, probe_shapes, resnet
 from contsup.models.resnet import BasicBlock
 
 
@@ -122,13 +123,11 @@ def test_bn1d_follows_depth_not_block_count():
     assert isinstance(AugLocalHead(14, C, H, 1, 10).norm, torch.nn.BatchNorm1d)
 
 
-def test_trim_cuts():
-    cuts = trim_cuts(list(range(15)), 2)
-    assert cuts == list(range(13))
-    assert 16 - (cuts[-1] + 1) == 3  # the last module holds the last d + 1 units
-    assert trim_cuts([3, 7, 11], 3) == []
-    with pytest.raises(ContsupError):
-        trim_cuts([3, 7], 3)
+def test_the_official_codes_partition_is_one_setting_away():
+    """The CIFAR code's K - d modules (ResNet-32, K = 16, d = 2: cuts after units 0..12) as an explicit --cuts."""
+    net = LocalNetwork(resnet(32, 3, 10), LocalConfig(modules=14, head="auglocal", cuts=",".join(map(str, range(13)))),
+                       torch.zeros(1, 3, 32, 32))
+    assert net.cuts == list(range(13)) and len(net.blocks[-1]) == 3  # the last module holds the last d + 1 units
 
 
 def test_resolution_levels_match_channel_ratios_on_imagenet_resnet():

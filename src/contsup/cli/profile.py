@@ -76,7 +76,8 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
         checkpoint_segments=segments_list(args.checkpoint_segments),
-        local={"image_encoder": args.image_encoder, "lean_context": args.lean_context},
+        local={"image_encoder": args.image_encoder, "lean_context": args.lean_context, "aux_depth": args.aux_depth,
+               "man_momentum": args.man_momentum, "head_patches": args.head_patches},
     )
 
 
@@ -119,6 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
     p.add_argument("--head", default="1c2f", help=f"local head: {HEADS.describe()}")
+    p.add_argument("--aux-depth", type=int, default=2, help="AugLocal heads: blocks per head")
+    p.add_argument("--man-momentum", type=float, default=0.0,
+                   help="MAN: momentum of the EMA copy of the next unit in front of each head (0: off)")
+    p.add_argument("--head-patches", type=int, default=1, help="PFF: the head averages over n x n patches")
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")

@@ -55,17 +55,6 @@ def sample_units(unit: int, num_units: int, depth: int) -> list[int]:
     return [round(unit + (num_units - unit - 1) / depth * t) for t in range(1, depth + 1)]
 
 
-def trim_cuts(cuts: Sequence[int], depth: int) -> list[int]:
-    """The official CIFAR code's partition (setting `--aux-trim`): K - d modules, the last `depth` cuts dropped.
-
-    With a cut after every unit, as the code has it, the last module then holds the last d + 1 units
-    (ResNet-32, `--local_module_num 16 --aux_net_depth 2`: 14 modules, cuts after units 0..12).
-    """
-    if not 0 <= depth <= len(cuts):
-        raise ContsupError(f"--aux-trim with --aux-depth {depth} needs at least {depth} cuts; got {len(cuts)}")
-    return list(cuts[: len(cuts) - depth])
-
-
 def resolution_levels(sizes: Sequence[int]) -> list[int]:
     """How many times the resolution has halved from unit 0 to each unit (stride-2 steps, odd sizes rounded up)."""
     levels = [0]
