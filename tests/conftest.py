@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from contsup.method import LocalConfig, LocalNetwork
+from contsup.method import LocalConfig, LocalNetwork, local_step
 from contsup.method.heads import LocalHead
 from contsup.method.objective import Cut
 from contsup.models import Shape, resnet
@@ -29,6 +33,25 @@ def plain_head(channels: int, kind: str = "1c2f", out_dim: int = 10) -> LocalHea
 def cut_at(shape: Shape, out_dim: int = 10, **settings) -> Cut:
     """The first of two cuts, after unit 0 of output `shape`, on 3 x 16 x 16 images, with these local settings."""
     return Cut(0, 2, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, LocalConfig(**settings))
+
+
+def train_end_to_end_and_k1(plain: nn.Module, sample: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                            context: str = "R1E", **sgd) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Three SGD steps of a backbone by plain backprop and of its K = 1 LocalNetwork copy by local steps:
+    (the backbone's parameters, the copy's under the backbone's names)."""
+    local = LocalNetwork(copy.deepcopy(plain), LocalConfig(modules=1, context=context), sample)
+    assert local.param_counts()["heads"] == 0 and local.param_counts()["context"] == 0
+    opt_a = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, **sgd)
+    opt_b = torch.optim.SGD(local.parameters(), lr=0.1, momentum=0.9, **sgd)
+    for _ in range(3):
+        opt_a.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        opt_a.step()
+        opt_b.zero_grad()
+        local_step(local, x, y)
+        opt_b.step()
+    names = {n.replace("blocks.0.", "units.").replace("objectives.0.", ""): p for n, p in local.named_parameters()}
+    return dict(plain.named_parameters()), names
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import tiny_net
+from tests.conftest import tiny_net, train_end_to_end_and_k1
 
 from contsup.errors import ContsupError
 from contsup.method import LocalConfig, LocalNetwork, local_step
@@ -71,19 +71,7 @@ def test_k1_equals_end_to_end(batch):
     x, y = batch
     torch.manual_seed(0)
     plain = resnet(20, 3, 10)
-    local = LocalNetwork(copy.deepcopy(plain), LocalConfig(modules=1, context="R1E"), torch.zeros(1, 3, 16, 16))
-    assert local.param_counts()["heads"] == 0 and local.param_counts()["context"] == 0
-    opt_a = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    opt_b = torch.optim.SGD(local.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    for _ in range(3):
-        opt_a.zero_grad()
-        F.cross_entropy(plain(x), y).backward()
-        opt_a.step()
-        opt_b.zero_grad()
-        local_step(local, x, y)
-        opt_b.step()
-    a = dict(plain.named_parameters())
-    b = {n.replace("blocks.0.", "units.").replace("objectives.0.", ""): p for n, p in local.named_parameters()}
+    a, b = train_end_to_end_and_k1(plain, torch.zeros(1, 3, 16, 16), x, y, nesterov=True, weight_decay=1e-4)
     for n, p in a.items():
         assert torch.allclose(p, b[n], atol=1e-6), n
 

@@ -1,10 +1,10 @@
 """Backbones of token units ([B, T, D] -> [B, T, D]) build and train through the same engine as feature maps."""
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import train_end_to_end_and_k1
 from torch import nn
 
 from contsup.config import LocalConfig
@@ -57,18 +57,8 @@ def test_k1_on_tokens_equals_plain_end_to_end_training():
     """K = 1 over token units is plain end-to-end training, bit for bit, over three SGD steps."""
     x, y = batch()
     plain = token_backbone()
-    local = LocalNetwork(copy.deepcopy(plain), LocalConfig(modules=1, context="R0"), torch.zeros(1, 1, 8, 8))
-    opt_a = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
-    opt_b = torch.optim.SGD(local.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(3):
-        opt_a.zero_grad()
-        F.cross_entropy(plain(x), y).backward()
-        opt_a.step()
-        opt_b.zero_grad()
-        local_step(local, x, y)
-        opt_b.step()
-    b = {n.replace("blocks.0.", "units.").replace("objectives.0.", ""): p for n, p in local.named_parameters()}
-    for n, p in plain.named_parameters():
+    a, b = train_end_to_end_and_k1(plain, torch.zeros(1, 1, 8, 8), x, y, context="R0")
+    for n, p in a.items():
         assert torch.equal(p, b[n]), n
 
 
