@@ -5,6 +5,7 @@ from torch import nn
 from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method import LocalNetwork, local_step
+from contsup.method.balance import memory_model
 from contsup.models import BACKBONES, build_arch, resnet_imagenet
 from contsup.registry import Registry
 
@@ -39,9 +40,18 @@ def test_imagenet_resnets(depth, blocks, params):
 
 
 def test_balanced_rule_cuts_an_imagenet_resnet():
+    """On ResNet-18 (a stem with max-pool, four stages) the balanced cuts are the best of every partition under
+    the network's own memory model."""
+    from tests.method.test_balance import brute_force, cost_of
+
+    torch.manual_seed(0)
     net = LocalNetwork(build_arch("resnet18-small", 3, 10), LocalConfig(modules=3, context="R0", cut_table="balanced"),
                        torch.zeros(1, 3, 32, 32))
-    assert len(net.cuts) == 2 and net.cuts[0] < net.cuts[1]
+    units = [u for block in net.blocks for u in block]
+    model = memory_model(units, net.classifier, torch.zeros(1, 3, 32, 32), net.unit_shapes, net.mode,
+                         lambda j: net.objective_at(j, 0, None))
+    assert cost_of(net.cuts, *model) == brute_force(model[0], 3, model[1], model[2])
+    assert net.cuts != [2, 5]  # not the equal-units split: memory sits early, where the maps are largest
 
 
 def test_registry_names_and_errors():
