@@ -4,7 +4,7 @@ import torch
 from contsup.checks import check_local
 from contsup.data import dataset_info
 from contsup.errors import ContsupError
-from contsup.method.recon import RECON_PRESETS, ReconWeights
+from contsup.method.recon import ReconWeights, parse_recon
 from contsup.reproduce.presets import available_presets, expand, jobs, load_preset, parse_only, run_name
 from contsup.run import build_network
 
@@ -32,6 +32,27 @@ def test_presets_expand_to_valid_configs(name, recipe, tmp_path):
             assert job.config.train.epochs == 160 and job.config.data.name in ("cifar10", "svhn", "stl10")
 
 
+# The paper's reconstruction weights [ixx_1, ixy_1, ixx_2, ixy_2], typed from the specification's table (not
+# read from the code's RECON_PRESETS, which these tests check).
+SPEC_RECON = {
+    ("resnet32", "cifar10"): {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)},
+    ("resnet110", "cifar10"): {2: (5, 0.5, 0, 0), 4: (1, 0, 0, 1), 8: (5, 0, 0, 1), 16: (5, 0, 0.5, 1)},
+    ("resnet110", "stl10"): {2: (10, 1, 0, 0), 4: (20, 0.2, 5, 2), 8: (20, 0.2, 5, 1), 16: (20, 0.5, 10, 0.1)},
+    ("resnet110", "svhn"): {2: (1, 0.1, 0, 0), 4: (5, 0, 0.5, 0), 8: (5, 0, 0.5, 2), 16: (5, 0.2, 0.5, 1)},
+}
+SPEC_RECON_BALANCED = {2: (5, 0.1, 0, 0), 3: (5, 0, 5, 0.1), 4: (5, 0, 0, 0.1)}  # ResNet-32 and -110, CIFAR-10
+
+
+def test_paper_reconstruction_weights_are_the_specifications():
+    for (arch, data), by_k in SPEC_RECON.items():
+        for k, want in by_k.items():
+            assert parse_recon("paper", arch, data, k, False) == ReconWeights(*want), (arch, data, k)
+    for arch in ("resnet32", "resnet110"):
+        for k, want in SPEC_RECON_BALANCED.items():
+            assert parse_recon("paper", arch, "cifar10", k, True) == ReconWeights(*want), (arch, k)
+    assert parse_recon("paper", "resnet32", "cifar10", 8, True) == ReconWeights(5, 0, 0, 2)
+
+
 def resolved_recon(cfg):
     """The reconstruction weights the run's network resolves (built on the meta device: shapes only)."""
     info = dataset_info(cfg.data.name)
@@ -46,7 +67,7 @@ def test_paper_recipes_follow_the_spec(tmp_path):
     for job in jobs(load_preset("table3"), "paper", tmp_path):
         if job.settings["context"] != "E2E":
             data, k = job.config.data.name, job.config.local.modules
-            assert resolved_recon(job.config) == ReconWeights(*RECON_PRESETS[("resnet110", data, k)])
+            assert resolved_recon(job.config) == ReconWeights(*SPEC_RECON["resnet110", data][k])
 
 
 def test_table1_cpu_networks_build(tmp_path):
@@ -63,7 +84,7 @@ def test_cpu_twin_of_table3_uses_cifar10_recon_weights(tmp_path):
     for job in jobs(load_preset("table3"), "cpu", tmp_path):
         if job.settings["context"] != "E2E":
             k = job.config.local.modules
-            assert resolved_recon(job.config) == ReconWeights(*RECON_PRESETS[("resnet110", "cifar10", k)])
+            assert resolved_recon(job.config) == ReconWeights(*SPEC_RECON["resnet110", "cifar10"][k])
 
 
 def test_e2e_is_one_configuration_and_only_filters():
