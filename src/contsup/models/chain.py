@@ -7,7 +7,7 @@ Units map features to features in one of two layouts: feature maps (N, C, H, W) 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +15,17 @@ import torch
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.registry import Registry
+
+# name -> (in_channels, num_classes, image_size) -> Backbone. A family is one file that registers its builders
+# (`@BACKBONES.register(name)`; `image_size` is the side of the square input, 32 by default) and is imported
+# in `contsup/models/__init__.py`.
+BACKBONES: Registry[Callable[[int, int, int], Backbone]] = Registry("architecture")
+
+
+def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
+    """Build a registered backbone by name (see `BACKBONES`) for square inputs of side `image_size`."""
+    return BACKBONES[name.lower()](in_channels, num_classes, image_size)
 
 
 class Classifier(nn.Module):

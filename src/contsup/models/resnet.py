@@ -1,23 +1,16 @@
 """ResNets (He et al. 2016) as chains of units (stem, then BasicBlocks), registered in `BACKBONES`.
 
-CIFAR-style ResNet-(6n+2) (the paper's networks) and ImageNet-style ResNet-18/34. To add a backbone,
-register one function `(in_channels, num_classes, image_size) -> Backbone` with `@BACKBONES.register(name)`
-(`image_size`, the side of the square input, defaults to 32; the ResNets take any size and ignore it).
+CIFAR-style ResNet-(6n+2) (the paper's networks) and ImageNet-style ResNet-18/34; they take any image
+size and ignore `image_size`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from contsup.errors import ContsupError
-from contsup.models.chain import Backbone, Classifier
-from contsup.registry import Registry
-
-# name -> (in_channels, num_classes, image_size) -> Backbone
-BACKBONES: Registry[Callable[[int, int, int], Backbone]] = Registry("architecture")
+from contsup.models.chain import BACKBONES, Backbone, Classifier
 
 
 class BasicBlock(nn.Module):
@@ -127,7 +120,3 @@ def resnet34_small(in_channels: int, num_classes: int, image_size: int = 32) -> 
     """ResNet-34 with the small-image stem (conv3x3/1, no max-pool), for CIFAR-sized inputs."""
     return resnet_imagenet(34, in_channels, num_classes, small_images=True)
 
-
-def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
-    """Build a registered backbone by name (see `BACKBONES`) for square inputs of side `image_size`."""
-    return BACKBONES[name.lower()](in_channels, num_classes, image_size)

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.errors import ContsupError
-from contsup.models.chain import Backbone
-from contsup.models.resnet import BACKBONES
+from contsup.models.chain import BACKBONES, Backbone
 
 # size name -> (width D, depth, attention heads)
 VIT_SIZES = {"mini": (64, 8, 4), "tiny": (192, 12, 3), "small": (384, 12, 6)}
