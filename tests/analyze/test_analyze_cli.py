@@ -73,3 +73,14 @@ def test_analyze_bad_input_one_line_exit_2(runs, tmp_path, capsys, extra, messag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_analyze_a_vit_run(tmp_path):
+    """Token features: probes on the mean token, the decoder on the grid of patch tokens, at the run's cuts."""
+    flags = ["--arch", "vit-mini-p8", "--modules", "3", "--context", "R1E", "--head", "meantoken",
+             "--optimizer", "adamw", "--lr", "0.001"]
+    assert main([*TRAIN, *flags, "--out", str(tmp_path / "vit")]) == 0
+    assert main(["analyze", str(tmp_path / "vit"), *FAST, "--out", str(tmp_path / "an")]) == 0
+    rows = read(tmp_path / "an" / "analysis.csv")
+    assert {r["feature"] for r in rows} == {"h", "hc"} and len(rows) == 4
+    assert all(int(r["dims"]) == 64 and float(r["recon_psnr"]) > 0 for r in rows)  # D = 64 after the token mean

@@ -80,3 +80,21 @@ def test_same_seed_same_numbers(data):
     cfg = ReconConfig(steps=5, batch_size=16)
     assert decoder_probe(imgs, imgs, imgs, imgs, cfg, 1) == decoder_probe(imgs, imgs, imgs, imgs, cfg, 1)
     assert decoder_probe(imgs, imgs, imgs, imgs, cfg, 1) != decoder_probe(imgs, imgs, imgs, imgs, cfg, 2)
+
+
+def test_token_features_pool_over_tokens_and_decode_from_their_grid():
+    from contsup.analyze.recon_probe import token_map
+    from contsup.errors import ContsupError
+
+    h = torch.randn(5, 17, 6)  # a class token and a 4 x 4 grid of patch tokens, width 6
+    assert torch.equal(flatten_features(h, 4), h.mean(dim=1))
+    assert flatten_features(h, 0).shape == (5, 17 * 6)
+    grid = token_map(h)
+    assert grid.shape == (5, 6, 4, 4) and torch.equal(grid[:, :, 1, 2], h[:, 1 + 1 * 4 + 2])  # row 1, column 2
+    assert torch.equal(token_map(h[:, 1:]), grid)  # without a class token
+    with pytest.raises(ContsupError):
+        token_map(torch.randn(5, 15, 6))
+    pixels = torch.rand(40, 1, 8, 8)
+    tokens = pixels.reshape(40, 1, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(40, 16, 4)  # 2x2 patches as tokens
+    result = decoder_probe(tokens[:30], pixels[:30], tokens[30:], pixels[30:], ReconConfig(steps=50), seed=0)
+    assert math.isfinite(result.psnr)

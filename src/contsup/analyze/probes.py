@@ -38,9 +38,12 @@ class ProbeResult:
 
 
 def flatten_features(h: torch.Tensor, pool: int) -> torch.Tensor:
-    """(N, C, H, W) features average-pooled to pool x pool (if larger) and flattened to (N, D)."""
+    """Probe inputs (N, D): feature maps (N, C, H, W) average-pooled to pool x pool (if larger), token sequences
+    (N, T, D) averaged over their tokens (pool > 0, as the `meantoken` heads read them), then flattened."""
     if h.dim() == 4 and pool > 0 and (h.shape[-2] > pool or h.shape[-1] > pool):
         h = F.adaptive_avg_pool2d(h, (min(pool, h.shape[-2]), min(pool, h.shape[-1])))
+    if h.dim() == 3 and pool > 0:
+        h = h.mean(dim=1)
     return h.reshape(h.shape[0], -1).float()
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from contsup.errors import ContsupError
 from contsup.method.recon import Decoder
 
 
@@ -31,11 +32,24 @@ class ReconResult:
     psnr: float
 
 
+def token_map(h: torch.Tensor) -> torch.Tensor:
+    """Token sequences (N, T, D) as maps (N, D, g, g) of their patch tokens in raster order (a class token, when
+    T = g^2 + 1, left out); feature maps as they are."""
+    if h.dim() != 3:
+        return h
+    side = math.isqrt(h.shape[1])
+    if h.shape[1] - side * side not in (0, 1):
+        raise ContsupError(f"{h.shape[1]} tokens are not a square grid of patches (plus a class token)")
+    patches = h[:, h.shape[1] - side * side:]
+    return patches.transpose(1, 2).reshape(h.shape[0], h.shape[2], side, side)
+
+
 def decoder_probe(
     train_h: torch.Tensor, train_pixels: torch.Tensor, test_h: torch.Tensor, test_pixels: torch.Tensor,
     cfg: ReconConfig, seed: int, eval_batch: int = 500,
 ) -> ReconResult:
     """Train a fresh Decoder on frozen features with BCE to the pixels; score it on held-out features."""
+    train_h, test_h = token_map(train_h), token_map(test_h)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the decoder's initial weights
     decoder = Decoder(train_h.shape[1], train_pixels.shape[1], tuple(train_pixels.shape[-2:]))
