@@ -44,6 +44,7 @@ def test_deit_sizes_match_published_counts(name, params):
     assert sum(p.numel() for p in build_arch(name, 3, 1000, 224).parameters()) == params
 
 
+@pytest.mark.quick
 def test_unit_shapes_and_classifier():
     torch.manual_seed(0)
     net = build_arch("vit-mini", 1, 10, 28)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -31,6 +32,7 @@ PARAMS = (1 * 4 * 9 + 4 * 8 * 9 + 8 * 8 * 9 + 8 * 10 + 10) * F32  # units and cl
 HEAD = (8 * 10 + 10) * F32  # the local head's linear
 
 
+@pytest.mark.quick
 def test_lower_bound_of_a_hand_checked_network():
     bound = lower_bound(tiny(2, [1]), batch_size=4)  # module 0: units 0, 1 and the head; module 1: unit 2
     assert bound.module == 0
