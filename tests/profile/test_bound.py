@@ -54,3 +54,16 @@ def test_largest_module_counts_its_head():
     assert largest_module(units, ends, [1]) == (0, 70.0)  # 10 + 10 + head 50 against 10 + 10 + 5
     assert largest_module(units, ends, [0]) == (1, 35.0)  # 10 against 30 + 5
     assert largest_module(units, ends, []) == (0, 45.0)
+
+
+@pytest.mark.parametrize("local", [{"head": "auglocal"}, {"man_momentum": 0.9}, {"head_patches": 2}])
+def test_end_to_end_bound_does_not_depend_on_the_head_settings(local):
+    """K = 1 has no local heads: every head setting gives plain E2E's bound (the model still builds them)."""
+    from contsup.models import build_arch
+
+    def bound(**kw):
+        torch.manual_seed(0)
+        net = LocalNetwork(build_arch("resnet8", 3, 10), LocalConfig(modules=1, **kw), torch.zeros(1, 3, 16, 16))
+        return lower_bound(net, 4)
+
+    assert bound(**local) == bound()

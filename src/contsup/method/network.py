@@ -111,7 +111,8 @@ class LocalNetwork(nn.Module):
 
     def objective_at(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
-        cut = Cut(k, self.config.modules - 1, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
+        num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
+        cut = Cut(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
                   self.loss.out_dim, self.config, self._units[unit + 1])
         kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]
         return local_objective(cut, kind, self.loss, recon)
