@@ -107,3 +107,15 @@ def test_e2e_rows_show_no_local_settings(finished):
     assert any(x.startswith("| 1 | E2E | - |") for x in lines)
     assert any(x.startswith("| 2 | R0 | paper |") for x in lines)
     assert any(x.startswith("| 2 | R1E | None |") for x in lines)
+
+
+def test_runs_that_differ_only_in_head_settings_are_not_averaged_together(finished):
+    """MAN and PFF runs share the head kind 1c2f: their momentum and patches keep them apart, as columns."""
+    from contsup.reproduce.collect import markdown
+
+    rows = [dict(r) for r in collect_rows(finished) if r["context"] == "R0"]
+    man, pff = dict(rows[0], man_momentum=0.995, head_patches=1), dict(rows[0], man_momentum=0.0, head_patches=2)
+    aggs = aggregate([man, pff])
+    assert len(aggs) == 2 and all(a["n"] == 1 for a in aggs)
+    header = next(x for x in markdown(aggs).splitlines() if x.startswith("| K"))
+    assert "| man_momentum | head_patches |" in header

@@ -14,7 +14,8 @@ from contsup.tables import markdown_table, pyplot, save_figure, write_csv
 from contsup.train.runfolder import SUMMARY
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
-KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "cut_table", "recon"]
+KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "aux_depth", "man_momentum", "head_patches",
+               "cut_table", "recon", "checkpoint_segments", "optimizer"]
 # The budget every run of a sweep shares, written next to its table.
 BUDGET = ["dataset", "train_subset", "val_split", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
           "warmup_steps", "local_init", "context_scale", "context_lr_scale", "clip_grad"]
@@ -48,7 +49,7 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
 
 
 def _key(row: dict[str, Any]) -> tuple:
-    return tuple(row[k] for k in KEY_COLUMNS)
+    return tuple(row.get(k) for k in KEY_COLUMNS)
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,7 +59,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(_key(r), []).append(r)
     out = []
     for members in groups.values():
-        agg = {k: members[0][k] for k in KEY_COLUMNS}
+        agg = {k: members[0].get(k) for k in KEY_COLUMNS}
         agg["n"] = len(members)
         agg["seeds"] = ",".join(str(m["seed"]) for m in members)
         for m in METRICS:
