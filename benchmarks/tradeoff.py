@@ -40,7 +40,7 @@ METHODS = [
     Method("E2E, batch 32", "budget-cpu-b32", {"modules": "1"}, "batch-32", ("1", "E2E"), reference="head-1c2f"),
     Method("E2E, 16 checkpointed segments", "budget-cpu", {"modules": "1"}, "e2e-checkpointed",
            ("1", "E2E (ckpt 16)")),
-    Method("R0 K=16", "protocol-cpu", {"modules": "16", "context": "R0", "recon": ""}, "head-1c2f", ("16", "R0")),
+    Method("R0 K=16", "protocol-cpu", {"modules": "16", "context": "R0", "recon": "none"}, "head-1c2f", ("16", "R0")),
     Method("R1E K=16", "protocol-cpu", {"modules": "16", "context": "R1E"}, "head-1c2f", ("16", "R1E")),
     Method("R0 K=16 AugLocal", "heads-cpu", {"context": "R0", "head": "auglocal", **PLAIN_HEAD}, "head-auglocal",
            ("16", "R0")),
@@ -66,11 +66,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def mean_std(values: list[float]) -> str:
-    """`m ± s (n)` over seeds."""
+    """`m ± s (n)` over seeds (one seed: its value)."""
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f} ({len(values)})"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
 
 
 def main() -> None:
