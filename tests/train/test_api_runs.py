@@ -77,3 +77,19 @@ def test_eval_refuses_a_network_of_ones_own_in_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "own"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "network or dataset of its own" in err and len(err.splitlines()) == 1
+
+
+def test_reconstruction_through_the_api(tmp_path):
+    """recon = "paper" builds from LocalConfig (with recon_dataset); without the images' pixels the Trainer
+    refuses in one line, and with a loader that can denormalise it trains."""
+    data = load_dataset("synthetic", train_subset=64)
+    cfg = TrainConfig(epochs=1, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
+    local = LocalConfig(modules=2, recon="paper", recon_dataset="cifar10")
+    net = LocalNetwork(build_arch("resnet32", 3, 10, 32), local, torch.zeros(1, 3, 32, 32))
+    assert net.plan.recon is not None and net.needs_pixels
+    x, y = data.train.images[:32].float(), data.train.labels[:32]
+    with pytest.raises(ContsupError, match="pixels"):
+        Trainer(net, DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x, y)), cfg)
+    train = DeviceLoader(data.train, data.info, 32, "cpu", train=True)
+    summary = Trainer(net, train, DeviceLoader(data.test, data.info, 128, "cpu"), cfg, tmp_path).fit()
+    assert summary["epochs"] == 1 and summary["params"]["decoders"] > 0
