@@ -59,6 +59,7 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
     pytest.param(2, ["--modules", "4", "--context", "R1E", "--recon", "5,1,0,1"], [], marks=pytest.mark.quick),
     (3, ["--modules", "4", "--context", "R2E", "--channels-last"], ["--stage-sizes", "1,2,1", "--inflight", "1"]),
     (2, ["--modules", "4", "--context", "R1E", "--head", "auglocal"], []),  # heads modelled on later units
+    (2, ["--modules", "3", "--context", "R1E", "--checkpoint-segments", "2"], []),  # checkpointed modules
     (2, ["--modules", "4", "--context", "R1", "--head-patches", "2", "--optimizer", "adamw"], []),
     # token sequences cross the ranks: a ViT with a class token, its context from the image and from s_1
     (2, ["--arch", "vit-mini-p8", "--modules", "3", "--context", "R1E", "--head", "meantoken", "--optimizer", "adamw"],
