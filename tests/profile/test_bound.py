@@ -67,3 +67,13 @@ def test_end_to_end_bound_does_not_depend_on_the_head_settings(local):
         return lower_bound(net, 4)
 
     assert bound(**local) == bound()
+
+
+def test_token_backbones_with_image_context_have_a_memory_model():
+    """The memory model builds the image's token encoder with the backbone's patch (balanced cuts, bound)."""
+    from contsup.models import build_arch
+
+    torch.manual_seed(0)
+    config = LocalConfig(modules=3, context="E", head="meantoken", cut_table="balanced")
+    net = LocalNetwork(build_arch("vit-mini-p8", 1, 10, 16), config, torch.zeros(1, 1, 16, 16))
+    assert len(net.cuts) == 2 and lower_bound(net, 4).total > 0

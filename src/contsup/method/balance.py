@@ -88,7 +88,8 @@ def memory_model(
         if not (mode.window or mode.image):
             start_bytes.append(0.0)
             continue
-        ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder, lean, bound).train()
+        ctx = CutContext(mode.window, mode, [x_shape, *[s] * mode.window], s, image_encoder, lean, bound,
+                         patch=getattr(units[0], "patch", None)).train()  # a token backbone's patch, as the network
         h = torch.randn(s.batch(BATCH))
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
         held = sum(t.numel() * t.element_size() for j, t in sources.items() if j > 0) / BATCH
