@@ -119,3 +119,23 @@ def test_runs_that_differ_only_in_head_settings_are_not_averaged_together(finish
     assert len(aggs) == 2 and all(a["n"] == 1 for a in aggs)
     header = next(x for x in markdown(aggs).splitlines() if x.startswith("| K"))
     assert "| man_momentum | head_patches |" in header
+
+
+def test_a_sweep_split_over_machines_keeps_the_earlier_collects_rows(finished, tmp_path):
+    """Run folders of the first part are gone (another machine); the earlier CSV's numbers stay, typed."""
+    import shutil
+
+    from contsup.errors import ContsupError
+
+    results = tmp_path / "results"
+    collect(finished, results, "ablation-cpu", "Ablation")
+    before = {r["run"]: r for r in csv.DictReader(open(results / "ablation-cpu.csv"))}
+    gone = finished[0]
+    shutil.rmtree(tmp_path / gone.name)
+    summary = collect(finished, results, "ablation-cpu", "Ablation")
+    after = {r["run"]: r for r in csv.DictReader(open(results / "ablation-cpu.csv"))}
+    assert after == before and summary["runs"] == len(before)
+    assert "(1 read from the earlier ablation-cpu.csv" in open(results / "ablation-cpu.md").read()
+    (results / "ablation-cpu.csv").write_text("run,final_test_error\n" + gone.name + ",not-a-number\n")
+    with pytest.raises(ContsupError, match="does not parse"):
+        collect(finished, results, "ablation-cpu", "Ablation")

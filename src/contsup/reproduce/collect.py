@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import statistics
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from contsup.errors import ContsupError
 from contsup.reproduce.presets import Job
 from contsup.reproduce.records import read_summary
 from contsup.tables import markdown_table, pyplot, save_figure, write_csv
@@ -45,6 +47,36 @@ def collect_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
             "step_peak_mib": s["step_peak_memory_bytes"] / 2**20 if "step_peak_memory_bytes" in s else None,
             "params_total": s["params"]["total"], "params_context": s["params"]["context"], "device": s["device"],
         })
+    return rows
+
+
+# Columns of a row that come from the run's summary, with their types (the rest are the job's settings).
+SUMMARY_COLUMNS = {"final_test_error": float, "final_val_error": float, "best_test_error_selected_on_test": float,
+                   "epochs_done": int, "train_time_s": float, "images_per_s": float, "peak_memory_mib": float,
+                   "peak_memory_kind": str, "step_peak_mib": float, "params_total": int, "params_context": int,
+                   "device": str}
+
+
+def earlier_rows(jobs: Sequence[Job], path: Path, finished: set[str]) -> list[dict[str, Any]]:
+    """Rows of an earlier collect (`path`, this stem's CSV) for the jobs whose run folders are not here now.
+
+    A sweep split over machines keeps its results: settings come from the job (typed), the summary's numbers
+    from the CSV. A CSV that does not parse is refused in one line.
+    """
+    if not path.is_file():
+        return []
+    by_name = {job.name: job for job in jobs if job.name not in finished}
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for old in csv.DictReader(f):
+                job = by_name.get(old.get("run", ""))
+                if job is None:
+                    continue
+                numbers = {k: (t(old[k]) if old.get(k) not in (None, "") else None) for k, t in SUMMARY_COLUMNS.items()}
+                rows.append({"run": job.name, **{k: _flat(v) for k, v in job.settings.items()}, **numbers})
+    except (ValueError, KeyError, UnicodeDecodeError, csv.Error) as err:
+        raise ContsupError(f"{path}: an earlier collect's CSV that does not parse ({err}); move it away") from None
     return rows
 
 
@@ -187,9 +219,12 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
     """Write <stem>.csv, <stem>.md and the two plots into `out_dir`; returns paths and counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect_rows(jobs)
     paths = {"csv": out / f"{stem}.csv", "markdown": out / f"{stem}.md",
              "error_vs_k": out / f"{stem}-error-vs-K.png", "error_vs_memory": out / f"{stem}-error-vs-memory.png"}
+    here = collect_rows(jobs)
+    kept = earlier_rows(jobs, paths["csv"], {r["run"] for r in here})
+    order = {job.name: i for i, job in enumerate(jobs)}
+    rows = sorted(here + kept, key=lambda r: order[r["run"]])
     write_csv(rows, paths["csv"])
     aggs = aggregate(rows)
     text = markdown(aggs, title)
@@ -197,7 +232,9 @@ def collect(jobs: Sequence[Job], out_dir: str | Path, stem: str, title: str = ""
         text += "\n" + budget(rows) + ".\n"
     kinds = sorted({r["peak_memory_kind"] for r in rows})
     text += (f"\nStep peak: one training step's tensor memory at the run's batch size, measured after training; "
-             f"process peak: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished.\n"
+             f"process peak: {', '.join(kinds)}. " if kinds else "\n") + f"{len(rows)} of {len(jobs)} runs finished"
+    text += (f" ({len(kept)} read from the earlier {paths['csv'].name}: their run folders are elsewhere).\n" if kept
+             else ".\n")
     paths["markdown"].write_text(text)
     if aggs:
         methods = methods_of(aggs)
