@@ -54,3 +54,14 @@ def test_checkpointed_rows_and_the_lower_bound(capsys, tmp_path):
 def test_bad_flags_are_one_line_errors(capsys, bad):
     assert main(["profile", "--device", "cpu", *bad]) == 2
     assert capsys.readouterr().err.startswith("contsup: error:")
+
+
+def test_end_to_end_vit_with_adamw_state(capsys, tmp_path):
+    """K = 1 needs no local head (the default 1c2f cannot read tokens); AdamW holds two moments per parameter."""
+    out = tmp_path / "prof"
+    args = ["profile", "--arch", "vit-mini-p8", "--input", "1x16x16", "-K", "1", "--batch-size", "4", "--warmup", "1",
+            "--steps", "1", "--device", "cpu", "--optimizer", "adamw", "--out", str(out)]
+    assert main(args) == 0
+    row = next(csv.DictReader(open(out / "profile.csv")))
+    params = int(row["params_total"]) * 4
+    assert int(row["state_bytes"]) >= 3 * params  # weights and the two moments (plus buffers, step counts)

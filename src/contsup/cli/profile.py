@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
-        checkpoint_segments=segments_list(args.checkpoint_segments),
+        checkpoint_segments=segments_list(args.checkpoint_segments), optimizer=args.optimizer,
         local={"image_encoder": args.image_encoder, "lean_context": args.lean_context, "aux_depth": args.aux_depth,
                "man_momentum": args.man_momentum, "head_patches": args.head_patches},
     )
@@ -132,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-segments", default="0",
                    help="comma-separated gradient checkpointing of each module's units: 0 (off), N segments or sqrt; "
                         "each configuration is profiled with each")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                   help="the optimizer whose state is held between steps (and counted in the bound)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -20,7 +20,7 @@ scale with the same activations.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,12 @@ def memory_model(
     objective: Callable[[int], Objective],
     image_encoder: str = "paper",
     lean: bool = False,
+    ends: Collection[int] | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
     """(unit bytes, end-of-module bytes, start-of-module bytes) per sample, for `balanced_cuts`.
 
-    `objective(j)` builds the local objective of a cut after unit j (a fresh one, counted on a copy).
+    `objective(j)` builds the local objective of a cut after unit j (a fresh one, counted on a copy); with
+    `ends`, only after those units (the others' end bytes are 0: a fixed cut table needs no others).
     """
     n = len(units)
     x = sample[:1].expand(BATCH, *sample.shape[1:]).clone()
@@ -79,6 +81,8 @@ def memory_model(
         if j == n - 1:
             cls = copy.deepcopy(classifier).train()
             end_bytes.append(_counted(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
+        elif ends is not None and j not in ends:
+            end_bytes.append(0.0)
         else:
             local = objective(j).train()
             end_bytes.append(_counted(local, lambda m=local, h=h: m(h, targets)[0], h))

@@ -57,13 +57,13 @@ def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) 
     units = [unit for block in net.blocks for unit in block]
     cut_of = {c: k for k, c in enumerate(net.cuts)}
 
-    def objective(j: int) -> Objective:  # the network's own objective at its cuts (a copy: it is run), else a new one
-        return copy.deepcopy(net.objectives[cut_of[j]]) if j in cut_of else net.objective_at(j, 0, net.plan.recon)
+    def objective(j: int) -> Objective:  # the network's own objective at a cut (a copy: the model runs it)
+        return copy.deepcopy(net.objectives[cut_of[j]])
 
     with torch.random.fork_rng(devices=[]):  # the model draws random batches and new objectives: not from the caller's
         unit_bytes, end_bytes, _ = memory_model(units, net.classifier, torch.zeros(net.source_shapes[0].batch(1)),
                                                 net.unit_shapes, net.mode, objective, net.config.image_encoder,
-                                                net.config.lean_context)
+                                                net.config.lean_context, ends=set(cut_of))
     k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())

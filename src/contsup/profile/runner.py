@@ -51,6 +51,7 @@ class ProfileConfig:
     flops: bool = True  # count FLOPs (one extra step)
     seed: int = 0
     checkpoint_segments: Sequence[int | str] = (0,)  # each configuration with each (0: plain; N or "sqrt")
+    optimizer: str = "sgd"  # whose state is held between steps: sgd (momentum) or adamw (two moments)
     local: dict[str, Any] = field(default_factory=dict)  # further LocalConfig fields (e.g. recon)
 
 
@@ -119,7 +120,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
     net.train()
     fmt = memory_format(cfg.channels_last)
     net = net.to(memory_format=fmt)
-    optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01))
+    optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01, optimizer=cfg.optimizer))  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
@@ -161,7 +162,8 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
         arch=cfg.arch, modules=modules, context=context, cuts=list(net.cuts), batch_size=cfg.batch_size,
         input_shape=list(cfg.input_shape), device=str(device), peak_bytes=peak.peak_bytes,
         peak_method=peak.method, state_bytes=state_bytes(net, optimizer),
-        bound_bytes=lower_bound(net, cfg.batch_size).total, saved_peak_bytes=saved.peak,
+        bound_bytes=lower_bound(net, cfg.batch_size, 2 if cfg.optimizer == "adamw" else 1).total,
+        saved_peak_bytes=saved.peak,
         saved_total_bytes=saved.total, step_ms=median, step_ms_all=times,
         images_per_s=1000 * cfg.batch_size / median if times else float("nan"),
         params=net.param_counts(), flops=flops,
