@@ -283,7 +283,8 @@ def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
         ax.set_xlabel("K (modules; K = 1 is E2E)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no lines when only E2E was profiled
+            ax.legend(fontsize=8)
     axes[0].set_yscale("log")
     if title:
         fig.suptitle(title)
