@@ -108,8 +108,9 @@ def test_depths_and_sampling_rules():
         for l in range(n - 1):
             for d in (1, 2, 3, 5, 6):
                 assert sample_units(l, n, d) == exact_units(l, n, d)
+    assert sample_units(15, 16, 2) == []  # after the last unit (behind MAN's copies): nothing left to copy
     with pytest.raises(ContsupError):
-        sample_units(15, 16, 2)
+        sample_units(16, 16, 2)
     with pytest.raises(ContsupError):
         aux_depths(0, 3, 0.5)
     with pytest.raises(ContsupError):

@@ -111,3 +111,23 @@ def test_forward_shapes(arch):
     backbone, C, H = backbone_and_shapes(arch)
     for l in range(len(C) - 1):
         assert man_head(backbone, C, l)(torch.randn(2, C[l], H[l], H[l])).shape == (2, 10)
+
+
+@pytest.mark.parametrize("context", ["R0", "R1E"])
+def test_man_in_front_of_auglocal_heads(context):
+    """MAN's copies of the next unit, then an AugLocal head modelled on the units after that one (none after
+    the last): every cut's objective runs, and a local step trains."""
+    from contsup.config import LocalConfig
+    from contsup.method import LocalNetwork, local_step
+
+    torch.manual_seed(0)
+    net = LocalNetwork(build_arch("resnet32", 3, 10), LocalConfig(modules=16, context=context, head="auglocal",
+                                                                  man_momentum=0.9), torch.zeros(1, 3, 16, 16))
+    out = local_step(net, torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))
+    assert out.losses.shape == (16,) and torch.isfinite(out.losses).all()
+    from contsup.method.auglocal import aux_depths, sample_units
+
+    depths = aux_depths(2, 15, 0.5)
+    for k, cut in enumerate(net.cuts):  # the head reads unit cut + 1's output: it copies the units after that one
+        assert net.objectives[k].head.head.units == sample_units(cut + 1, 16, depths[k])
+    assert net.objectives[14].head.head.units == []

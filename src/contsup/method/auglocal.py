@@ -43,11 +43,12 @@ def aux_depths(depth: int, num_cuts: int, pyramid: float) -> list[int]:
 def sample_units(unit: int, num_units: int, depth: int) -> list[int]:
     """Units whose widths and strides the head of the cut after `unit` copies: `depth` of them, the last one last.
 
-    All units after the cut when there are at most `depth` of them, else round(l + (n-1-l)/d * t) for
-    t = 1..d (the official code's order of operations; Python's round, half to even).
+    All units after the cut when there are at most `depth` of them (none after the last unit: behind MAN's
+    copies the last cut's head reads the last unit's output), else round(l + (n-1-l)/d * t) for t = 1..d
+    (the official code's order of operations; Python's round, half to even).
     """
-    if not 0 <= unit < num_units - 1:
-        raise ContsupError(f"an AugLocal head needs a cut before the last unit; got unit {unit} of {num_units}")
+    if not 0 <= unit < num_units:
+        raise ContsupError(f"an AugLocal head needs a cut after one of the {num_units} units; got unit {unit}")
     if depth < 1:
         raise ContsupError(f"--aux-depth must be at least 1, got {depth}")
     if depth >= num_units - 1 - unit:

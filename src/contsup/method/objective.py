@@ -129,8 +129,8 @@ def local_head(cut: Cut, kind: str) -> nn.Module:
     if s.man_momentum > 0:
         if cut.next_unit is None:
             raise ContsupError("MAN needs the unit after each cut")
-        head: nn.Module = MomentumHead(HEADS[kind](replace(cut, shape=cut.unit_shapes[cut.unit + 1])), cut.next_unit,
-                                       s.man_ema_start, s.man_momentum)
+        after_next = replace(cut, unit=cut.unit + 1, shape=cut.unit_shapes[cut.unit + 1])  # what the head reads
+        head: nn.Module = MomentumHead(HEADS[kind](after_next), cut.next_unit, s.man_ema_start, s.man_momentum)
     else:
         head = HEADS[kind](cut)
     if s.head_patches > 1:
