@@ -15,7 +15,7 @@ from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork, Plan
-from contsup.method.recon import parse_recon
+from contsup.method.recon import parse_recon, recon_off
 from contsup.models import BACKBONES, build_arch
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.optim import make_optimizer
@@ -135,7 +135,7 @@ def plan_from_checkpoint(payload: dict[str, Any], path: str | Path, cfg: RunConf
     if not ok:
         raise ContsupError(f"{path}: malformed checkpoint metadata (its plan must list {cfg.local.modules - 1} "
                            "cut units and the reconstruction weights)")
-    if (recon is None) != (cfg.local.recon is None):
+    if (recon is None) != recon_off(cfg.local.recon):
         raise ContsupError(f"{path}: malformed checkpoint metadata (its plan and settings disagree on recon)")
     return Plan(tuple(cuts), parse_recon(recon, "", None, cfg.local.modules, False) if recon else None)
 

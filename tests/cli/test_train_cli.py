@@ -57,11 +57,12 @@ def test_eval_every_skips_epochs_resumes_and_ends_on_the_full_test_set(tmp_path,
     assert summary["final_test_set"] == "full" and summary["final_test_error"] == rows[-1]["test_error"]
 
 
-def test_resume_continues(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", *TINY, "--modules", "2", "--context", "R1", "--out", str(out)]) == 0
+@pytest.mark.parametrize("recon", [[], ["--recon", "none"], ["--recon", "5,1,0,1"]])
+def test_resume_continues(tmp_path, capsys, recon):
+    out = tmp_path / "run"  # "none" spelled out: the stored plan has no weights, the settings a string
+    assert main(["train", *TINY, "--modules", "2", "--context", "R1", *recon, "--out", str(out)]) == 0
     assert main(["train", *BASE, "--epochs", "2", "--modules", "2",
-                 "--context", "R1", "--out", str(out), "--resume"]) == 0
+                 "--context", "R1", *recon, "--out", str(out), "--resume"]) == 0
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 

@@ -90,10 +90,15 @@ RECON_PRESETS: dict[tuple[str, str, int], tuple[float, float, float, float]] = {
 }
 
 
+def recon_off(text: str | None) -> bool:
+    """Whether a `recon` setting turns the reconstruction term off (unset, empty, none or off)."""
+    return text is None or text.lower() in ("", "none", "off")
+
+
 def parse_recon(text: str | None, arch: str, dataset: str | None, modules: int,
                 balanced: bool) -> ReconWeights | None:
     """`--recon`: none, `paper` (the preset for this arch/dataset/K) or four numbers ixx1,ixy1,ixx2,ixy2."""
-    if text is None or text.lower() in ("", "none", "off"):
+    if recon_off(text):
         return None
     if text.lower() == "paper":
         if dataset is None:
