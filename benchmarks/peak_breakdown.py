@@ -66,16 +66,18 @@ def main() -> None:
     parser.add_argument("--cuts", default="balanced")
     parser.add_argument("--head", default="1c2f")
     parser.add_argument("--checkpoint-segments", default="0")
+    parser.add_argument("--channels-last", action="store_true", help="the network and batch in channels_last")
     parser.add_argument("--top", type=int, default=4, help="ops listed per group")
     args = parser.parse_args()
     segments = args.checkpoint_segments if args.checkpoint_segments == "sqrt" else int(args.checkpoint_segments)
     cfg = ProfileConfig(arch=args.arch, batch_size=args.batch_size, cut_table=args.cuts, head=args.head,
                         input_shape=tuple(int(v) for v in args.input.split(",")))
     context = E2E if args.modules == 1 else args.context
-    net = build(cfg, args.modules, context, torch.device("cpu"), segments).train()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = build(cfg, args.modules, context, torch.device("cpu"), segments).train().to(memory_format=fmt)
     optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01))
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, *cfg.input_shape, generator=g)
+    x = torch.randn(args.batch_size, *cfg.input_shape, generator=g).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (args.batch_size,), generator=g)
     local_step(net, x, y)  # warm-up: the optimizer's momentum exists from here on, as in a training run
     optimizer.step()
@@ -102,7 +104,7 @@ def main() -> None:
         counts[group, op] += 1
     bound = lower_bound(net, args.batch_size)
     print(f"{args.arch} K={args.modules} {context} cuts {list(net.cuts)} checkpoint segments {segments}, "
-          f"batch {args.batch_size}, input {args.input}; torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
+          f"batch {args.batch_size}, input {args.input}, {fmt}; torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
     print(f"step peak {peak / MIB:.1f} MiB above the step's start; the bound's activations "
           f"(module {bound.module} and its head, saved for backward) {bound.activations / MIB:.1f} MiB")
     for group, ops in groups.items():
