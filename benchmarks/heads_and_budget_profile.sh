@@ -11,5 +11,7 @@ contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --out 
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --head auglocal --out "$out/head-auglocal"
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --man-momentum 0.995 --out "$out/head-man"
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --head-patches 2 --out "$out/head-pff2"
+contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --head auglocal --man-momentum 0.995 \
+    --out "$out/head-pair"
 contsup profile "${common[@]}" -K 1,16 --contexts R1E --batch-size 128 --checkpoint-segments 0,sqrt,16 --out "$out/e2e-checkpointed"
 contsup profile "${common[@]}" -K 1,16 --contexts R1E --batch-size 32 --out "$out/batch-32"

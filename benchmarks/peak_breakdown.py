@@ -104,7 +104,8 @@ def main() -> None:
         counts[group, op] += 1
     bound = lower_bound(net, args.batch_size)
     print(f"{args.arch} K={args.modules} {context} cuts {list(net.cuts)} checkpoint segments {segments}, "
-          f"batch {args.batch_size}, input {args.input}, {fmt}; torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
+          f"batch {args.batch_size}, input {args.input}, {fmt}; torch {torch.__version__}, "
+          f"load {os.getloadavg()[0]:.2f}")
     print(f"step peak {peak / MIB:.1f} MiB above the step's start; the bound's activations "
           f"(module {bound.module} and its head, saved for backward) {bound.activations / MIB:.1f} MiB")
     for group, ops in groups.items():

@@ -54,6 +54,10 @@ METHODS = [
            ("16", "R0")),
     Method("R1E K=16 PFF 2x2", "heads-cpu", {"context": "R1E", "head": "1c2f", "head_patches": "2"}, "head-pff2",
            ("16", "R1E")),
+    Method("R0 K=16 AugLocal + MAN", "heads-cpu", {"context": "R0", "head": "auglocal", "man_momentum": "0.995"},
+           "head-pair", ("16", "R0")),
+    Method("R1E K=16 AugLocal + MAN", "heads-cpu", {"context": "R1E", "head": "auglocal", "man_momentum": "0.995"},
+           "head-pair", ("16", "R1E")),
 ]
 
 
