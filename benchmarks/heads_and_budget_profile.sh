@@ -8,7 +8,8 @@ set -euo pipefail
 out=${1:-runs/profile}
 common=(--arch resnet32 --input 1x28x28 --device cpu --threads 1 --warmup 2 --steps 5)
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --out "$out/head-1c2f"
-contsup profile "${common[@]}" -K 1,16 --contexts R0,E,R1E --batch-size 128 --head auglocal --out "$out/head-auglocal"
+contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --head auglocal --out "$out/head-auglocal"
+contsup profile "${common[@]}" -K 1,16 --contexts E --batch-size 128 --head auglocal --out "$out/head-auglocal-e"
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --man-momentum 0.995 --out "$out/head-man"
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --head-patches 2 --out "$out/head-pff2"
 contsup profile "${common[@]}" -K 1,16 --contexts R0,R1E --batch-size 128 --head auglocal --man-momentum 0.995 \

@@ -46,7 +46,7 @@ METHODS = [
            ("16", "R0")),
     Method("R1E K=16 AugLocal", "heads-cpu", {"context": "R1E", "head": "auglocal", **PLAIN_HEAD}, "head-auglocal",
            ("16", "R1E")),
-    Method("E K=16 AugLocal", "heads-cpu", {"context": "E", "head": "auglocal", **PLAIN_HEAD}, "head-auglocal",
+    Method("E K=16 AugLocal", "heads-cpu", {"context": "E", "head": "auglocal", **PLAIN_HEAD}, "head-auglocal-e",
            ("16", "E")),
     Method("R0 K=16 MAN", "heads-cpu", {"context": "R0", "head": "1c2f", "man_momentum": "0.995"}, "head-man",
            ("16", "R0")),
