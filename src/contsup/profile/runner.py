@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -24,7 +24,7 @@ from contsup.models.chain import memory_format
 from contsup.profile.bound import lower_bound
 from contsup.profile.flops import count_flops
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
-from contsup.train.optim import make_optimizer
+from contsup.train.optim import STATE_BUFFERS, make_optimizer
 from contsup.train.steps import resolve_device
 
 E2E = "E2E"
@@ -51,7 +51,7 @@ class ProfileConfig:
     flops: bool = True  # count FLOPs (one extra step)
     seed: int = 0
     checkpoint_segments: Sequence[int | str] = (0,)  # each configuration with each (0: plain; N or "sqrt")
-    optimizer: str = "sgd"  # whose state is held between steps: sgd (momentum) or adamw (two moments)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # whose state lives between steps (train/optim.py, STATE_BUFFERS)
     local: dict[str, Any] = field(default_factory=dict)  # further LocalConfig fields (e.g. recon)
 
 
@@ -120,7 +120,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
     net.train()
     fmt = memory_format(cfg.channels_last)
     net = net.to(memory_format=fmt)
-    optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01, optimizer=cfg.optimizer))  # type: ignore[arg-type]
+    optimizer = make_optimizer(net.named_parameters(), TrainConfig(lr=0.01, optimizer=cfg.optimizer))
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, *cfg.input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
@@ -162,7 +162,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
         arch=cfg.arch, modules=modules, context=context, cuts=list(net.cuts), batch_size=cfg.batch_size,
         input_shape=list(cfg.input_shape), device=str(device), peak_bytes=peak.peak_bytes,
         peak_method=peak.method, state_bytes=state_bytes(net, optimizer),
-        bound_bytes=lower_bound(net, cfg.batch_size, 2 if cfg.optimizer == "adamw" else 1).total,
+        bound_bytes=lower_bound(net, cfg.batch_size, STATE_BUFFERS[cfg.optimizer]).total,
         saved_peak_bytes=saved.peak,
         saved_total_bytes=saved.total, step_ms=median, step_ms_all=times,
         images_per_s=1000 * cfg.batch_size / median if times else float("nan"),

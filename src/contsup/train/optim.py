@@ -51,6 +51,10 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) ->
     return sorted(groups.values(), key=lambda g: order.index(g["name"]))
 
 
+# State tensors `make_optimizer`'s optimizer holds per parameter (SGD: momentum; AdamW: two moments).
+STATE_BUFFERS = {"sgd": 1, "adamw": 2}
+
+
 def make_optimizer(named: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The run's optimizer over named parameters (names as in the whole network: `context.*` are the encoders).
 
