@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.method import LocalConfig, LocalNetwork, local_step
-from contsup.method.heads import LocalHead
-from contsup.method.objective import Cut
+from contsup.method.heads import HeadSite, LocalHead
 from contsup.models import Shape, resnet
 
 torch.set_num_threads(2)
@@ -30,9 +29,9 @@ def plain_head(channels: int, kind: str = "1c2f", out_dim: int = 10) -> LocalHea
     return LocalHead(Shape((channels, 8, 8)), int(kind[0]), int(kind[2]), out_dim)
 
 
-def cut_at(shape: Shape, out_dim: int = 10, **settings) -> Cut:
+def cut_at(shape: Shape, out_dim: int = 10, **settings) -> HeadSite:
     """The first of two cuts, after unit 0 of output `shape`, on 3 x 16 x 16 images, with these local settings."""
-    return Cut(0, 2, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, LocalConfig(**settings))
+    return HeadSite(0, 2, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, LocalConfig(**settings))
 
 
 def train_end_to_end_and_k1(plain: nn.Module, sample: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -6,7 +6,7 @@ import torch
 
 from contsup.errors import ContsupError
 from contsup.method import LocalConfig, LocalNetwork
-from contsup.method.auglocal import AugLocalHead, aux_depths, resolution_levels, sample_units
+from contsup.method.heads.auglocal import AugLocalHead, aux_depths, resolution_levels, sample_units
 from contsup.models import build_arch, probe_shapes, resnet
 from contsup.models.resnet import BasicBlock
 
@@ -166,3 +166,39 @@ def test_gradient_reaches_only_head_and_h():
     assert h.grad is not None and h.grad.abs().sum() > 0
     assert all(p.grad is not None for p in head.parameters())
     assert all(p.grad is None for p in backbone.parameters())
+
+
+class WideBlock(BasicBlock):
+    """A block kind of a backbone of one's own: AugLocal's heads must copy it, not a plain BasicBlock."""
+
+    def fresh(self, in_ch: int, out_ch: int, stride: int) -> "WideBlock":
+        return WideBlock(in_ch, out_ch, stride)
+
+
+def test_heads_copy_the_backbones_own_block_kind():
+    backbone = build_arch("resnet8", 3, 10)
+    backbone.units[2] = WideBlock(16, 32, 2)
+    backbone.units[3] = WideBlock(32, 64, 2)
+    net = LocalNetwork(backbone, LocalConfig(modules=2, context="R0", head="auglocal", cuts="0"),
+                       torch.zeros(1, 3, 16, 16))
+    blocks = list(net.objectives[0].head.blocks)
+    assert blocks and all(type(b) is WideBlock for b in blocks)
+
+
+class Wrapped(torch.nn.Module):
+    """A unit that runs a block but cannot build another of its kind (no `fresh`)."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def test_a_unit_without_fresh_is_refused():
+    backbone = build_arch("resnet8", 3, 10)
+    backbone.units[3] = Wrapped(backbone.units[3])
+    with pytest.raises(ContsupError, match="fresh"):
+        LocalNetwork(backbone, LocalConfig(modules=2, context="R0", head="auglocal", cuts="0"),
+                     torch.zeros(1, 3, 16, 16))

@@ -3,7 +3,7 @@ import torch
 from tests.conftest import plain_head
 
 from contsup.errors import ContsupError
-from contsup.method.man import MomentumHead
+from contsup.method.heads.man import MomentumHead
 from contsup.models import build_arch, probe_shapes
 
 
@@ -125,7 +125,7 @@ def test_man_in_front_of_auglocal_heads(context):
                                                                   man_momentum=0.9), torch.zeros(1, 3, 16, 16))
     out = local_step(net, torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))
     assert out.losses.shape == (16,) and torch.isfinite(out.losses).all()
-    from contsup.method.auglocal import aux_depths, sample_units
+    from contsup.method.heads.auglocal import aux_depths, sample_units
 
     depths = aux_depths(2, 15, 0.5)
     for k, cut in enumerate(net.cuts):  # the head reads unit cut + 1's output: it copies the units after that one

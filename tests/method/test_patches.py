@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from tests.conftest import plain_head
 
 from contsup.errors import ContsupError
-from contsup.method.patches import PatchAveraged, to_patches
+from contsup.method.heads.patches import PatchAveraged, to_patches
 from contsup.models import build_arch, probe_shapes
 
 

@@ -2,13 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contsup.method.tokens import (
-    BlockTokenHead,
-    ClassTokenHead,
-    MeanTokenHead,
-    TokenImageEncoder,
-    TokenResidualEncoder,
-)
+from contsup.method.context.tokens import TokenImageEncoder, TokenResidualEncoder
+from contsup.method.heads.tokens import BlockTokenHead, ClassTokenHead, MeanTokenHead
 from contsup.models import build_arch
 
 

@@ -5,7 +5,7 @@ from torch import nn
 from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method import LocalNetwork, local_step
-from contsup.method.balance import memory_model
+from contsup.method.cuts.balance import memory_model
 from contsup.models import BACKBONES, build_arch, resnet_imagenet
 from contsup.registry import Registry
 

@@ -6,8 +6,8 @@ from tests.conftest import tiny_net
 from torch import nn
 
 from contsup.config import TrainConfig
+from contsup.method.context.tokens import TokenImageEncoder
 from contsup.method.local_step import local_step
-from contsup.method.tokens import TokenImageEncoder
 from contsup.models import build_arch, vit
 from contsup.train.optim import (
     load_named_state,

@@ -19,17 +19,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contsup.checks import check_local
 from contsup.config import LocalConfig
 from contsup.errors import ContsupError
-from contsup.method.balance import memory_model
-from contsup.method.checkpointing import CheckpointedSequential
 from contsup.method.context import ContextMode, CutContext, init_local_modules, parse_mode
-from contsup.method.cuts import parse_cut_list, resolve_cuts, validate_cuts
+from contsup.method.cuts.balance import memory_model
+from contsup.method.cuts.rules import parse_cut_list, resolve_cuts, validate_cuts
+from contsup.method.heads import HeadSite, head_kinds
 from contsup.method.losses import LOSSES
-from contsup.method.objective import ClassifierObjective, Cut, Objective, head_kinds, local_objective
+from contsup.method.objective import ClassifierObjective, Objective, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
+from contsup.method.settings import check_local
 from contsup.models.chain import Backbone, Shape, probe_shapes
+from contsup.models.checkpointing import CheckpointedSequential
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
 
@@ -112,10 +113,10 @@ class LocalNetwork(nn.Module):
     def objective_at(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
-        cut = Cut(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
-                  self.loss.out_dim, self.config, self._units[unit + 1])
+        site = HeadSite(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
+                        self.loss.out_dim, self.config, self._units)
         kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]
-        return local_objective(cut, kind, self.loss, recon)
+        return local_objective(site, kind, self.loss, recon)
 
     @property
     def num_modules(self) -> int:

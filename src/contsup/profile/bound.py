@@ -5,7 +5,7 @@ the classifier's and its loss's) on top, and it holds the whole network's parame
 (all of them at once before the optimizer step), the optimizer's state (SGD with momentum: one buffer
 per parameter) and the buffers (BatchNorm running statistics) throughout. The bound is the largest
 module's saved bytes plus all of that. The saved bytes come from the balanced cut rule's memory model
-(contsup.method.balance.memory_model: per unit and per module end, counted on a batch of two and
+(contsup.method.cuts.balance.memory_model: per unit and per module end, counted on a batch of two and
 scaled per sample), so bound and cuts share one measurement.
 
 `contsup profile` reports a step's peak above what lived before it (`peak_bytes`, gradients included)
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from contsup.method.balance import memory_model
+from contsup.method.cuts.balance import memory_model
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Objective
 

@@ -10,7 +10,7 @@ statistics stay untouched), per sample:
   (the unit already counted it); at the last unit: the classifier and its loss;
 - start of module at unit i > 0: the encoders of a cut after unit i - 1 with a full window, each source
   taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller):
-  what they save for backward (nothing but their inputs when lean, contsup.method.lean), and the earlier
+  what they save for backward (nothing but their inputs when lean, contsup.method.context.lean), and the earlier
   module inputs s_j (j >= 1) they read, held through the module for them (the image x is held anyway).
 
 Backward temporaries and the gradients are not in the model; the balance compares modules, and those
