@@ -53,6 +53,37 @@ def train_end_to_end_and_k1(plain: nn.Module, sample: torch.Tensor, x: torch.Ten
     return dict(plain.named_parameters()), names
 
 
+def gradients(net: nn.Module) -> dict[str, torch.Tensor | None]:
+    """Every parameter's gradient by name (a copy), None where it has none."""
+    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
+
+
+def assert_no_gradient_crosses_a_cut(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Changing objective j's weights changes the gradients of module j's parts alone, and of all its units'.
+
+    Module j owns blocks.j, objectives.j and context.(j-1) (`LocalNetwork.module_parts`). A gradient that
+    crosses a cut would change an earlier module's gradients; a unit parameter the head leaves without
+    gradient (a class token that carries nothing) keeps it unchanged.
+    """
+    net.zero_grad()
+    local_step(net, x, y)
+    base = gradients(net)
+    for j in range(net.num_modules - 1):
+        other = copy.deepcopy(net)
+        other.zero_grad()
+        with torch.no_grad():
+            for p in other.objectives[j].parameters():
+                p.mul_(1.5)
+        local_step(other, x, y)
+        new = gradients(other)
+        diff = {n for n in base if (base[n] is None) != (new[n] is None)
+                or (base[n] is not None and not torch.equal(base[n], new[n]))}
+        owned = {n for n in diff if n.startswith((f"blocks.{j}.", f"objectives.{j}.", f"context.{j - 1}."))}
+        assert diff == owned, f"module {j}'s objective changed other modules' gradients: {sorted(diff - owned)}"
+        units = {n for n in base if n.startswith(f"blocks.{j}.")}
+        assert units <= diff, f"module {j}'s objective leaves {sorted(units - diff)} untrained"
+
+
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A small random batch of 3x16x16 images with labels."""

@@ -29,7 +29,7 @@ from contsup.method.losses import LOSSES
 from contsup.method.objective import ClassifierObjective, Objective, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.method.settings import check_local
-from contsup.models.chain import Backbone, Shape, probe_shapes
+from contsup.models.chain import Backbone, Shape, first_token_varies, probe_shapes
 from contsup.models.checkpointing import CheckpointedSequential
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
@@ -72,6 +72,8 @@ class LocalNetwork(nn.Module):
         self._units = tuple(units)  # a tuple: not registered twice (the blocks own the units)
         self.unit_shapes = probe_shapes(units, sample)
         self.image_shape = Shape.of(sample)
+        # per unit: whether its output's class token carries the image (None: the backbone has no class token)
+        self.class_token = tuple(first_token_varies(units, sample)) if backbone.class_token else None
         self.loss = LOSSES[config.loss](num_classes(backbone.classifier), int(config.width * config.widen))
         self.head_kinds = head_kinds(config.head, config.modules - 1)
         if plan is None:
@@ -114,7 +116,7 @@ class LocalNetwork(nn.Module):
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
         site = HeadSite(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
-                        self.loss.out_dim, self.config, self._units)
+                        self.loss.out_dim, self.config, self._units, self.class_token)
         kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]
         return local_objective(site, kind, self.loss, recon)
 

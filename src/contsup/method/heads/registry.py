@@ -35,6 +35,14 @@ class HeadSite:
     out_dim: int  # the local loss's input size
     settings: LocalConfig  # the run's local-learning settings (head widths, AugLocal depth, ...)
     units: tuple[nn.Module, ...] = ()  # every unit of the backbone, not owned (copied by MAN and AugLocal)
+    # None: token 0 is no class token (feature maps, a token model of one's own); else per unit whether the
+    # class token of its output carries the image (not right after a ViT's patch embedding)
+    class_token: tuple[bool, ...] | None = None
+
+    @property
+    def live_class_token(self) -> bool:
+        """Whether the head's input has a class token that differs from image to image."""
+        return self.class_token is not None and self.class_token[self.unit]
 
     @property
     def next_unit(self) -> nn.Module | None:
