@@ -187,9 +187,10 @@ class LocalNetwork(nn.Module):
         }[group]
 
     def param_counts(self) -> dict[str, int]:
-        """Number of parameters in each group, and the total."""
-        counts = {g: sum(p.numel() for m in self.parts(g) for p in m.parameters())
+        """Number of trained parameters in each group, the frozen ones (MAN's EMA copies), and the total."""
+        counts = {g: sum(p.numel() for m in self.parts(g) for p in m.parameters() if p.requires_grad)
                   for g in ("backbone", "heads", "decoders", "context")}
+        counts["frozen"] = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         counts["total"] = sum(counts.values())
         return counts
 
