@@ -152,20 +152,21 @@ def test_forward_shapes(arch):
         assert blocks[-1].conv2.out_channels == C[-1]  # the last unit is always sampled
 
 
-def test_gradient_reaches_only_head_and_h():
+def test_gradient_reaches_only_head_and_the_units_before_the_cut():
+    """The head copies later units' shapes, never their weights: backprop through it reaches the head and the
+    units that made h, and none of the units after the cut (which it is modelled on)."""
     torch.manual_seed(0)
     backbone = build_arch("resnet32", 3, 10)
     C, H = unit_shapes("resnet32")
-    head = AugLocalHead(3, C, H, 2, 10)
+    head = AugLocalHead(3, C, H, 2, 10, [getattr(u, "fresh", None) for u in backbone.units])
+    assert not {id(p) for p in head.parameters()} & {id(p) for p in backbone.parameters()}
     h = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        for unit in backbone.units[:4]:
-            h = unit(h)
-    h.requires_grad_(True)
+    for unit in backbone.units[:4]:
+        h = unit(h)
     torch.nn.functional.cross_entropy(head(h), torch.arange(4)).backward()
-    assert h.grad is not None and h.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in head.parameters())
-    assert all(p.grad is None for p in backbone.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert all(p.grad is not None for u in backbone.units[:4] for p in u.parameters())
+    assert all(p.grad is None for u in backbone.units[4:] for p in u.parameters())
 
 
 class WideBlock(BasicBlock):

@@ -193,7 +193,7 @@ def test_lock_file_removed_by_its_holder_between_open_and_lock(tmp_path, monkeyp
 
 
 def test_resume_from_another_pytorch_version_says_so(finished, capsys):
-    """An optimizer state with a setting this PyTorch does not write (as a newer one would) is named, not 'malformed'."""
+    """An optimizer state with a setting this PyTorch does not write (as a newer one would): named, not malformed."""
     payload = torch.load(finished / "checkpoint.pt", weights_only=True)
     for group in payload["optimizer"]["param_groups"]:
         group["decoupled_weight_decay"] = False

@@ -4,10 +4,10 @@ A step must at some point hold the activations one module saves for backward, wi
 the classifier's and its loss's) on top, and it holds the whole network's parameters, the gradients of the
 trained ones (all of them at once before the optimizer step), their optimizer state (SGD with momentum: one
 buffer per parameter) and the buffers (BatchNorm running statistics) throughout. Frozen parameters (MAN's
-EMA copies, which follow the next unit by momentum) are held as weights alone: no gradient, no state. The bound is the largest
-module's saved bytes plus all of that. The saved bytes come from the balanced cut rule's memory model
-(contsup.method.cuts.balance.memory_model: per unit and per module end, counted on a batch of two and
-scaled per sample), so bound and cuts share one measurement.
+EMA copies, which follow the next unit by momentum) are held as weights alone: no gradient, no state. The
+bound is the largest module's saved bytes plus all of that. The saved bytes come from the balanced cut
+rule's memory model (contsup.method.cuts.balance.memory_model: per unit and per module end, counted on a
+batch of two and scaled per sample), so bound and cuts share one measurement.
 
 `contsup profile` reports a step's peak above what lived before it (`peak_bytes`, gradients included)
 and the state between steps (`state_bytes`: parameters, buffers, optimizer state): their sum is what
