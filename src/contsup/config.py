@@ -64,6 +64,13 @@ def fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def choices(section: type, name: str) -> tuple[Any, ...]:
+    """The choices of a `Literal` field of a schema section (`choices(LocalConfig, "image_encoder")`)."""
+    hint = typing.get_type_hints(section)[name]
+    literal = next(h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) is Literal)
+    return typing.get_args(literal)
+
+
 def check_types(section: Any) -> None:
     """Every field of a schema section (a dataclass) has its declared type; else one line naming it."""
     hints = typing.get_type_hints(type(section))

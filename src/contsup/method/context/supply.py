@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from contsup.config import LocalConfig, choices
 from contsup.errors import ContsupError
 from contsup.method.context.conv import ImageEncoder, ResidualEncoder
 from contsup.method.context.modes import ContextMode
 from contsup.method.context.tokens import token_encoder
 from contsup.models.chain import Shape
 
-IMAGE_ENCODERS = ["paper", "pooled"]
+IMAGE_ENCODERS = choices(LocalConfig, "image_encoder")
 
 
 def check_image_encoder(name: str) -> None:
@@ -28,7 +29,7 @@ def check_image_encoder(name: str) -> None:
         raise ContsupError(f"unknown image encoder {name!r}; choose from {', '.join(IMAGE_ENCODERS)}")
 
 
-LOCAL_INITS = ["torch", "kaiming"]
+LOCAL_INITS = choices(LocalConfig, "local_init")
 
 
 def init_local_modules(heads: Sequence[nn.Module], context: Sequence[CutContext], local_init: str,

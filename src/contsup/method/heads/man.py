@@ -13,12 +13,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from contsup.config import LocalConfig
+from contsup.config import LocalConfig, choices
 from contsup.errors import ContsupError, check_float
 from contsup.method.heads.registry import HEAD_WRAPPERS, SETTING_CHECKS, HeadBuilder, HeadSite
 from contsup.models.resnet import init_weights
 
-EMA_STARTS = ("paper", "random")
+EMA_STARTS = choices(LocalConfig, "man_ema_start")
 
 
 def fresh_init(module: nn.Module) -> None:
