@@ -49,7 +49,7 @@ def test_balanced_rule_cuts_an_imagenet_resnet():
                        torch.zeros(1, 3, 32, 32))
     units = [u for block in net.blocks for u in block]
     model = memory_model(units, net.classifier, torch.zeros(1, 3, 32, 32), net.unit_shapes, net.mode,
-                         lambda j: net.objective_at(j, 0, None))
+                         lambda j: net.new_objective(j, 0, None))
     assert cost_of(net.cuts, *model) == brute_force(model[0], 3, model[1], model[2])
     assert net.cuts != [2, 5]  # not the equal-units split: memory sits early, where the maps are largest
 

@@ -81,7 +81,7 @@ def test_token_backbones_with_image_context_have_a_memory_model():
     units = [u for block in net.blocks for u in block]
     unit_bytes, end_bytes, start_bytes = memory_model(
         units, net.classifier, torch.zeros(1, 1, 16, 16), net.unit_shapes, net.mode,
-        lambda j: net.objective_at(j, 0, None))
+        lambda j: net.new_objective(j, 0, None))
     assert start_bytes[0] == 0 and all(b > 0 for b in start_bytes[1:])  # the token encoders in front
     assert net.cuts == balanced_cuts(unit_bytes, 3, end_bytes, start_bytes)
     bound = lower_bound(net, 4)

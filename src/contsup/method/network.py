@@ -84,7 +84,7 @@ class LocalNetwork(nn.Module):
                 parse_cut_list(config.cuts) if config.cuts else None,
                 memory=lambda: memory_model(
                     units, backbone.classifier, sample, self.unit_shapes, self.mode,
-                    lambda j: self.objective_at(j, 0, recon), config.image_encoder, config.lean_context),
+                    lambda j: self.new_objective(j, 0, recon), config.image_encoder, config.lean_context),
             )
             plan = Plan(tuple(cuts), recon)
         elif len(plan.cuts) != config.modules - 1:
@@ -99,20 +99,20 @@ class LocalNetwork(nn.Module):
         self.unit_names = backbone.unit_names
         # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c (h_k's shape).
         self.source_shapes = [self.image_shape, *(self.unit_shapes[c] for c in self.cuts)]
-        local = [self.objective_at(c, k, self.plan.recon) for k, c in enumerate(self.cuts)]
+        local = [self.new_objective(c, k, self.plan.recon) for k, c in enumerate(self.cuts)]
         self.objectives = nn.ModuleList([*local, ClassifierObjective(backbone.classifier)])
         self.context = nn.ModuleList(
             CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context,
                        patch=getattr(units[0], "patch", None))
             for k, s in enumerate(self.source_shapes[1:])
         )
-        init_local_modules(self.parts("heads"), self.context, config.local_init, config.context_scale)
+        init_local_modules(self.group_modules("heads"), self.context, config.local_init, config.context_scale)
         self.last_use = {j: -1 for j in range(len(self.source_shapes))}
         for ctx in self.context:
             for j in ctx.source_ids + ([0] if ctx.image is not None else []):
                 self.last_use[j] = max(self.last_use[j], ctx.cut)
 
-    def objective_at(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
+    def new_objective(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
         site = HeadSite(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
@@ -176,7 +176,7 @@ class LocalNetwork(nn.Module):
         """Module k's parameters (`module_parts`)."""
         return [p for part in self.module_parts(k).values() for p in part.parameters()]
 
-    def parts(self, group: str) -> list[nn.Module]:
+    def group_modules(self, group: str) -> list[nn.Module]:
         """The sub-modules of a parameter group: backbone (units + classifier), heads, decoders or context."""
         local = [child for o in self.objectives[:-1] for child in o.children()]
         return {
@@ -188,7 +188,7 @@ class LocalNetwork(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         """Number of trained parameters in each group, the frozen ones (MAN's EMA copies), and the total."""
-        counts = {g: sum(p.numel() for m in self.parts(g) for p in m.parameters() if p.requires_grad)
+        counts = {g: sum(p.numel() for m in self.group_modules(g) for p in m.parameters() if p.requires_grad)
                   for g in ("backbone", "heads", "decoders", "context")}
         counts["frozen"] = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         counts["total"] = sum(counts.values())

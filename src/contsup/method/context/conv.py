@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contsup.method.context.lean import lean_encode, supported
+from contsup.method.context.lean import lean_applies, lean_encode
 from contsup.models.chain import Shape
 
 
@@ -53,7 +53,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded input at the cut's shape."""
-        if self.lean and supported(self):
+        if self.lean and lean_applies(self):
             return lean_encode(self, x)
         if self.pool_first:
             return self.net(self.pool(x))

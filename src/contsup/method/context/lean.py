@@ -118,7 +118,7 @@ class _LeanEncode(torch.autograd.Function):
         return None, xs.grad, *(p.grad for p in ps)
 
 
-def supported(enc: ConvStack) -> bool:
+def lean_applies(enc: ConvStack) -> bool:
     """Whether every BN of the encoder is a plain nn.BatchNorm2d (a synchronised BN runs straightforwardly)."""
     return all(type(bn) is nn.BatchNorm2d for _, bn in enc.layers())
 
