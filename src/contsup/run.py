@@ -13,6 +13,7 @@ from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, T
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset
 from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
+from contsup.device import resolve_device
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork, Plan
 from contsup.method.recon import parse_recon, recon_off
@@ -29,7 +30,6 @@ from contsup.train.runfolder import (
     hold_run_folder,
     open_run_folder,
 )
-from contsup.train.steps import resolve_device
 from contsup.train.trainer import Trainer, evaluate
 
 __all__ = [

@@ -14,11 +14,11 @@ from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
 from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
+from contsup.device import resolve_device
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
 from contsup.run import build_network, evaluate_checkpoint, run_training
-from contsup.train.steps import resolve_device
 
 EXAMPLES = """examples:
   contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
