@@ -28,6 +28,7 @@ MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFA
 MAX_SEED = 2**32 - 1
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 ARCH_PATTERN = re.compile(r"resnet(\d+)")
+MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.\w+)*")  # a module path naming a cut of a traced model
 
 
 def _bad(name: str, value: Any, rule: str) -> ContsupError:
@@ -158,8 +159,8 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cut_table not in TABLES:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
-    if local.cuts is not None:
-        parse_cut_list(local.cuts)
+    if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
+        parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
     for kind in local.head.split(","):
         HEADS[kind.strip()]  # raises on an unknown head
     if "," in local.head and local.cut_table == "balanced":

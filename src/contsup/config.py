@@ -102,7 +102,7 @@ class LocalConfig(Section):
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken; or one per cut, a,b,...
+    head: str = "auto"  # local head: auto (by layout), <a>c<b>f, auglocal, *token (docs/heads.md); or one per cut a,b
     aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
     aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)

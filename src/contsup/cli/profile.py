@@ -119,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW")
     p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
-    p.add_argument("--head", default="1c2f", help=f"local head: {HEADS.describe()}")
+    p.add_argument("--head", default="auto", help=f"local head: {HEADS.describe()}")
     p.add_argument("--aux-depth", type=int, default=2, help="AugLocal heads: blocks per head")
     p.add_argument("--man-momentum", type=float, default=0.0,
                    help="MAN: momentum of the EMA copy of the next unit in front of each head (0: off)")

@@ -7,13 +7,14 @@ tokens [B, T, D_cut], so METHOD.md's equation stays as it is: s_{k+1} = h_k.deta
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from contsup.errors import ContsupError
-from contsup.method.heads import HEADS
+from contsup.method.heads import HEADS, conv_fc_head
 from contsup.models.vit import Block, Patchify, TokenClassifier, init_vit, num_patches
 
 if TYPE_CHECKING:
@@ -29,17 +30,18 @@ class ClassTokenHead(TokenClassifier):
 
 
 class MeanTokenHead(nn.Module):
-    """Mean of the patch tokens (the class token left out), LayerNorm, linear layer (timm's `avg` pool)."""
+    """Mean of the tokens from `first` on (1 leaves a class token out), LayerNorm, linear layer (timm's `avg` pool)."""
 
-    def __init__(self, dim: int, out_dim: int) -> None:
+    def __init__(self, dim: int, out_dim: int, first: int = 1) -> None:
         super().__init__()
+        self.first = first
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, out_dim)
         init_vit(self)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Head output [B, out_dim] for tokens [B, T, D]."""
-        return self.fc(self.norm(h[:, 1:].mean(dim=1)))
+        return self.fc(self.norm(h[:, self.first:].mean(dim=1)))
 
 
 def default_heads(dim: int) -> int:
@@ -102,6 +104,11 @@ class TokenResidualEncoder(nn.Module):
         return self.fc(self.norm(s))
 
 
+def has_class_token(tokens: int) -> bool:
+    """Whether a sequence of `tokens` holds a class token: a square number is a square grid of patches alone."""
+    return math.isqrt(tokens) ** 2 != tokens
+
+
 def _token_cut(cut: Cut, kind: str) -> int:
     """The cut's token width D; a head for tokens refuses feature maps."""
     if cut.shape.is_map:
@@ -117,11 +124,21 @@ def class_token_head(cut: Cut) -> nn.Module:
 
 @HEADS.register("meantoken")
 def mean_token_head(cut: Cut) -> nn.Module:
-    """LayerNorm + Linear on the mean of the patch tokens."""
-    return MeanTokenHead(_token_cut(cut, "meantoken"), cut.out_dim)
+    """LayerNorm + Linear on the mean of the patch tokens (the class token left out where there is one)."""
+    dim = _token_cut(cut, "meantoken")
+    return MeanTokenHead(dim, cut.out_dim, first=int(has_class_token(cut.shape.positions[0])))
 
 
 @HEADS.register("blocktoken")
 def block_token_head(cut: Cut) -> nn.Module:
     """A transformer block, then LayerNorm + Linear on the class token."""
     return BlockTokenHead(_token_cut(cut, "blocktoken"), cut.out_dim)
+
+
+@HEADS.register("auto", help="auto (1c2f on feature maps; on tokens clstoken, or meantoken without a class token)")
+def auto_head(cut: Cut) -> nn.Module:
+    """The default head for this cut's layout: 1c2f on feature maps; on tokens, the class token's head where the
+    sequence has one (`has_class_token`), else the mean-token head."""
+    if cut.shape.is_map:
+        return conv_fc_head("1", "2", cut)
+    return class_token_head(cut) if has_class_token(cut.shape.positions[0]) else mean_token_head(cut)

@@ -136,6 +136,7 @@ class Backbone(nn.Module):
         self.units = nn.ModuleList(units)
         self.classifier = classifier
         self.unit_names = list(unit_names) if unit_names else [(0, i) for i in range(len(units))]
+        self.unit_labels = [f"{s}.{b}" for s, b in self.unit_names]  # a cut's name after each unit (`--cuts`)
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +153,13 @@ class Backbone(nn.Module):
         units = list(units)
         shapes = probe_shapes(units, sample)
         return cls(units, Classifier(shapes[-1].channels, num_classes))
+
+    @classmethod
+    def from_module(cls, model: nn.Module, sample: torch.Tensor) -> Backbone:
+        """Any model as written, traced and cut at its block boundaries (contsup.models.traced, docs/models.md)."""
+        from contsup.models.traced import trace_backbone  # traced.py builds on this file
+
+        return trace_backbone(model, sample)
 
 
 @torch.no_grad()
