@@ -65,7 +65,7 @@ def gradient_leaks(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> list[
     local_step(net, x, y)
     base = grads(net)
     leaks = []
-    for j in range(net.num_modules - 1):
+    for j in range(net.num_modules):  # the last module's objective, the classifier, too
         other = copy.deepcopy(net)
         other.zero_grad()
         with torch.no_grad():

@@ -23,6 +23,7 @@ from contsup.method.heads import HEADS
 from contsup.method.losses import LOSSES
 from contsup.method.recon import parse_recon
 from contsup.models import BACKBONES
+from contsup.models.reference import check_reference, is_reference
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
@@ -84,6 +85,9 @@ def device_from_name(name: str) -> torch.device:
 def check_arch(arch: Any) -> None:
     """A registered backbone (`contsup.models.BACKBONES`); a CIFAR ResNet's N = 6n + 2 up to MAX_DEPTH."""
     check_type("arch", arch, str)
+    if is_reference(arch):
+        check_reference(arch)  # the user's code: its form only, nothing imported here
+        return
     BACKBONES[arch]  # raises on a name no backbone takes
     match = ARCH_PATTERN.fullmatch(arch)
     if match and arch not in BACKBONES.names() and (

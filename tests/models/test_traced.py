@@ -71,7 +71,7 @@ def test_k1_is_the_models_own_forward_and_backward(name):
     assert torch.equal(net(x), plain(x))
 
 
-@pytest.mark.parametrize("head", ["auto", "auglocal"])
+@pytest.mark.parametrize("head", ["1c2f", "auglocal"])  # the default (token heads on token cuts) and AugLocal
 @pytest.mark.parametrize("name", MODELS)
 def test_four_modules_are_isolated_and_train(name, head):
     """K = 4, R1E: no gradient crosses a cut (the isolation proof of test_local_step), and the losses drop."""
@@ -136,3 +136,28 @@ def test_too_few_legal_cuts_name_the_widest_skip():
     with pytest.raises(ContsupError, match=r"K = 9 needs 8 cuts, but UNetClassifier has 7 legal cuts .* the widest "
                                            r"skip runs from inc to 'cat_1' in up2"):
         LocalNetwork(make("unet_classifier"), LocalConfig(modules=9), sample())
+
+
+class Tied(torch.nn.Module):
+    """One convolution used at two places of the forward (tied weights), with blocks between its uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv_relu = lambda: torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())  # noqa: E731
+        self.stem, self.a, self.b, self.c = conv_relu(), conv_relu(), conv_relu(), conv_relu()
+        self.shared = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x.repeat(1, 8, 1, 1)[:, :8])
+        x = torch.relu(self.shared(x))
+        x = self.c(self.b(torch.relu(self.shared(self.a(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_no_cut_splits_tied_weights():
+    """A module that runs on both sides of a point makes it no cut (its gradient would come from two modules)."""
+    backbone = Backbone.from_module(Tied(), torch.zeros(1, 1, 8, 8))
+    assert backbone.unit_labels == ["stem", "b", "c"]
+    with pytest.raises(ContsupError, match="cut 'a' is not legal: the weights of 'shared' are used on both sides"):
+        LocalNetwork(Tied(), LocalConfig(modules=2, cuts="a"), torch.zeros(1, 1, 8, 8))

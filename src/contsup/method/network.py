@@ -29,6 +29,7 @@ from contsup.method.cuts import parse_cut_list, resolve_cuts, validate_cuts
 from contsup.method.losses import LOSSES
 from contsup.method.objective import ClassifierObjective, Cut, Objective, head_kinds, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
+from contsup.method.tokens import layout_kind
 from contsup.models.chain import Backbone, Shape, probe_shapes
 from contsup.models.traced import TracedBackbone
 
@@ -224,7 +225,8 @@ class LocalNetwork(nn.Module):
             if k < len(self.context):
                 ctx = self.context[k]
                 feeds = [f"s{j}" for j in ctx.source_ids] + (["x:image"] if ctx.image is not None else [])
-                line += (f" | cut after {self.cut_names[k]} -> {self.source_shapes[k + 1]}, "
+                kind = layout_kind(self.head_kinds[k], self.source_shapes[k + 1])
+                line += (f" | cut after {self.cut_names[k]} -> {self.source_shapes[k + 1]}, head {kind}, "
                          f"context from {feeds or 'none'}")
             lines.append(line)
             start = end + 1

@@ -13,9 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from contsup.config import LocalConfig
 from contsup.errors import ContsupError
-from contsup.method.heads import HEADS, conv_fc_head
+from contsup.method.heads import HEADS
+from contsup.models.chain import Shape
 from contsup.models.vit import Block, Patchify, TokenClassifier, init_vit, num_patches
+
+DEFAULT_HEAD = LocalConfig.head  # the default head, the paper's 1c2f: it reads feature maps
 
 if TYPE_CHECKING:
     from contsup.method.objective import Cut
@@ -135,10 +139,10 @@ def block_token_head(cut: Cut) -> nn.Module:
     return BlockTokenHead(_token_cut(cut, "blocktoken"), cut.out_dim)
 
 
-@HEADS.register("auto", help="auto (1c2f on feature maps; on tokens clstoken, or meantoken without a class token)")
-def auto_head(cut: Cut) -> nn.Module:
-    """The default head for this cut's layout: 1c2f on feature maps; on tokens, the class token's head where the
-    sequence has one (`has_class_token`), else the mean-token head."""
-    if cut.shape.is_map:
-        return conv_fc_head("1", "2", cut)
-    return class_token_head(cut) if has_class_token(cut.shape.positions[0]) else mean_token_head(cut)
+
+def layout_kind(kind: str, shape: Shape) -> str:
+    """The head kind a cut of this layout builds: the default `1c2f` reads feature maps; on a token sequence,
+    which it cannot convolve, the class token's head where there is one (`has_class_token`), else the mean token's."""
+    if kind != DEFAULT_HEAD or shape.is_map:
+        return kind
+    return "clstoken" if has_class_token(shape.positions[0]) else "meantoken"

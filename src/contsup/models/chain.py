@@ -24,7 +24,12 @@ BACKBONES: Registry[Callable[[int, int, int], Backbone]] = Registry("architectur
 
 
 def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
-    """Build a registered backbone by name (see `BACKBONES`) for square inputs of side `image_size`."""
+    """Build a registered backbone by name (see `BACKBONES`), or the user's `package.module:function` (the
+    model it returns, traced: contsup.models.reference), for square inputs of side `image_size`."""
+    if ":" in name:
+        from contsup.models.reference import build_reference  # reference.py builds on this file
+
+        return build_reference(name, in_channels, num_classes, image_size)
     return BACKBONES[name.lower()](in_channels, num_classes, image_size)
 
 

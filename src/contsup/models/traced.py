@@ -221,8 +221,19 @@ def positions(shape: tuple[int, ...]) -> int:
     return shape[2] * shape[3] if len(shape) == 4 else shape[1]
 
 
+class Part(fx.GraphModule):
+    """A piece of a traced model (a unit or the classifier); `patch` (a token model's patch size) survives copies."""
+
+    patch: int | None = None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Part:
+        copied = super().__deepcopy__(memo)
+        copied.patch = self.patch
+        return copied
+
+
 def extract(gm: fx.GraphModule, nodes: Sequence[fx.Node], source: fx.Node | None, result: fx.Node | None,
-            class_name: str) -> fx.GraphModule:
+            class_name: str) -> Part:
     """A GraphModule running `nodes` on one input (the value `source`, or the model's input) up to `result`."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -244,7 +255,7 @@ def extract(gm: fx.GraphModule, nodes: Sequence[fx.Node], source: fx.Node | None
         else:
             env[n] = graph.node_copy(n, arg)
     graph.output(env[result] if result is not None else env[nodes[-1]])
-    return fx.GraphModule(gm, graph, class_name=class_name)
+    return Part(gm, graph, class_name=class_name)
 
 
 class TracedBackbone(Backbone):
