@@ -54,13 +54,20 @@ def test_train_eval_and_profile_the_users_model(user_code, tmp_path, capsys, mon
     prof = ["profile", "--arch", user_code, "-K", "2", "--contexts", "R1E", "--batch-size", "4", "--input",
             "3x32x32", "--warmup", "0", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "prof")]
     assert main(prof) == 0
-    assert "K=2 R1E: peak" in capsys.readouterr().out
+    assert re.search(r"K=2 R1E: peak .* ms/step, cuts after 5\n", capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("arch", ["os;rm:x", "my-nets:cnn", "nets:", ":cnn", "a..b:c", "nets:cnn:x"])
 def test_a_malformed_reference_is_refused_before_anything_is_imported(arch, capsys):
     line = cli_error(capsys, ["train", *BASE, "--arch", arch, "--dry-run"])
     assert "name your model as package.module:function" in line
+
+
+def test_a_model_that_does_not_fit_the_data_is_one_line(capsys):
+    """A model for 3-channel images on Fashion-MNIST (1 channel): the model's own error, in one line."""
+    line = cli_error(capsys, ["train", "--data", "fashion-mnist", "--arch", "tests.models.user_models:resnet50_like",
+                              "--dry-run"])
+    assert "ResNet fails on an input of shape (1, 1, 28, 28): Given groups=1" in line
 
 
 def test_a_missing_module_or_function_is_one_line(user_code, capsys):

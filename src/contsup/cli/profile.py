@@ -93,8 +93,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     def report(row: ProfileRow) -> None:
         rows.append(row)
+        cuts = f", cuts after {', '.join(row.cut_names)}" if row.cut_names else ""
         print(f"  {row.arch} K={row.modules} {row.context}: peak {row.peak_bytes / 2**20:.1f} MiB, "
-              f"{row.step_ms:.0f} ms/step", flush=True)
+              f"{row.step_ms:.0f} ms/step{cuts}", flush=True)
 
     run_profile(cfg, report)
     print(format_table(rows))

@@ -16,7 +16,7 @@
   readers are not a normalisation, an activation or dropout. So a cut never falls between a layer and the
   norm or activation that follows it, nor in the middle of a module's inline arithmetic.
 - the classifier: everything after the last legal value that is a feature map (N, C, H, W) or a token
-  sequence (N, T, D), found by shape propagation on the sample; a global pool to one position belongs to
+  sequence (N, T, D), found by running the sample through the graph; a global pool to one position belongs to
   the classifier.
 
 The units between candidate cuts are GraphModules, so cut rules (`equal-units`, `balanced`) and the chain
@@ -31,7 +31,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from contsup.errors import ContsupError
 from contsup.models.chain import Backbone
@@ -89,6 +88,20 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
+SHAPE = "contsup_shape"  # the node meta key of a value's shape on the sample
+
+
+class ShapeRecorder(fx.Interpreter):
+    """Runs the graph on a sample and records every tensor value's shape in its node's meta (`SHAPE`)."""
+
+    def run_node(self, n: fx.Node) -> object:
+        """The node's value, its shape recorded when it is a tensor."""
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            n.meta[SHAPE] = tuple(out.shape)
+        return out
+
+
 class Graph:
     """A traced model's nodes in order, with what each cut point needs: liveness, module outputs, shapes."""
 
@@ -99,7 +112,10 @@ class Graph:
         training = [m.training for m in self.gm.modules()]
         try:
             with torch.no_grad():
-                ShapeProp(self.gm.eval()).propagate(sample)
+                ShapeRecorder(self.gm.eval()).run(sample)
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:  # the model's own error, in one line
+            reason = str(err).strip().split("\n")[0] or type(err).__name__
+            raise ContsupError(f"{self.name} fails on an input of shape {tuple(sample.shape)}: {reason}") from None
         finally:
             for m, mode in zip(self.gm.modules(), training, strict=True):
                 m.train(mode)
@@ -128,8 +144,7 @@ class Graph:
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         """The node's output shape on the sample, None for a value that is no tensor."""
-        meta = node.meta.get("tensor_meta")
-        return tuple(meta.shape) if hasattr(meta, "shape") else None
+        return node.meta.get(SHAPE)
 
     def crossing(self, node: fx.Node) -> list[fx.Node]:
         """Values other than `node` computed up to it and still read after it: the skips across a cut there."""
@@ -195,7 +210,7 @@ class Graph:
         return f"{node.name!r}{where}"
 
     def classifier_start(self) -> fx.Node:
-        """The last legal value that is a feature map or token sequence with more than one position, or not pooled."""
+        """Where the classifier starts: the last legal feature map or token sequence that no global pool made."""
         for node in reversed(self.nodes):
             shape = self.shape(node)
             if shape is None or len(shape) not in (3, 4) or not self.legal(node):
@@ -232,7 +247,7 @@ class Part(fx.GraphModule):
         return copied
 
 
-def extract(gm: fx.GraphModule, nodes: Sequence[fx.Node], source: fx.Node | None, result: fx.Node | None,
+def extract(gm: fx.GraphModule, nodes: Sequence[fx.Node], source: fx.Node | None, result: fx.Node,
             class_name: str) -> Part:
     """A GraphModule running `nodes` on one input (the value `source`, or the model's input) up to `result`."""
     graph = fx.Graph()
@@ -254,7 +269,7 @@ def extract(gm: fx.GraphModule, nodes: Sequence[fx.Node], source: fx.Node | None
             env[n] = x
         else:
             env[n] = graph.node_copy(n, arg)
-    graph.output(env[result] if result is not None else env[nodes[-1]])
+    graph.output(env[result])
     return Part(gm, graph, class_name=class_name)
 
 
@@ -320,7 +335,7 @@ class TracedBackbone(Backbone):
             return
         g = self._graph
         spans = [(g.last_use[n] - g.index[n], n) for n in g.nodes if 0 <= g.last_use[n] < len(g.nodes)]
-        span, skip = max(spans, key=lambda s: s[0])
+        _, skip = max(spans, key=lambda s: s[0])
         reader = g.nodes[g.last_use[skip]]
         raise ContsupError(
             f"K = {modules} needs {modules - 1} cuts, but {g.name} has {len(self.units) - 1} legal cuts "
@@ -330,7 +345,7 @@ class TracedBackbone(Backbone):
 
 def trace_backbone(model: nn.Module, sample: torch.Tensor) -> TracedBackbone:
     """The model cut at its block boundaries into units plus a classifier (see the module docstring)."""
-    if sample.dim() in (1, 3):
+    if sample.dim() == 3:
         sample = sample.unsqueeze(0)
     g = Graph(model, sample[:1])
     out = g.output.args[0]
