@@ -35,7 +35,7 @@ def user_code(tmp_path, monkeypatch):
     return "my_cli_nets:cnn"
 
 
-def test_train_eval_and_profile_the_users_model(user_code, tmp_path, capsys, monkeypatch):
+def test_train_eval_analyze_and_profile_the_users_model(user_code, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["train", *BASE, "--arch", user_code, "--modules", "3", "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -51,6 +51,9 @@ def test_train_eval_and_profile_the_users_model(user_code, tmp_path, capsys, mon
     assert main(["eval", str(out), "--device", "cpu", "--arch", user_code]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["test_error"] == pytest.approx(summary["final_test_error"]) and result["arch"] == user_code
+    assert main(["analyze", str(out), "--arch", user_code, "--train-size", "64", "--test-size", "64", "--no-recon",
+                 "--probe-steps", "5", "--out", str(tmp_path / "analysis")]) == 0
+    assert (tmp_path / "analysis" / "analysis.csv").is_file()
     prof = ["profile", "--arch", user_code, "-K", "2", "--contexts", "R1E", "--batch-size", "4", "--input",
             "3x32x32", "--warmup", "0", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "prof")]
     assert main(prof) == 0
