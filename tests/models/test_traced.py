@@ -161,3 +161,9 @@ def test_no_cut_splits_tied_weights():
     assert backbone.unit_labels == ["stem", "b", "c"]
     with pytest.raises(ContsupError, match="cut 'a' is not legal: the weights of 'shared' are used on both sides"):
         LocalNetwork(Tied(), LocalConfig(modules=2, cuts="a"), torch.zeros(1, 1, 8, 8))
+
+
+def test_a_split_by_hand_that_ends_flat_points_to_the_model_as_written():
+    """The newcomer's first try, the Sequential's layers as units: refused, naming the way that works."""
+    with pytest.raises(ContsupError, match=r"got shape \(1, 1024\); a model as written .* contsup.LocalNetwork\(model"):
+        Backbone.from_units(list(make("sequential_cnn")), 10, sample())

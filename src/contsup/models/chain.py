@@ -85,7 +85,8 @@ class Shape:
         layout = {4: "NCHW", 3: "NLC"}.get(t.dim())
         if layout is None:
             raise ContsupError(f"every unit must output a feature map (N, C, H, W) or a token sequence (N, T, D); "
-                               f"got shape {tuple(t.shape)}")
+                               f"got shape {tuple(t.shape)}; a model as written (Flatten, Linear and all) can be "
+                               "given whole: contsup.LocalNetwork(model, config, sample) (docs/models.md)")
         return cls(tuple(int(d) for d in t.shape[1:]), layout)  # type: ignore[arg-type]
 
     @property
