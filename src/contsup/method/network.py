@@ -105,7 +105,8 @@ class LocalNetwork(nn.Module):
             raise ContsupError(f"the stored plan has {len(plan.cuts)} cuts for K = {config.modules}")
         self.plan = Plan(tuple(validate_cuts(plan.cuts, len(units))), plan.recon)
         self.cuts = list(self.plan.cuts)
-        self.cut_names = [backbone.unit_labels[c] for c in self.cuts]  # the module (or stage.block) before each cut
+        self.unit_labels = list(backbone.unit_labels)  # each unit's name: the module path (traced) or stage.block
+        self.cut_names = [self.unit_labels[c] for c in self.cuts]  # where the cuts fell, by the unit before each
         bounds = [0, *(c + 1 for c in self.cuts), len(units)]
         self.blocks = nn.ModuleList(
             CheckpointedSequential(*units[a:b], segments=config.checkpoint_segments) if config.checkpoint_segments
@@ -210,7 +211,7 @@ class LocalNetwork(nn.Module):
 
     def describe(self) -> str:
         """A short human-readable summary: modules, cuts, heads and context per cut."""
-        names = self.unit_names
+        names = self.unit_labels
         c = self.config
         lines = [
             f"{self.backbone_name}: {len(names)} units, K={self.num_modules} modules, "
