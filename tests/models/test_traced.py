@@ -138,12 +138,15 @@ def test_too_few_legal_cuts_name_the_widest_skip():
         LocalNetwork(make("unet_classifier"), LocalConfig(modules=9), sample())
 
 
+def conv_relu() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+
+
 class Tied(torch.nn.Module):
     """One convolution used at two places of the forward (tied weights), with blocks between its uses."""
 
     def __init__(self) -> None:
         super().__init__()
-        conv_relu = lambda: torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())  # noqa: E731
         self.stem, self.a, self.b, self.c = conv_relu(), conv_relu(), conv_relu(), conv_relu()
         self.shared = torch.nn.Conv2d(8, 8, 3, padding=1)
         self.fc = torch.nn.Linear(8, 10)
@@ -167,3 +170,26 @@ def test_a_split_by_hand_that_ends_flat_points_to_the_model_as_written():
     """The newcomer's first try, the Sequential's layers as units: refused, naming the way that works."""
     with pytest.raises(ContsupError, match=r"got shape \(1, 1024\); a model as written .* contsup.LocalNetwork\(model"):
         Backbone.from_units(list(make("sequential_cnn")), 10, sample())
+
+
+class GlobalSkip(torch.nn.Module):
+    """Blocks whose output is added to the input at the end: the skip spans the whole model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(conv_relu(), conv_relu(), conv_relu())
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((x + self.body(x)).mean((2, 3)))
+
+
+def test_a_skip_spanning_the_whole_model_leaves_no_cut():
+    with pytest.raises(ContsupError) as err:
+        LocalNetwork(GlobalSkip(), LocalConfig(modules=2), torch.zeros(1, 8, 8, 8))
+    assert str(err.value) == (
+        "K = 2 needs 1 cut, but GlobalSkip has 0 legal cuts (none): the widest skip runs from the input 'x' to 'add'; "
+        "lower --modules, or give it as a chain of units instead: contsup.Backbone(units, classifier) "
+        "(docs/models.md)")
+    net = LocalNetwork(GlobalSkip(), LocalConfig(modules=1), torch.zeros(1, 8, 8, 8))  # K = 1 needs no cut
+    assert net.num_modules == 1 and net.cut_names == []

@@ -337,8 +337,9 @@ class TracedBackbone(Backbone):
         spans = [(g.last_use[n] - g.index[n], n) for n in g.nodes if 0 <= g.last_use[n] < len(g.nodes)]
         _, skip = max(spans, key=lambda s: s[0])
         reader = g.nodes[g.last_use[skip]]
+        need, have = modules - 1, len(self.units) - 1
         raise ContsupError(
-            f"K = {modules} needs {modules - 1} cuts, but {g.name} has {len(self.units) - 1} legal cuts "
+            f"K = {modules} needs {need} cut{'s' * (need != 1)}, but {g.name} has {have} legal cut{'s' * (have != 1)} "
             f"({self.legal_names()}): the widest skip runs from {g.label(skip)} to {g.label(reader)}; "
             f"lower --modules, or {CHAIN_FORM}")
 
