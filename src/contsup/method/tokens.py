@@ -139,7 +139,6 @@ def block_token_head(cut: Cut) -> nn.Module:
     return BlockTokenHead(_token_cut(cut, "blocktoken"), cut.out_dim)
 
 
-
 def layout_kind(kind: str, shape: Shape) -> str:
     """The head kind a cut of this layout builds: the default `1c2f` reads feature maps; on a token sequence,
     which it cannot convolve, the class token's head where there is one (`has_class_token`), else the mean token's."""
