@@ -22,10 +22,12 @@ from contsup.method.heads import HEADS
 from contsup.method.losses import LOSSES
 from contsup.method.recon import parse_recon
 from contsup.models import BACKBONES
+from contsup.models.reference import check_reference, is_reference
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
 ARCH_PATTERN = re.compile(r"resnet(\d+)")
+MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.\w+)*")  # a module path naming a cut of a traced model
 
 
 def _bad(name: str, value: Any, rule: str) -> ContsupError:
@@ -61,6 +63,9 @@ def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
 def check_arch(arch: Any) -> None:
     """A registered backbone (`contsup.models.BACKBONES`); a CIFAR ResNet's N = 6n + 2 up to MAX_DEPTH."""
     check_type("arch", arch, str)
+    if is_reference(arch):
+        check_reference(arch)  # the user's code: its form only, nothing imported here
+        return
     BACKBONES[arch]  # raises on a name no backbone takes
     match = ARCH_PATTERN.fullmatch(arch)
     if match and arch not in BACKBONES.names() and (
@@ -136,8 +141,8 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cut_table not in TABLES:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
-    if local.cuts is not None:
-        parse_cut_list(local.cuts)
+    if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
+        parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
     for kind in local.head.split(","):
         HEADS[kind.strip()]  # raises on an unknown head
     if "," in local.head and local.cut_table == "balanced":

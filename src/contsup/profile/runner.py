@@ -77,6 +77,7 @@ class ProfileRow:
     images_per_s: float
     params: dict[str, int]
     flops: dict[str, int]
+    cut_names: list[str] = field(default_factory=list)  # the module (or stage.block) before each cut
 
 
 def configurations(cfg: ProfileConfig) -> list[tuple[int, str, int | str]]:
@@ -162,7 +163,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
         saved_peak_bytes=saved.peak,
         saved_total_bytes=saved.total, step_ms=median, step_ms_all=times,
         images_per_s=1000 * cfg.batch_size / median if times else float("nan"),
-        params=net.param_counts(), flops=flops,
+        params=net.param_counts(), flops=flops, cut_names=list(net.cut_names),
     )
 
 
@@ -255,8 +256,10 @@ def format_table(rows: Sequence[ProfileRow], markdown: bool = False) -> str:
 def flat(row: ProfileRow) -> dict[str, Any]:
     """A row as one flat record (nested groups become `params_<group>`, `flops_<group>`)."""
     d = asdict(row)
-    out = {k: v for k, v in d.items() if k not in ("params", "flops", "cuts", "input_shape", "step_ms_all")}
+    out = {k: v for k, v in d.items()
+           if k not in ("params", "flops", "cuts", "cut_names", "input_shape", "step_ms_all")}
     out["cuts"] = " ".join(map(str, row.cuts))
+    out["cut_names"] = " ".join(row.cut_names)
     out["input_shape"] = "x".join(map(str, row.input_shape))
     out.update({f"params_{k}": v for k, v in row.params.items()})
     out.update({f"flops_{k}": v for k, v in row.flops.items()})
