@@ -14,7 +14,7 @@ from contsup.method.heads import LocalHead
 from contsup.method.objective import Cut
 from contsup.models import Shape, resnet
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # one thread: two oversubscribe a busy 2-core machine (CI) and run 10-100x slower
 
 
 def tiny_net(modules: int = 4, context: str = "R1E", in_ch: int = 3, size: int = 16, **kw) -> LocalNetwork:
