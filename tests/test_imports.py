@@ -1,7 +1,8 @@
 """The package's import graph, read from the source: no cycle anywhere, and nothing in `contsup.method` above it.
 
-Every import counts, also those inside functions and under `TYPE_CHECKING` (a cycle there is still a
-circle a reader walks). `from a import b` depends on the module `a.b` when there is one, else on `a`.
+Every import at a module's top level counts, those under `TYPE_CHECKING` too (a cycle there is still a circle
+a reader walks); an import inside a function runs when it is called and is left out. `from a import b` depends
+on the module `a.b` when there is one, else on `a`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ def module_name(path: Path, src: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def top_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements of a module body, with those of its `if`, `try` and `with` blocks, not of its functions."""
+    out = []
+    for node in body:
+        out.append(node)
+        if isinstance(node, (ast.If, ast.Try, ast.With)):
+            inner = [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", []),
+                     *(s for h in getattr(node, "handlers", []) for s in h.body)]
+            out += top_level(inner)
+    return out
+
+
 def import_graph(root: Path = SRC / "contsup") -> dict[str, set[str]]:
     """Every contsup module -> the contsup modules it imports."""
     modules = {module_name(p, root.parent): p for p in root.rglob("*.py")}
@@ -28,7 +41,7 @@ def import_graph(root: Path = SRC / "contsup") -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in top_level(ast.parse(path.read_text(), str(path)).body):
             if isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):

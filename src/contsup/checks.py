@@ -11,43 +11,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
-
 from contsup.config import check_types
 from contsup.data.specs import DATASETS
+from contsup.device import check_device_name
 from contsup.errors import ContsupError, check_float, check_int, check_type
 from contsup.method.settings import check_local as check_local_settings
 from contsup.models import BACKBONES
+from contsup.models.reference import check_reference, is_reference
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 ARCH_PATTERN = re.compile(r"resnet(\d+)")
 
 
-def check_device_name(name: Any) -> None:
-    """auto, cpu, cuda or cuda:N (whether that device exists is checked by `device_from_name`)."""
-    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
-        raise ContsupError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-
-
-def device_from_name(name: str) -> torch.device:
-    """The device to run on: `auto` picks CUDA when available; a CUDA device this machine lacks is refused."""
-    check_device_name(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ContsupError(f"device {name!r}: this PyTorch build or machine has no CUDA device; use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ContsupError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def check_arch(arch: Any) -> None:
     """A registered backbone (`contsup.models.BACKBONES`); a CIFAR ResNet's N = 6n + 2 up to MAX_DEPTH."""
     check_type("arch", arch, str)
+    if is_reference(arch):
+        check_reference(arch)  # the user's code: its form only, nothing imported here
+        return
     BACKBONES[arch]  # raises on a name no backbone takes
     match = ARCH_PATTERN.fullmatch(arch)
     if match and arch not in BACKBONES.names() and (

@@ -109,7 +109,7 @@ class LocalConfig(Section):
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken, token; or one per cut
+    head: str = "1c2f"  # local head: <a>c<b>f (on tokens: token), auglocal, clstoken, meantoken, blocktoken, token
     aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
     aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
@@ -179,7 +179,7 @@ class RunConfig(Section):
     """One training job."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    arch: str = "resnet32"  # backbone: resnetN (N = 6n+2), resnet18, resnet34, resnet18-small, resnet34-small
+    arch: str = "resnet32"  # backbone: a registered name (resnetN, vit-mini, ...) or your package.module:function
     local: LocalConfig = field(default_factory=LocalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -187,7 +187,8 @@ class RunConfig(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.arch = self.arch.lower()
+        if ":" not in self.arch:  # a registered name, any case; package.module:function (the user's code) as is
+            self.arch = self.arch.lower()
 
     def check_types(self) -> None:
         """Every section's field types (after settings were changed in place)."""

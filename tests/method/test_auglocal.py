@@ -197,9 +197,10 @@ class Wrapped(torch.nn.Module):
         return self.block(x)
 
 
-def test_a_unit_without_fresh_is_refused():
+def test_a_unit_without_fresh_gets_the_codes_basic_block():
     backbone = build_arch("resnet8", 3, 10)
+    backbone.units[2] = WideBlock(16, 32, 2)
     backbone.units[3] = Wrapped(backbone.units[3])
-    with pytest.raises(ContsupError, match="fresh"):
-        LocalNetwork(backbone, LocalConfig(modules=2, context="R0", head="auglocal", cuts="0"),
-                     torch.zeros(1, 3, 16, 16))
+    net = LocalNetwork(backbone, LocalConfig(modules=2, context="R0", head="auglocal", cuts="0"),
+                       torch.zeros(1, 3, 16, 16))
+    assert [type(b) for b in net.objectives[0].head.blocks] == [WideBlock, BasicBlock]

@@ -70,5 +70,5 @@ def test_the_proof_fails_on_a_gradient_across_a_cut(monkeypatch):
     forward = CutContext.forward
     monkeypatch.setattr(CutContext, "forward", lambda self, h, sources: forward(self, h, sources) - h.detach() + h)
     monkeypatch.setattr(step, "module_step", leaky)
-    with pytest.raises(AssertionError, match="changed other modules"):
+    with pytest.raises(AssertionError, match=r"blocks\.0\."):
         assert_no_gradient_crosses_a_cut(*network("1c2f", "R0"))

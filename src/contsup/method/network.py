@@ -24,13 +24,14 @@ from contsup.errors import ContsupError
 from contsup.method.context import ContextMode, CutContext, init_local_modules, parse_mode
 from contsup.method.cuts.balance import memory_model
 from contsup.method.cuts.rules import parse_cut_list, resolve_cuts, validate_cuts
-from contsup.method.heads import HeadSite, head_kinds
+from contsup.method.heads import HeadSite, head_kinds, layout_kind
 from contsup.method.losses import LOSSES
 from contsup.method.objective import ClassifierObjective, Objective, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.method.settings import check_local
-from contsup.models.chain import Backbone, Shape, first_token_varies, probe_shapes
+from contsup.models.chain import Backbone, Shape, first_token_varies, has_class_token, probe_shapes
 from contsup.models.checkpointing import CheckpointedSequential
+from contsup.models.traced import TracedBackbone
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
 
@@ -55,17 +56,32 @@ def num_classes(classifier: nn.Module) -> int:
     return linears[-1].out_features
 
 
+def explicit_cuts(backbone: Backbone, text: str | None) -> list[int] | list[tuple[int, int]] | None:
+    """`cuts`: unit indices or stage.block pairs on a chain, module paths on a traced model."""
+    if not text:
+        return None
+    if isinstance(backbone, TracedBackbone):
+        return backbone.named_cuts(text.split(","))
+    return parse_cut_list(text)
+
+
 class LocalNetwork(nn.Module):
     """K gradient-isolated modules; `forward` is the plain inference pass h -> h^c -> ... -> logits.
 
-    `plan` fixes the cuts and reconstruction weights (as stored in a checkpoint) instead of resolving them
-    from the settings; `dataset` names the data for `recon = paper` when `recon_dataset` is not set.
+    `backbone` is a chain (`Backbone`) or any model as written, traced and cut at its block boundaries
+    (`Backbone.from_module`; there `config.cuts` names module paths). `plan` fixes the cuts and reconstruction
+    weights (as stored in a checkpoint) instead of resolving them from the settings; `dataset` names the data
+    for `recon = paper` when `recon_dataset` is not set. `cut_names` says where the cuts fell.
     """
 
-    def __init__(self, backbone: Backbone, config: LocalConfig, sample: torch.Tensor, plan: Plan | None = None,
-                 dataset: str | None = None) -> None:
+    def __init__(self, backbone: Backbone | nn.Module, config: LocalConfig, sample: torch.Tensor,
+                 plan: Plan | None = None, dataset: str | None = None) -> None:
         super().__init__()
         check_local(config)
+        if not isinstance(backbone, Backbone):
+            backbone = Backbone.from_module(backbone, sample)
+        if isinstance(backbone, TracedBackbone):
+            backbone.check_modules(config.modules)
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
@@ -73,7 +89,9 @@ class LocalNetwork(nn.Module):
         self.unit_shapes = probe_shapes(units, sample)
         self.image_shape = Shape.of(sample)
         # per unit: whether its output's class token carries the image (None: the backbone has no class token)
-        self.class_token = tuple(first_token_varies(units, sample)) if backbone.class_token else None
+        marked = backbone.class_token if backbone.class_token is not None else any(
+            not s.is_map and has_class_token(s.positions[0]) for s in self.unit_shapes)
+        self.class_token = tuple(first_token_varies(units, sample)) if marked else None
         self.loss = LOSSES[config.loss](num_classes(backbone.classifier), int(config.width * config.widen))
         self.head_kinds = head_kinds(config.head, config.modules - 1)
         if plan is None:
@@ -81,7 +99,7 @@ class LocalNetwork(nn.Module):
                                 config.cut_table.startswith("balanced"))
             cuts = resolve_cuts(
                 backbone.name, backbone.unit_names, config.modules, config.cut_table,
-                parse_cut_list(config.cuts) if config.cuts else None,
+                explicit_cuts(backbone, config.cuts),
                 memory=lambda: memory_model(
                     units, backbone.classifier, sample, self.unit_shapes, self.mode,
                     lambda j: self.new_objective(j, 0, recon), config.image_encoder, config.lean_context),
@@ -91,6 +109,8 @@ class LocalNetwork(nn.Module):
             raise ContsupError(f"the stored plan has {len(plan.cuts)} cuts for K = {config.modules}")
         self.plan = Plan(tuple(validate_cuts(plan.cuts, len(units))), plan.recon)
         self.cuts = list(self.plan.cuts)
+        self.unit_labels = list(backbone.unit_labels)  # each unit's name: the module path (traced) or stage.block
+        self.cut_names = [self.unit_labels[c] for c in self.cuts]  # where the cuts fell, by the unit before each
         bounds = [0, *(c + 1 for c in self.cuts), len(units)]
         self.blocks = nn.ModuleList(
             CheckpointedSequential(*units[a:b], segments=config.checkpoint_segments) if config.checkpoint_segments
@@ -196,7 +216,7 @@ class LocalNetwork(nn.Module):
 
     def describe(self) -> str:
         """A short human-readable summary: modules, cuts, heads and context per cut."""
-        names = self.unit_names
+        names = self.unit_labels
         c = self.config
         lines = [
             f"{self.backbone_name}: {len(names)} units, K={self.num_modules} modules, "
@@ -211,7 +231,9 @@ class LocalNetwork(nn.Module):
             if k < len(self.context):
                 ctx = self.context[k]
                 feeds = [f"s{j}" for j in ctx.source_ids] + (["x:image"] if ctx.image is not None else [])
-                line += f" | cut -> {self.source_shapes[k + 1]}, context from {feeds or 'none'}"
+                kind = layout_kind(self.head_kinds[k], self.source_shapes[k + 1])
+                line += (f" | cut after {self.cut_names[k]} -> {self.source_shapes[k + 1]}, head {kind}, "
+                         f"context from {feeds or 'none'}")
             lines.append(line)
             start = end + 1
         return "\n".join(lines)

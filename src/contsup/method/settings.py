@@ -7,6 +7,7 @@ run-level checks around this one.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from contsup.config import check_types
@@ -16,6 +17,8 @@ from contsup.method.cuts import TABLES, parse_cut_list
 from contsup.method.heads import HEADS, SETTING_CHECKS
 from contsup.method.losses import LOSSES
 from contsup.method.recon import parse_recon
+
+MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.\w+)*")  # a module path naming a cut of a traced model
 
 
 def check_local(local: Any) -> None:
@@ -33,8 +36,8 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cut_table not in TABLES:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
-    if local.cuts is not None:
-        parse_cut_list(local.cuts)
+    if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
+        parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
     for kind in local.head.split(","):
         HEADS[kind.strip()]  # raises on an unknown head
     if "," in local.head and local.cut_table == "balanced":

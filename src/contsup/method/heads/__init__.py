@@ -11,6 +11,15 @@ from contsup.method.heads import plain, auglocal, tokens  # noqa: F401 - registe
 from contsup.method.heads import man, patches  # noqa: F401 - then the wrappers, innermost first: MAN inside PFF
 # isort: on
 from contsup.method.heads.plain import LocalHead
-from contsup.method.heads.registry import HEAD_WRAPPERS, HEADS, SETTING_CHECKS, HeadSite, head_kinds, local_head
+from contsup.method.heads.registry import (
+    HEAD_WRAPPERS,
+    HEADS,
+    SETTING_CHECKS,
+    HeadSite,
+    head_kinds,
+    layout_kind,
+    local_head,
+)
 
-__all__ = ["HEADS", "HEAD_WRAPPERS", "SETTING_CHECKS", "HeadSite", "LocalHead", "head_kinds", "local_head"]
+__all__ = ["HEADS", "HEAD_WRAPPERS", "SETTING_CHECKS", "HeadSite", "LocalHead", "head_kinds", "layout_kind",
+           "local_head"]

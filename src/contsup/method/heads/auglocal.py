@@ -2,9 +2,9 @@
 
 The head of the cut after unit l is a short, freshly initialised copy of the rest of the network: one
 block per unit sampled uniformly from the units after the cut (the last unit always among them), of that
-unit's own kind (its `fresh(in_ch, out_ch, stride)`; the official code's ResNet BasicBlock for every ResNet
-here), then global average pool -> (BatchNorm1d when the depth is at most 1) -> Linear. No weight is
-shared with the backbone.
+unit's own kind where the unit can build one (its `fresh(in_ch, out_ch, stride)`, as the ResNet
+BasicBlock here), else the official code's ResNet BasicBlock (a traced model's pieces); then global
+average pool -> (BatchNorm1d when the depth is at most 1) -> Linear. No weight is shared with the backbone.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class AugLocalHead(nn.Module):
     """Head of the cut after unit `unit`: blocks following sampled later units, GAP, (BN1d), Linear.
 
     `channels` and `sizes` are every unit's output channels and height; `makers` builds each unit's kind of
-    block (None: ResNet BasicBlocks, the official code's). Strides follow the pending-
+    block (None, or None for a unit: a ResNet BasicBlock, the official code's). Strides follow the pending-
     downsample rule of the official code: p += the halvings between the previous and the sampled unit;
     stride 2 while p >= 1. The code counts halvings as log2 of the channel ratio; this counts them from
     the heights (`resolution_levels`), which is the same wherever the width doubles exactly where the
@@ -92,10 +92,7 @@ class AugLocalHead(nn.Module):
             stride = 1
             if pending >= 1:
                 stride, pending = 2, pending - 1
-            make = BasicBlock if makers is None else makers[j]
-            if make is None:
-                raise ContsupError(f"head auglocal copies unit {j}, which has no `fresh(in_ch, out_ch, stride)` "
-                                   "to build a block of its kind")
+            make = (makers[j] if makers is not None else None) or BasicBlock  # the unit's kind, else the code's
             blocks.append(make(ch, channels[j], stride))
             ch, prev = channels[j], j
         self.blocks = nn.Sequential(*blocks)

@@ -70,9 +70,21 @@ def head_kinds(text: str, num_cuts: int) -> list[str]:
     return kinds
 
 
+def layout_kind(kind: str, shape: Shape) -> str:
+    """The head kind a cut of this layout builds: the default `1c2f` reads feature maps; on a token sequence,
+    which it cannot convolve, the `token` head (the class token's where it carries the image, else the mean's)."""
+    if kind != LocalConfig.head or shape.is_map:
+        return kind
+    return "token"
+
+
 def local_head(site: HeadSite, kind: str) -> nn.Module:
     """The head of this site: the registered `kind` inside every registered wrapper (each on or off by its settings)."""
-    build: HeadBuilder = HEADS[kind]
+
+    def build(s: HeadSite) -> nn.Module:  # the innermost head, of the layout of what it reads (MAN: the next unit's)
+        return HEADS[layout_kind(kind, s.shape)](s)
+
+    wrapped: HeadBuilder = build
     for name in HEAD_WRAPPERS.names():
-        build = functools.partial(HEAD_WRAPPERS[name], inner=build)
-    return build(site)
+        wrapped = functools.partial(HEAD_WRAPPERS[name], inner=wrapped)
+    return wrapped(site)
