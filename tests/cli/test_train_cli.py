@@ -18,7 +18,7 @@ def test_dry_run_prints_param_groups(capsys, tmp_path):
     assert main(["train", *TINY, "--modules", "4", "--context", "R1E", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     counts = json.loads(lines[-1])
-    assert set(counts) == {"backbone", "heads", "decoders", "context", "total"}
+    assert set(counts) == {"backbone", "heads", "decoders", "context", "frozen", "total"}
     assert counts["context"] > 0 and counts["decoders"] == 0
     assert not (tmp_path / "r").exists()
 

@@ -70,7 +70,7 @@ def test_summary_and_run_folder(tmp_path):
     alone = step_peak(trainer.net, 64, torch.device("cpu"))
     assert summary["step_peak_memory_bytes"] == alone.peak_bytes > 0
     assert trainer.history[-1]["train_loss_end"] > 0 and len(trainer.history[-1]["local_losses_end"]) == 3
-    assert set(summary["params"]) == {"backbone", "heads", "decoders", "context", "total"}
+    assert set(summary["params"]) == {"backbone", "heads", "decoders", "context", "frozen", "total"}
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 3
     assert not list(tmp_path.glob("*tmp"))
 

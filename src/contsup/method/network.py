@@ -29,7 +29,7 @@ from contsup.method.losses import LOSSES
 from contsup.method.objective import ClassifierObjective, Objective, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.method.settings import check_local
-from contsup.models.chain import Backbone, Shape, first_token_varies, has_class_token, probe_shapes
+from contsup.models.chain import Backbone, Shape, class_token_mixed, has_class_token, probe_shapes
 from contsup.models.checkpointing import CheckpointedSequential
 from contsup.models.traced import TracedBackbone
 
@@ -91,7 +91,7 @@ class LocalNetwork(nn.Module):
         # per unit: whether its output's class token carries the image (None: the backbone has no class token)
         marked = backbone.class_token if backbone.class_token is not None else any(
             not s.is_map and has_class_token(s.positions[0]) for s in self.unit_shapes)
-        self.class_token = tuple(first_token_varies(units, sample)) if marked else None
+        self.class_token = tuple(class_token_mixed(self.unit_shapes)) if marked else None
         self.loss = LOSSES[config.loss](num_classes(backbone.classifier), int(config.width * config.widen))
         self.head_kinds = head_kinds(config.head, config.modules - 1)
         if plan is None:
@@ -231,7 +231,8 @@ class LocalNetwork(nn.Module):
             if k < len(self.context):
                 ctx = self.context[k]
                 feeds = [f"s{j}" for j in ctx.source_ids] + (["x:image"] if ctx.image is not None else [])
-                kind = layout_kind(self.head_kinds[k], self.source_shapes[k + 1])
+                kind = layout_kind(self.head_kinds[k], self.source_shapes[k + 1],
+                                   self.class_token is not None and self.class_token[self.cuts[k]])
                 line += (f" | cut after {self.cut_names[k]} -> {self.source_shapes[k + 1]}, head {kind}, "
                          f"context from {feeds or 'none'}")
             lines.append(line)

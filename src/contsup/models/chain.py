@@ -195,25 +195,10 @@ def has_class_token(tokens: int) -> bool:
     return math.isqrt(tokens) ** 2 != tokens
 
 
-@torch.no_grad()
-def first_token_varies(units: Sequence[nn.Module], sample: torch.Tensor) -> list[bool]:
-    """Per unit: whether token 0 of its output differs between two images (False for feature maps).
-
-    A class token right after a ViT's patch embedding is the same vector for every image: a head reading
-    it would train nothing. The images are `sample` and a fixed ramp (no random draw); eval mode, state
-    left untouched.
-    """
-    x = sample[:1] if sample.dim() == 4 else sample.unsqueeze(0)
-    ramp = torch.linspace(-1.0, 1.0, x.numel(), dtype=x.dtype, device=x.device).view_as(x)
-    x = torch.cat([x, ramp])
-    was_training = [u.training for u in units]
-    varies = []
-    try:
-        for unit in units:
-            unit.eval()
-            x = unit(x)
-            varies.append(x.dim() == 3 and not torch.equal(x[0, 0], x[1, 0]))  # a host sync, at construction only
-    finally:
-        for unit, mode in zip(units, was_training, strict=True):
-            unit.train(mode)
-    return varies
+def class_token_mixed(shapes: Sequence[Shape]) -> list[bool]:
+    """Per unit: whether a class token in its output can carry the image: a token unit after the one that made
+    the tokens. Right after a patch embedding the class token is its parameter plus its position, the same
+    vector for every image, so a head reading it alone would train nothing. Read from the shapes alone (the
+    same on the meta device as on any other)."""
+    first = next((i for i, s in enumerate(shapes) if not s.is_map), len(shapes))
+    return [not s.is_map and i > first for i, s in enumerate(shapes)]

@@ -70,19 +70,19 @@ def head_kinds(text: str, num_cuts: int) -> list[str]:
     return kinds
 
 
-def layout_kind(kind: str, shape: Shape) -> str:
-    """The head kind a cut of this layout builds: the default `1c2f` reads feature maps; on a token sequence,
-    which it cannot convolve, the `token` head (the class token's where it carries the image, else the mean's)."""
-    if kind != LocalConfig.head or shape.is_map:
+def layout_kind(kind: str, shape: Shape, live_class_token: bool) -> str:
+    """The head kind a cut builds: the default `1c2f` reads feature maps; on a token sequence, which it cannot
+    convolve, and for `token`: `clstoken` where the class token carries the image, else `meantoken`."""
+    if (kind != LocalConfig.head or shape.is_map) and kind != "token":
         return kind
-    return "token"
+    return "clstoken" if live_class_token else "meantoken"
 
 
 def local_head(site: HeadSite, kind: str) -> nn.Module:
     """The head of this site: the registered `kind` inside every registered wrapper (each on or off by its settings)."""
 
     def build(s: HeadSite) -> nn.Module:  # the innermost head, of the layout of what it reads (MAN: the next unit's)
-        return HEADS[layout_kind(kind, s.shape)](s)
+        return HEADS[layout_kind(kind, s.shape, s.live_class_token)](s)
 
     wrapped: HeadBuilder = build
     for name in HEAD_WRAPPERS.names():

@@ -94,5 +94,5 @@ def block_token_head(site: HeadSite) -> nn.Module:
 @HEADS.register("token")
 def token_head(site: HeadSite) -> nn.Module:
     """clstoken where the class token carries the image, meantoken elsewhere (no class token, or right after
-    the patch embedding)."""
+    the patch embedding); `local_head` resolves it to one of the two (`layout_kind`)."""
     return class_token_head(site) if site.live_class_token else mean_token_head(site)
