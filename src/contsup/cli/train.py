@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(net.describe())
         print(json.dumps(net.param_counts()))
         return 0
-    if args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.pipeline.parallel != "local":
         summary = run_pipeline(cfg, resume=args.resume)
         if summary is None:  # not rank 0
             return 0
