@@ -171,6 +171,8 @@ class PipelineConfig(Section):
     parallel: Parallel = "local"  # local: modules on ranks (or one process); the others: end to end (docs/parallel.md)
     micro_batches: int = 4  # gpipe, 1f1b, interleaved, zbv: micro-batches per batch (they must divide it)
     stage_units: list[int] | None = None  # gpipe, 1f1b, interleaved, zbv: backbone units per stage; None: balanced
+    ranks: int = 1  # processes `contsup train` starts on this machine, as torchrun would (1: this process)
+    threads: int = 0  # torch threads of each process (0: torch's default; started ranks: 1)
 
     def __post_init__(self) -> None:
         for name in ("stage_sizes", "stage_units"):
