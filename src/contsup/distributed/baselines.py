@@ -16,7 +16,6 @@ it hands each batch's size and labels to the other ranks with one small broadcas
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contsup.config import RunConfig
 from contsup.data import DeviceLoader
+from contsup.distributed.costmodel import calibrate_units
 from contsup.distributed.launch import env_rank, pick_device
 from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage
@@ -90,23 +90,6 @@ def check_baseline(cfg: RunConfig, world: int) -> None:
                                "messages)")
 
 
-def unit_costs(units: list[nn.Module], classifier: nn.Module, x: torch.Tensor, repeats: int = 2) -> list[float]:
-    """Seconds of each unit's forward and backward on batch `x` (the classifier counted with the last unit),
-    best of `repeats` after a warm-up. Moves BatchNorm statistics and sets gradients: pass copies."""
-    best = [float("inf")] * len(units)
-    for _ in range(repeats + 1):
-        h = x
-        for i, unit in enumerate(units):
-            mark = time.perf_counter()
-            out = unit(h.detach().requires_grad_(i > 0))
-            if i == len(units) - 1:
-                out = classifier(out)
-            out.backward(torch.ones_like(out))
-            best[i] = min(best[i], time.perf_counter() - mark)
-            h = out.detach() if i < len(units) - 1 else h
-    return best
-
-
 def split_units(net: LocalNetwork, sizes: list[int] | None, stages: int, batch: int,
                 ctrl: dist.ProcessGroup) -> list[range]:
     """Units of every stage: from `--stage-units`, else balanced by measured time (the same on every rank:
@@ -122,7 +105,8 @@ def split_units(net: LocalNetwork, sizes: list[int] | None, stages: int, batch: 
                                f"the {len(units)} units of {net.backbone_name}") from None
     clone = copy.deepcopy(net)
     x = torch.randn(max(1, min(batch, 64)), *net.image_shape.dims, generator=torch.Generator().manual_seed(0))
-    ranges = partition(unit_costs(list(clone.blocks[0]), clone.classifier, x), stages)
+    cal = calibrate_units(clone, x, repeats=2)
+    ranges = partition([f + b for f, b in zip(cal["unit_fwd"], cal["unit_bwd"], strict=True)], stages)
     box = [[len(r) for r in ranges]]
     dist.broadcast_object_list(box, src=0, group=ctrl)
     return from_sizes(box[0], len(units), stages)
