@@ -82,6 +82,7 @@ def test_ddp_step_equals_one_process_on_the_full_batch_in_float64():
     (["--parallel", "1f1b", "--modules", "1", "--micro-batches", "1"], "at least as many micro-batches as ranks"),
     (["--parallel", "gpipe", "--modules", "1", "--stage-units", "2,2"], "--stage-units 2,2: need 2 positive counts"),
     (["--parallel", "gpipe", "--modules", "1", "--channels-last"], "runs without --channels-last"),
+    (["--parallel", "ddp", "--modules", "1", "--stage-units", "2,2"], "has no stages"),
     (["--parallel", "ddp", "--modules", "1", "--batch-size", "33"], "--batch-size 33 must divide into the 2 ranks"),
 ])
 def test_bad_combination_is_refused_in_one_line(ranks, tmp_path, flags, message):

@@ -73,6 +73,8 @@ def check_baseline(cfg: RunConfig, world: int) -> None:
     if p.replicas != 1 or p.stage_sizes:
         raise ContsupError(f"{name} takes neither --replicas nor --stage-sizes (those place contsup's pipeline)")
     if p.parallel == "ddp":
+        if p.stage_units:
+            raise ContsupError(f"{name} has no stages: every rank holds the whole network (drop --stage-units)")
         if t.batch_size % world:
             raise ContsupError(f"--batch-size {t.batch_size} must divide into the {world} ranks of {name}")
         return
@@ -105,6 +107,7 @@ def split_units(net: LocalNetwork, sizes: list[int] | None, stages: int, batch: 
                                f"the {len(units)} units of {net.backbone_name}") from None
     clone = copy.deepcopy(net)
     x = torch.randn(max(1, min(batch, 64)), *net.image_shape.dims, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(net.parameters()).device)
     cal = calibrate_units(clone, x, repeats=2)
     ranges = partition([f + b for f, b in zip(cal["unit_fwd"], cal["unit_bwd"], strict=True)], stages)
     box = [[len(r) for r in ranges]]
