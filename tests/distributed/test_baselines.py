@@ -90,3 +90,17 @@ def test_bad_combination_is_refused_in_one_line(ranks, tmp_path, flags, message)
     for code, _, err in ranks.finish(timeout=90):
         assert code == 2 and message in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_baseline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
+    """A schedule's merged checkpoint resumes on the ranks, equal to one process trained without a stop."""
+    flags = [*E2E, "--train-subset", "32"]
+    schedule = ["--parallel", "gpipe", "--micro-batches", "1"]
+    ranks.start(2, [*flags, *schedule, "--epochs", "1", "--out", str(tmp_path / "par")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    ranks.start(2, [*flags, *schedule, "--resume", "--out", str(tmp_path / "par")])
+    reference([*flags, "--out", str(tmp_path / "ref")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    assert_same_run(tmp_path / "par", tmp_path / "ref", atol=1e-5)
