@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contsup.config import RunConfig
 from contsup.data import DeviceLoader
+from contsup.device import activate
 from contsup.distributed.costmodel import calibrate_units
 from contsup.distributed.launch import env_rank, pick_device
 from contsup.distributed.pipeline import Groups, PipelineStep
@@ -175,6 +176,7 @@ class ScheduleStep(PipelineStep):
     def __init__(self, net: LocalNetwork, ranges: list[range], parallel: str, batch: int, micro_batches: int,
                  device: torch.device, ctrl: dist.ProcessGroup, channels_last: bool = False) -> None:
         rank, world = dist.get_rank(), dist.get_world_size()
+        device = activate(device)
         self.net, self.device, self.names = net, device, param_names(net)
         self.topo, self.groups = Topology(world, world, 1, rank), Groups(ctrl, None)
         self.owners = stage_owners(parallel, world)
@@ -271,6 +273,7 @@ class DDPStep(PipelineStep):
     def __init__(self, net: LocalNetwork, device: torch.device, ctrl: dist.ProcessGroup, bf16: bool = False,
                  channels_last: bool = False) -> None:
         rank, world = dist.get_rank(), dist.get_world_size()
+        device = activate(device, bf16)
         self.net, self.device = net, device
         self.topo, self.groups = Topology(world, 1, world, rank), Groups(ctrl, None)
         self.format = memory_format(channels_last)
