@@ -155,6 +155,10 @@ class TrainConfig(Section):
     tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
 
 
+# How the ranks share the work: contsup's local pipeline, or an end-to-end baseline (docs/parallel.md).
+Parallel = Literal["local", "gpipe", "1f1b", "interleaved", "zbv", "ddp"]
+
+
 @dataclass
 class PipelineConfig(Section):
     """How the ranks of a pipelined run (`torchrun ... contsup train --pipeline`) split the work."""
@@ -164,13 +168,21 @@ class PipelineConfig(Section):
     inflight: int = 2  # micro-batches a stage may have sent but not yet delivered
     timeout_s: float = named(300.0, "dist_timeout")  # seconds before a silent peer counts as failed
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto (nccl with CUDA, else gloo), gloo or nccl
+    parallel: Parallel = "local"  # local: modules on ranks (or one process); the others: end to end (docs/parallel.md)
+    micro_batches: int = 4  # gpipe, 1f1b, interleaved, zbv: micro-batches per batch (they must divide it)
+    stage_units: list[int] | None = None  # gpipe, 1f1b, interleaved, zbv: backbone units per stage; None: balanced
+    ranks: int = 1  # processes `contsup train` starts on this machine, as torchrun would (1: this process)
+    threads: int = 0  # torch threads of each process (0: torch's default; started ranks: 1)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stage_sizes, str):  # the flag's text
-            try:
-                self.stage_sizes = [int(v) for v in self.stage_sizes.split(",")]
-            except ValueError:
-                raise ContsupError(f"cannot read --stage-sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
+        for name in ("stage_sizes", "stage_units"):
+            text = getattr(self, name)
+            if isinstance(text, str):  # the flag's text
+                try:
+                    setattr(self, name, [int(v) for v in text.split(",")])
+                except ValueError:
+                    flag = "--" + name.replace("_", "-")
+                    raise ContsupError(f"cannot read {flag} {text!r}: use counts like 3,5,8") from None
         super().__post_init__()
 
 

@@ -15,13 +15,13 @@ from contsup.data import dataset_info
 from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
 from contsup.device import resolve_device
-from contsup.distributed import run_pipeline
+from contsup.distributed.spawn import train_run
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
 from contsup.method.heads import HEADS
 from contsup.models import BACKBONES
 from contsup.models.reference import allow, is_reference
-from contsup.run import build_network, evaluate_checkpoint, run_training
+from contsup.run import build_network, evaluate_checkpoint
 
 EXAMPLES = """examples:
   contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
@@ -143,12 +143,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(net.describe())
         print(json.dumps(net.param_counts()))
         return 0
-    if args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        summary = run_pipeline(cfg, resume=args.resume)
-        if summary is None:  # not rank 0
-            return 0
-    else:
-        summary = run_training(cfg, resume=args.resume)
+    pipeline = args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    summary = train_run(cfg, resume=args.resume, pipeline=pipeline)
+    if summary is None:  # not rank 0
+        return 0
     print(format_summary(summary))
     print(f"run folder: {cfg.out}")
     return 0
@@ -180,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check the device and the dataset's presence, print the recipe and the network, exit")
     g.add_argument("--pipeline", action="store_true",
                    help="run as a pipeline rank: torchrun --nproc-per-node N -m contsup train ... --pipeline "
-                        "(implied by WORLD_SIZE > 1)")
+                        "(implied by WORLD_SIZE > 1; --ranks N starts the N ranks on this machine itself)")
     add_settings(p)
     p.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="test error of a saved checkpoint")

@@ -258,6 +258,10 @@ def run_name(s: Mapping[str, Any]) -> str:
         parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")
+    if s["parallel"] != d["parallel"]:
+        parts.append(s["parallel"] + (f"-m{s['micro_batches']}" if s["parallel"] != "ddp" else ""))
+    if s["ranks"] != d["ranks"] or s["threads"] != d["threads"]:
+        parts.append(f"{s['ranks']}x{s['threads']}t")  # processes x threads each
     parts.append(f"s{s['seed']}")
     return "-".join(str(p) for p in parts)
 
