@@ -1,0 +1,48 @@
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+from contsup.reproduce.presets import jobs, load_preset
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "ladder.py"
+
+
+def _driver():
+    spec = importlib.util.spec_from_file_location("ladder_driver", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _method(job):
+    return job.settings["context"], job.settings["head"]
+
+
+def test_ladder_recipes_differ_from_the_measured_rungs_only_in_epochs(tmp_path):
+    ladder = load_preset("ladder")
+    assert {r: ladder.recipes[r]["epochs"] for r in ladder.recipes} == {"cpu": 2, "cpu-4ep": 4, "cpu-8ep": 8}
+    two = {j.name: j.settings for j in jobs(ladder, "cpu", tmp_path)}
+    assert Counter(_method(j) for j in jobs(ladder, "cpu", tmp_path)) == {
+        ("E2E", "1c2f"): 3, ("R1E", "1c2f"): 3, ("E", "auglocal"): 3, ("R0", "auglocal"): 3}
+    # The 2-epoch rung is the protocol and heads presets' runs: same names, same settings.
+    measured = {j.name: j.settings for p in ("protocol", "heads") for j in jobs(load_preset(p), "cpu", tmp_path)}
+    assert all(measured[name] == s for name, s in two.items())
+    # E2E and R1E at 4 epochs are the protocol's cpu-long runs.
+    long = {j.name: j.settings for j in jobs(load_preset("protocol"), "cpu-long", tmp_path)}
+    for job in jobs(ladder, "cpu-4ep", tmp_path, only={"context": ["E2E", "R1E"]}):
+        assert long[job.name] == job.settings
+    for recipe, epochs in (("cpu-4ep", 4), ("cpu-8ep", 8)):
+        for job in jobs(ladder, recipe, tmp_path):
+            assert job.settings == {**two[job.name], "epochs": epochs}
+
+
+def test_driver_runs_the_unmeasured_rungs_minimum_answer_first(tmp_path):
+    todo = _driver().ladder_jobs(tmp_path)
+    got = [(Path(j.config.out).parent.name, j.settings["context"], j.settings["head"], j.settings["seed"])
+           for j in todo]
+    want = [(r, c, h, s) for r, c, h in [("cpu-8ep", "E2E", "1c2f"), ("cpu-4ep", "E", "auglocal"),
+                                         ("cpu-8ep", "E", "auglocal"), ("cpu-4ep", "R0", "auglocal"),
+                                         ("cpu-8ep", "R0", "auglocal"), ("cpu-8ep", "R1E", "1c2f")]
+            for s in (0, 1, 2)]
+    assert got == want
+    assert all(j.config.train.epochs == int(Path(j.config.out).parent.name[4]) for j in todo)
