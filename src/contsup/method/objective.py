@@ -21,7 +21,7 @@ from contsup.method.heads import HEADS
 from contsup.method.losses import LocalLoss, float32_loss
 from contsup.method.man import MomentumHead
 from contsup.method.patches import PatchAveraged
-from contsup.method.recon import Decoder, ReconWeights
+from contsup.method.recon import Decoder, ReconWeights, cut_weights
 from contsup.models.chain import Shape
 
 
@@ -46,6 +46,7 @@ class Cut:
     out_dim: int  # the local loss's input size
     settings: LocalConfig  # the run's local-learning settings (head widths, AugLocal depth, ...)
     next_unit: nn.Module | None = None  # the unit after the cut (MAN's copies follow it), not owned
+    next_stage: int | None = None  # the ResNet stage of the unit after the cut (MAN's reconstruction schedule)
 
     @property
     def width(self) -> int:
@@ -57,12 +58,6 @@ class Objective(nn.Module):
     """What trains one module: `forward(h, targets)` -> (loss, prediction)."""
 
     needs_pixels = False  # whether `targets.pixels` must be given
-
-    def after_step(self) -> None:
-        """Follow the optimizer step (MAN's momentum copies move towards the next unit)."""
-        for m in self.modules():
-            if isinstance(m, MomentumHead):
-                m.ema_update(m.momentum)
 
 
 class TaskObjective(Objective):
@@ -93,11 +88,15 @@ class ClassifierObjective(Objective):
 
 
 class ReconObjective(Objective):
-    """InfoPro's local loss: lambda_x * reconstruction BCE + lambda_y * the task objective's loss."""
+    """InfoPro's local loss: lambda_x * reconstruction BCE + lambda_y * the task objective's loss.
+
+    Behind MAN's copies the decoder reads their output a = LB(h) + EMA(h), what the head reads, as MAN's code
+    does; otherwise it reads h.
+    """
 
     needs_pixels = True
 
-    def __init__(self, task: Objective, decoder: Decoder, lambda_x: float, lambda_y: float) -> None:
+    def __init__(self, task: TaskObjective, decoder: Decoder, lambda_x: float, lambda_y: float) -> None:
         super().__init__()
         self.task = task
         self.decoder = decoder
@@ -108,7 +107,13 @@ class ReconObjective(Objective):
         if targets.pixels is None:
             raise ContsupError("the reconstruction term needs the un-normalised image (pixels in [0, 1]); "
                                "give the Trainer `pixels=` or a loader with a `denormalize` method")
-        task, out = self.task(h, targets)
+        man = self.task.head
+        if isinstance(man, MomentumHead):
+            h = man.copies(h)
+            out = man.head(h)
+            task = float32_loss(self.task.loss.fn, out, targets.y)
+        else:
+            task, out = self.task(h, targets)
         return self.lambda_x * self.decoder.loss(h, targets.pixels) + self.lambda_y * task, out
 
 
@@ -130,7 +135,8 @@ def local_head(cut: Cut, kind: str) -> nn.Module:
         if cut.next_unit is None:
             raise ContsupError("MAN needs the unit after each cut")
         after_next = replace(cut, unit=cut.unit + 1, shape=cut.unit_shapes[cut.unit + 1])  # what the head reads
-        head: nn.Module = MomentumHead(HEADS[kind](after_next), cut.next_unit, s.man_ema_start, s.man_momentum)
+        head: nn.Module = MomentumHead(HEADS[kind](after_next), cut.next_unit, s.man_ema_start, s.man_momentum,
+                                       s.man_scale)
     else:
         head = HEADS[kind](cut)
     if s.head_patches > 1:
@@ -141,12 +147,14 @@ def local_head(cut: Cut, kind: str) -> nn.Module:
 
 
 def local_objective(cut: Cut, kind: str, loss: LocalLoss, recon: ReconWeights | None) -> Objective:
-    """Cut k's objective: its head (`local_head`) with the local loss, plus the reconstruction term with `recon`."""
+    """Cut k's objective: its head (`local_head`) with the local loss, plus the reconstruction term with `recon`
+    (weighted by `recon_schedule`; decoding MAN's copies' output when the head is behind them)."""
     task = TaskObjective(local_head(cut, kind), loss)
     if recon is None:
         return task
     if not (cut.shape.is_map and cut.image.is_map):
         raise ContsupError("the reconstruction term decodes feature maps back to the image; this cut outputs tokens")
-    lambda_x, lambda_y = recon.at(cut.index, cut.num_cuts)
-    decoder = Decoder(cut.shape.channels, cut.image.channels, (cut.image.height, cut.image.width))
+    lambda_x, lambda_y = cut_weights(recon, cut.settings.recon_schedule, cut.index, cut.num_cuts, cut.next_stage)
+    decoded = cut.unit_shapes[cut.unit + 1] if isinstance(task.head, MomentumHead) else cut.shape
+    decoder = Decoder(decoded.channels, cut.image.channels, (cut.image.height, cut.image.width))
     return ReconObjective(task, decoder, lambda_x, lambda_y)

@@ -11,7 +11,28 @@ from torch import nn
 from contsup.errors import ContsupError
 from contsup.method.losses import float32_loss
 
-__all__ = ["RECON_PRESETS", "Decoder", "ReconWeights", "parse_recon"]
+__all__ = ["RECON_PRESETS", "RECON_SCHEDULES", "Decoder", "ReconWeights", "cut_weights", "parse_recon", "recon_ratio"]
+
+
+RECON_SCHEDULES = ("cut", "stage")
+
+
+def recon_ratio(schedule: str, cut: int, num_cuts: int, stage: int | None = None) -> float:
+    """How far cut `cut` (0-based, of `num_cuts` = K - 1) sits from the first weights towards the last.
+
+    `cut` (InfoPro's and HPFF's code): cut / (K - 2), so the last cut takes the last weights. `stage` (MAN's
+    and MAN++'s code): the ResNet stage of the unit after the cut (1, 2 or 3) / (K - 2). Both are 0 at K = 2.
+    """
+    if num_cuts <= 1:
+        return 0.0
+    if schedule == "cut":
+        return cut / (num_cuts - 1)
+    if schedule == "stage":
+        if stage is None:
+            raise ContsupError("recon_schedule = stage needs a backbone whose units are named (stage, block), "
+                               "as the ResNets'; use recon_schedule = cut")
+        return stage / (num_cuts - 1)
+    raise ContsupError(f"unknown recon_schedule {schedule!r}; choose from {', '.join(RECON_SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -25,12 +46,36 @@ class ReconWeights:
 
     def at(self, cut: int, num_cuts: int) -> tuple[float, float]:
         """(lambda_x, lambda_y) at cut index `cut` (0-based) of `num_cuts`, linearly interpolated."""
-        t = cut / (num_cuts - 1) if num_cuts > 1 else 0.0
+        return self.at_ratio(recon_ratio("cut", cut, num_cuts))
+
+    def at_ratio(self, t: float) -> tuple[float, float]:
+        """(lambda_x, lambda_y) a fraction t of the way from the first weights to the last (`recon_ratio`)."""
         return (self.ixx_1 + (self.ixx_2 - self.ixx_1) * t, self.ixy_1 + (self.ixy_2 - self.ixy_1) * t)
 
     def text(self) -> str:
         """The four numbers as `--recon` takes them."""
         return ",".join(f"{v:g}" for v in (self.ixx_1, self.ixy_1, self.ixx_2, self.ixy_2))
+
+
+def cut_weights(recon: ReconWeights, schedule: str, cut: int, num_cuts: int,
+                stage: int | None = None) -> tuple[float, float]:
+    """Cut k's (lambda_x, lambda_y) under `schedule`; refused when they leave the module without a loss.
+
+    A cut with lambda_x = lambda_y = 0 would train nothing (InfoPro's code allows it: `--recon 5,0.5,0,0`,
+    MAN's published weights, gives its last local module zero loss under the cut schedule), and a negative
+    weight (MAN's stage schedule extrapolates past the last weights when a stage exceeds K - 2) would
+    maximise a loss; both are refused in one line.
+    """
+    lx, ly = recon.at_ratio(recon_ratio(schedule, cut, num_cuts, stage))
+    if lx < 0 or ly < 0:
+        raise ContsupError(f"recon {recon.text()} with recon_schedule = {schedule} gives cut {cut} negative weights "
+                           f"({lx:g}, {ly:g}) at K = {num_cuts + 1}; use recon_schedule = cut")
+    if lx == 0 and ly == 0:
+        hint = ", or recon_schedule = stage (MAN's code, where 5,0.5,0,0 comes from)" if schedule == "cut" else ""
+        raise ContsupError(f"recon {recon.text()} with recon_schedule = {schedule} gives cut {cut} of {num_cuts} "
+                           f"lambda_x = lambda_y = 0: module {cut} would get no loss and never train; give it "
+                           f"nonzero weights{hint}")
+    return lx, ly
 
 
 class Decoder(nn.Module):
