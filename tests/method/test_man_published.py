@@ -16,9 +16,10 @@ from contsup.method.objective import Targets
 from contsup.models import build_arch, resnet
 from contsup.train import TrainConfig, Trainer
 
-# ResNet-32, K = 16 (a cut after every unit but the last): the stage of the unit after each of the 15 cuts,
-# the `lo` of MAN's code (JunhaoSu0/MAN, networks/resnetInfoPro_MAN.py), units (1, 0) .. (3, 4).
-NEXT_STAGE = [1] * 5 + [2] * 5 + [3] * 5
+# ResNet-32, K = 16 (a cut after every unit but the last, MAN++'s partition): the `lo` of MAN++'s code
+# (JunhaoSu0/MAN_PlusPlus, networks/resnetInfoPro_MANPP.py), the stage of the unit after each of the 15 cuts,
+# units (1, 1) .. (3, 4), and `ratio0 = 0` at its cut after the stem (its `EMA_first`).
+NEXT_STAGE = [0] + [1] * 4 + [2] * 5 + [3] * 5
 
 
 def resnet32_k16(**local) -> LocalNetwork:
@@ -39,9 +40,10 @@ def test_recon_schedules_are_the_official_codes():
     want = [w for i in range(15) for w in (5 * (1 - i / 14) + 0.2 * i / 14, 0.05 * (1 - i / 14) + 0.5 * i / 14)]
     assert got == pytest.approx(want, rel=1e-12)
     assert got[:2] == [5, 0.05] and got[-2:] == pytest.approx([0.2, 0.5])
-    # MAN's code: ratio = lo / (K - 2), lo the stage of the unit after the cut; MAN's weights 5, 0.5, 0, 0.
+    # MAN's and MAN++'s code: ratio = lo / (K - 2), lo the stage of the unit after the cut; weights 5, 0.5, 0, 0.
     got = weights(resnet32_k16(recon="5,0.5,0,0", recon_schedule="stage"))
-    typed = {1: (5 * 13 / 14, 0.5 * 13 / 14), 2: (5 * 12 / 14, 0.5 * 12 / 14), 3: (5 * 11 / 14, 0.5 * 11 / 14)}
+    typed = {0: (5, 0.5), 1: (5 * 13 / 14, 0.5 * 13 / 14), 2: (5 * 12 / 14, 0.5 * 12 / 14),
+             3: (5 * 11 / 14, 0.5 * 11 / 14)}
     assert got == pytest.approx([w for s in NEXT_STAGE for w in typed[s]], rel=1e-12)
 
 

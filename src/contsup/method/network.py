@@ -112,8 +112,10 @@ class LocalNetwork(nn.Module):
     def objective_at(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
-        name = self.unit_names[unit + 1]  # (stage, block) on the ResNets
-        stage = name[0] if isinstance(name, tuple) and isinstance(name[0], int) else None
+        names = self.unit_names[unit: unit + 2]  # (stage, block) on the ResNets, stage 0 the stem
+        stage = None
+        if all(isinstance(n, tuple) and isinstance(n[0], int) for n in names):
+            stage = 0 if names[0][0] == 0 else names[1][0]  # MAN++'s code: fraction 0 at its cut after the stem
         cut = Cut(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
                   self.loss.out_dim, self.config, self._units[unit + 1], stage)
         kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]

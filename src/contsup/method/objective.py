@@ -46,7 +46,7 @@ class Cut:
     out_dim: int  # the local loss's input size
     settings: LocalConfig  # the run's local-learning settings (head widths, AugLocal depth, ...)
     next_unit: nn.Module | None = None  # the unit after the cut (MAN's copies follow it), not owned
-    next_stage: int | None = None  # the ResNet stage of the unit after the cut (MAN's reconstruction schedule)
+    next_stage: int | None = None  # the ResNet stage of the unit after the cut, 0 after the stem (MAN's recon rule)
 
     @property
     def width(self) -> int:

@@ -21,7 +21,8 @@ def recon_ratio(schedule: str, cut: int, num_cuts: int, stage: int | None = None
     """How far cut `cut` (0-based, of `num_cuts` = K - 1) sits from the first weights towards the last.
 
     `cut` (InfoPro's and HPFF's code): cut / (K - 2), so the last cut takes the last weights. `stage` (MAN's
-    and MAN++'s code): the ResNet stage of the unit after the cut (1, 2 or 3) / (K - 2). Both are 0 at K = 2.
+    and MAN++'s code): the ResNet stage of the unit after the cut (1, 2 or 3) / (K - 2), and 0 at a cut
+    after the stem (`stage` = 0, MAN++'s). Both are 0 at K = 2.
     """
     if num_cuts <= 1:
         return 0.0
