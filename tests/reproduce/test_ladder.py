@@ -58,3 +58,22 @@ def test_man_preset_chooses_the_momentum_of_man_as_published(tmp_path):
             "2c2f", "5,0.5,0,0", "stage", 16, "R0")
         assert job.config.train.epochs == 2 and job.settings["seed"] == 0
     assert len({j.name for j in todo}) == 8 and all("recon-5_0.5_0_0-by-stage" in j.name for j in todo)
+
+
+def test_figure_reads_each_rung_from_its_csvs(tmp_path):
+    """Rows are picked by run name and epochs: protocol-cpu-long's E2E is the 4-epoch rung, not the 2-epoch one."""
+    driver = _driver()
+    e2e = "resnet32-fashion-mnist-K1-E2E-n10000-s{}"
+    header = "run,epochs,final_test_error,final_val_error\n"
+    (tmp_path / "protocol-cpu.csv").write_text(header + f"{e2e.format(0)},2,19.0,18.0\n{e2e.format(1)},2,21.0,20.0\n"
+                                               + "resnet32-fashion-mnist-K16-R0-n10000-s0,2,28.0,28.0\n")
+    (tmp_path / "protocol-cpu-long.csv").write_text(header + f"{e2e.format(0)},4,14.0,13.0\n")
+    (tmp_path / "ladder-cpu-4ep.csv").write_text(
+        header + "resnet32-fashion-mnist-K16-E-auglocal-n10000-s0,4,17.5,17.0\n")
+    errors = driver.rung_errors(tmp_path)
+    assert errors["E2E"] == {2: [(19.0, 18.0), (21.0, 20.0)], 4: [(14.0, 13.0)]}
+    assert errors["E + AugLocal"] == {4: [(17.5, 17.0)]} and errors["R1E (1c2f)"] == {}
+    driver.figure(tmp_path)
+    table = (tmp_path / "ladder.md").read_text()
+    assert "| E2E | 2 | 2 | 20.00 ± 1.41 | 19.00 ± 1.41 |  |" in table
+    assert "| E + AugLocal | 4 | 1 | 17.50 | 17.00 | +3.50 |" in table and (tmp_path / "ladder.png").is_file()
