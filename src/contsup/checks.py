@@ -151,6 +151,7 @@ def check_local(local: Any) -> None:
     check_float("aux_pyramid", local.aux_pyramid, 0.0, 1.0)
     check_float("man_momentum", local.man_momentum, 0.0, 1.0, high_open=True)
     check_int("head_patches", local.head_patches, 1, 16)
+    check_int("recon_patches", local.recon_patches, 1, 16)
     if local.checkpoint_segments != "sqrt":
         check_int("checkpoint_segments", local.checkpoint_segments, 0, 100_000)
     check_float("widen", local.widen, 0.0, 64.0, low_open=True)

@@ -116,6 +116,7 @@ class LocalConfig(Section):
     cuts: str | None = None  # explicit cuts: unit indices 3,7,11 or stage.block pairs 1.2,2.1 (overrides cut_table)
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
+    recon_patches: int = 1  # HPFF's patched decoders: n x n decoders, one per patch of h_k and the image (1: off)
     recon_schedule: Literal["cut", "stage"] = "cut"  # recon weights by cut index (InfoPro's code) or by stage (MAN's)
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)

@@ -156,5 +156,6 @@ def local_objective(cut: Cut, kind: str, loss: LocalLoss, recon: ReconWeights | 
         raise ContsupError("the reconstruction term decodes feature maps back to the image; this cut outputs tokens")
     lambda_x, lambda_y = cut_weights(recon, cut.settings.recon_schedule, cut.index, cut.num_cuts, cut.next_stage)
     decoded = cut.unit_shapes[cut.unit + 1] if isinstance(task.head, MomentumHead) else cut.shape
-    decoder = Decoder(decoded.channels, cut.image.channels, (cut.image.height, cut.image.width))
+    decoder = Decoder(decoded.channels, cut.image.channels, (cut.image.height, cut.image.width),
+                      cut.settings.recon_patches)
     return ReconObjective(task, decoder, lambda_x, lambda_y)

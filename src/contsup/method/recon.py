@@ -79,32 +79,59 @@ def cut_weights(recon: ReconWeights, schedule: str, cut: int, num_cuts: int,
     return lx, ly
 
 
+def _bounds(size: int, n: int) -> list[int]:
+    """Where n patches of a side of `size` start and end: i * size // n (HPFF's split at h // 2 for n = 2)."""
+    return [i * size // n for i in range(n + 1)]
+
+
+def _patches(t: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The n x n patches of a feature map or image, row by row."""
+    rows, cols = _bounds(t.shape[-2], n), _bounds(t.shape[-1], n)
+    return [t[..., r0:r1, c0:c1] for r0, r1 in zip(rows, rows[1:], strict=False)
+            for c0, c1 in zip(cols, cols[1:], strict=False)]
+
+
 class Decoder(nn.Module):
     """InfoPro's reconstruction decoder: upsample h_k to the image, conv3x3 -> BN -> ReLU -> conv3x3.
 
     It returns logits: the paper's sigmoid is folded into the loss (binary cross entropy with logits, the
     same function, numerically safer, and allowed under CUDA autocast where sigmoid + BCE is refused).
+    With `patches` = n > 1 it is HPFF's patched decoder: n x n decoders, decoder i upsampling patch i of
+    h_k to the size of patch i of the image (split at i * size // n), the n^2 losses summed.
     """
 
-    def __init__(self, channels: int, image_channels: int, image_size: tuple[int, int]) -> None:
+    def __init__(self, channels: int, image_channels: int, image_size: tuple[int, int], patches: int = 1) -> None:
         super().__init__()
         self.image_size = image_size
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, 12, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(12),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(12, image_channels, 3, 1, 1, bias=False),
-        )
+        self.patches = patches
+
+        def one() -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(channels, 12, 3, 1, 1, bias=False), nn.BatchNorm2d(12),
+                                 nn.ReLU(inplace=True), nn.Conv2d(12, image_channels, 3, 1, 1, bias=False))
+
+        self.net = one()  # the first patch's (with one patch, the only) decoder: its state keys stay `net.*`
+        self.more = nn.ModuleList(one() for _ in range(patches * patches - 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """The reconstruction's logits (the image is their sigmoid)."""
+        """The reconstruction's logits (the image is their sigmoid), with one decoder."""
         if tuple(h.shape[-2:]) != tuple(self.image_size):
             h = F.interpolate(h, size=self.image_size, mode="bilinear", align_corners=True)
         return self.net(h)
 
     def loss(self, h: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """Binary cross entropy of the reconstruction against the un-normalised image, in float32."""
-        return float32_loss(F.binary_cross_entropy_with_logits, self(h), pixels)
+        """Binary cross entropy of the reconstruction against the un-normalised image, in float32 (summed over
+        the patches with HPFF's patched decoders)."""
+        if self.patches == 1:
+            return float32_loss(F.binary_cross_entropy_with_logits, self(h), pixels)
+        if min(h.shape[-2:]) < self.patches:
+            raise ContsupError(f"recon_patches {self.patches} needs feature maps of at least {self.patches} x "
+                               f"{self.patches}; this cut's are {tuple(h.shape[-2:])}")
+        total = h.new_zeros((), dtype=torch.float32)
+        for net, part, target in zip([self.net, *self.more], _patches(h, self.patches),
+                                     _patches(pixels, self.patches), strict=True):
+            part = F.interpolate(part, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=True)
+            total = total + float32_loss(F.binary_cross_entropy_with_logits, net(part), target)
+        return total
 
 
 # The paper's [ixx_1, ixy_1, ixx_2, ixy_2] by (arch, dataset, K) (docs/method.md, reconstruction);

@@ -187,7 +187,8 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any]:
         d = defaults()
         s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
                  **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder", "aux_depth", "aux_pyramid",
-                                      "man_momentum", "man_ema_start", "man_scale", "head_patches", "recon_schedule")})
+                                      "man_momentum", "man_ema_start", "man_scale", "head_patches", "recon_schedule",
+                                      "recon_patches")})
     return s
 
 
@@ -257,7 +258,8 @@ def run_name(s: Mapping[str, Any]) -> str:
     recon = s["recon"]
     if recon not in (None, "none"):
         parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else "")
-                     + ("-by-stage" if s["recon_schedule"] == "stage" else ""))
+                     + ("-by-stage" if s["recon_schedule"] == "stage" else "")
+                     + (f"-patches{s['recon_patches']}" if s["recon_patches"] > 1 else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")
     parts.append(f"s{s['seed']}")
