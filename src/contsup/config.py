@@ -114,6 +114,7 @@ class LocalConfig(Section):
     aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
     man_ema_start: Literal["paper", "random"] = "paper"  # MAN: EMA copy starts as the next unit, or random (code's)
+    man_scale: bool = False  # MAN++: a learnable s per cut weighs the copies, s LB(h) + (2 - s) EMA(h), s from 1
     head_patches: int = 1  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
     loss: str = "softmax"  # local loss: softmax or contrast
     width: int = 128  # hidden width W of the local heads
@@ -122,6 +123,8 @@ class LocalConfig(Section):
     cuts: str | None = None  # explicit cuts: unit indices 3,7,11 or stage.block pairs 1.2,2.1 (overrides cut_table)
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
+    recon_patches: int = 1  # HPFF's patched decoders: n x n decoders, one per patch of h_k and the image (1: off)
+    recon_schedule: Literal["cut", "stage"] = "cut"  # recon weights by cut index (InfoPro's code) or by stage (MAN's)
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
     checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
