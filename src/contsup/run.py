@@ -10,7 +10,7 @@ import torch
 
 from contsup.checks import check_run
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
-from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset
+from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, split_sizes
 from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
 from contsup.errors import ContsupError
@@ -87,6 +87,27 @@ def check_steps(train_images: int, batch_size: int) -> None:
                            "no training step would run; lower --batch-size or raise --train-subset")
 
 
+def check_sizes(cfg: RunConfig) -> None:
+    """The dataset as published holds what the settings take from it: the validation split, the training
+    subset, one training batch and the test subset (checked again on the loaded data)."""
+    d, t = cfg.data, cfg.train
+    n_train, n_test = split_sizes(d.name)
+    if d.val_split >= n_train:
+        raise ContsupError(f"val_split={d.val_split} leaves no training images ({d.name} has {n_train})")
+    if d.train_subset > n_train - d.val_split:
+        raise ContsupError(f"train_subset={d.train_subset} exceeds the {n_train - d.val_split} training images "
+                           f"of {d.name}")
+    check_steps(d.train_subset or n_train - d.val_split, t.batch_size)
+    if t.eval_subset > n_test:
+        raise ContsupError(f"eval_subset={t.eval_subset} exceeds the {n_test} test images of {d.name}")
+
+
+def check_settings(cfg: RunConfig) -> None:
+    """Every setting of a run, and the sizes it takes from its dataset (`--print-config` checks this much)."""
+    check_run(cfg)
+    check_sizes(cfg)
+
+
 def known_run(run: dict[str, Any]) -> bool:
     """Whether a stored run names a registered backbone and a known dataset (else `contsup` cannot rebuild it)."""
     data = run.get("data")
@@ -148,8 +169,9 @@ def describe_run(cfg: RunConfig) -> str:
 
 
 def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, Any] | None]:
-    """Every check that needs no data, before anything is loaded or written (`cfg` passed `check_run`):
-    (the device, on resume the checked checkpoint)."""
+    """Every check that needs no data, before anything is loaded or written: (the device, on resume the
+    checked checkpoint). A run, a pipeline rank and `--dry-run` all pass here."""
+    check_settings(cfg)
     check_run_folder(cfg.out, resume)
     device = resolve_device(cfg.train.device)
     if not resume:

@@ -9,7 +9,7 @@ TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", 
          "--lr", "0.05", "--device", "cpu", "--no-progress", "--epochs", "1", "--modules", "2"]
 
 
-@pytest.mark.parametrize("flags,message", [
+BAD_SETTINGS = [
     (["--lr", "nan"], "lr must be a finite number"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--lr", "1e308"], "lr must be a finite number > 0 and <= 1000"),
@@ -35,11 +35,42 @@ TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", 
     (["--arch", "resnet9"], "unknown architecture"),
     (["--train-subset", "16"], "no training step would run"),
     (["--batch-size", "128"], "no training step would run"),
-])
+    (["--arch", "resnet1208"], "unknown architecture"),
+    (["--lr", "-0.1"], "lr must be"),
+    (["--eval-subset", "100000"], "eval_subset=100000 exceeds"),
+    (["--val-split", "600"], "leaves no training images"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_SETTINGS)
 def test_bad_setting(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
     assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mode,flags,message", [
+    *(("--dry-run", f, m) for f, m in BAD_SETTINGS),
+    *(("--print-config", f, m) for f, m in BAD_SETTINGS if m != "no channels"),  # the network's: the dry run's
+])
+def test_bad_setting_refused_without_running(mode, flags, message, tmp_path, capsys):
+    """--dry-run and --print-config refuse what the run refuses (its settings and sizes) through the same checks."""
+    out = tmp_path / "run"
+    assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(out), mode])
+    assert not out.exists()
+
+
+def test_dry_run_refuses_a_finished_run_and_resume_of_nothing(tmp_path, capsys):
+    from contsup.cli import main
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    before = snapshot(tmp_path)
+    assert "already holds a run" in cli_error(capsys, [*TRAIN, "--out", str(out), "--dry-run"])
+    assert "is finished" in cli_error(capsys, [*TRAIN, "--out", str(out), "--dry-run", "--resume"])
+    assert "nothing to resume" in cli_error(capsys, [*TRAIN, "--out", str(tmp_path / "new"), "--dry-run",
+                                                     "--resume"])
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -17,8 +17,8 @@ from contsup.data.sources import presence
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
-from contsup.run import build_network, evaluate_checkpoint, run_training
-from contsup.train.steps import resolve_device
+from contsup.run import build_network, check_settings, evaluate_checkpoint, prepare_run, run_training
+from contsup.train.runfolder import check_not_written
 
 EXAMPLES = """examples:
   contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
@@ -121,11 +121,14 @@ def format_summary(summary: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a network with local learning (or print its configuration or summary, and exit)."""
     cfg = config_from_args(args)
+    check_settings(cfg)
     if args.print_config:
         print(to_toml(cfg), end="")
         return 0
     if args.dry_run:
-        device = resolve_device(cfg.train.device)  # a device this machine lacks is refused, as in a real run
+        if cfg.out is not None and os.path.isdir(cfg.out):
+            check_not_written(cfg.out)
+        device, _ = prepare_run(cfg, args.resume)  # every check of a real run before its data is loaded
         info = dataset_info(cfg.data.name)
         net = build_network(cfg, info.channels, info.num_classes, info.size)
         print(f"device: {device}   data: {presence(cfg.data.name, cfg.data.root, cfg.data.download)}")
