@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from contsup.config import check_types
+from contsup.config import check_types, settings
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
 from contsup.method.context import parse_mode
@@ -101,7 +101,7 @@ def check_train(t: Any) -> None:
     check_int("batch_size", t.batch_size, 1, 2**24)
     check_float("lr", t.lr, 0.0, 1e3, low_open=True)
     check_float("momentum (Nesterov SGD)", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
-    check_float("weight_decay", t.weight_decay, 0.0)
+    check_float("weight_decay", t.weight_decay, 0.0, 1.0)
     if t.schedule not in ("step", "epoch"):
         raise ContsupError(f"unknown schedule {t.schedule!r}; choose from step, epoch")
     if t.warmup_epochs is not None:
@@ -115,6 +115,23 @@ def check_train(t: Any) -> None:
     check_int("eval_every", t.eval_every, 1, 100_000)
     check_int("eval_subset", t.eval_subset, 0)
     check_device_name(t.device)
+    if t.optimizer != "sgd" and t.momentum != _default("train.momentum"):
+        raise ContsupError(f"momentum {t.momentum:g} is SGD's (Nesterov); {t.optimizer} does not read it: drop it")
+
+
+def _default(path: str) -> Any:
+    """A setting's default in the schema."""
+    return settings()[path].default
+
+
+def check_trainer(t: Any, steps_per_epoch: Any) -> None:
+    """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`) and epochs of
+    at least one step (a loader without a full batch trains nothing), the warm-up no longer than the run."""
+    check_train(t)
+    check_int("steps per epoch (full batches of the training loader)", steps_per_epoch, 1, 10**9)
+    if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
+        raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
+                           f"got {t.warmup_steps}")
 
 
 def check_pipeline(p: Any) -> None:
@@ -158,8 +175,9 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cut_table not in TABLES:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
-    if local.cuts is not None:
-        parse_cut_list(local.cuts)
+    if local.cuts is not None and not parse_cut_list(local.cuts):
+        raise ContsupError(f"cuts {local.cuts!r} lists no cut; give unit indices (3,7,11), stage.block pairs "
+                           "(1.2,2.1) or a cut rule (balanced), or leave it out")
     for kind in local.head.split(","):
         HEADS[kind.strip()]  # raises on an unknown head
     if "," in local.head and local.cut_table == "balanced":
@@ -170,6 +188,42 @@ def check_local(local: Any) -> None:
         parse_recon(local.recon, "", None, local.modules, False)
     if local.recon_dataset is not None and local.recon_dataset not in DATASETS:
         raise ContsupError(f"unknown recon_dataset {local.recon_dataset!r}; valid names: {', '.join(DATASETS)}")
+    check_local_sizes(local)
+    check_local_used(local)
+
+
+MAX_HEAD_WEIGHTS = 2**31  # the heads' hidden layers: 8 GiB of float32 (the paper's K = 16 heads hold 0.25 M)
+MAX_AUGLOCAL_BLOCKS = 4096  # blocks copied into AugLocal heads over all cuts (the heads preset: 30)
+
+
+def check_local_sizes(local: Any) -> None:
+    """Refuse, from the settings alone and before anything is built, heads too large to build: (K - 1) heads of
+    width W x widen hold about (K - 1) (W widen)^2 weights in their hidden layers; AugLocal copies up to
+    aux_depth later blocks into each of them."""
+    hidden = round(local.width * local.widen)
+    weights = (local.modules - 1) * hidden**2
+    if weights > MAX_HEAD_WEIGHTS:
+        raise ContsupError(f"{local.modules - 1} local heads of width {hidden} would hold about {weights:,} weights "
+                           f"(at most {MAX_HEAD_WEIGHTS:,}); lower --width, --widen or --modules")
+    blocks = (local.modules - 1) * local.aux_depth
+    if "auglocal" in local.head and blocks > MAX_AUGLOCAL_BLOCKS:
+        raise ContsupError(f"{local.modules - 1} AugLocal heads of up to {local.aux_depth} blocks would copy up to "
+                           f"{blocks} blocks (at most {MAX_AUGLOCAL_BLOCKS}); lower --aux-depth or --modules")
+
+
+def check_local_used(local: Any) -> None:
+    """Refuse a setting changed from its default that the chosen network never reads (it would be stored as if it
+    had shaped the run)."""
+    unused = []
+    if "auglocal" not in local.head:
+        unused += [k for k in ("aux_depth", "aux_pyramid") if getattr(local, k) != _default(f"local.{k}")]
+    if local.man_momentum == 0 and local.man_ema_start != _default("local.man_ema_start"):
+        unused.append("man_ema_start (MAN is off: man_momentum = 0)")
+    if local.recon_dataset is not None and (local.recon is None or local.recon.lower() != "paper"):
+        unused.append("recon_dataset (it picks the weights of recon = paper)")
+    if unused:
+        raise ContsupError(f"setting(s) {', '.join(unused)} do nothing on this network (head {local.head}); "
+                           "drop them, or choose what they shape")
 
 
 def check_run(cfg: Any) -> None:
@@ -180,5 +234,9 @@ def check_run(cfg: Any) -> None:
     check_local(cfg.local)
     check_train(cfg.train)
     check_pipeline(cfg.pipeline)
+    encoders = cfg.local.modules > 1 and cfg.local.context != "R0"
+    if not encoders and cfg.train.context_lr_scale != _default("train.context_lr_scale"):
+        raise ContsupError("context_lr_scale sets the context encoders' rate, and this network has none "
+                           f"(K = {cfg.local.modules}, context {cfg.local.context}): drop it")
     if cfg.out == "":
         raise ContsupError("out must name a folder, got ''")

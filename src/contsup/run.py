@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from contsup.checks import check_run
+from contsup.checks import check_run, check_trainer
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
-from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, split_sizes
+from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, published_sizes
 from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
 from contsup.errors import ContsupError
@@ -18,11 +18,10 @@ from contsup.method.network import LocalNetwork, Plan
 from contsup.method.recon import parse_recon, recon_off
 from contsup.models import BACKBONES, build_arch
 from contsup.train.checkpoint import load_checkpoint
-from contsup.train.optim import make_optimizer
 from contsup.train.runfolder import (
     CHECKPOINT,
+    check_checkpoint_fits,
     check_not_written,
-    check_optimizer,
     check_resume,
     check_run_folder,
     check_weights,
@@ -91,13 +90,15 @@ def check_sizes(cfg: RunConfig) -> None:
     """The dataset as published holds what the settings take from it: the validation split, the training
     subset, one training batch and the test subset (checked again on the loaded data)."""
     d, t = cfg.data, cfg.train
-    n_train, n_test = split_sizes(d.name)
+    n_train, n_test = published_sizes(d.name)
     if d.val_split >= n_train:
         raise ContsupError(f"val_split={d.val_split} leaves no training images ({d.name} has {n_train})")
     if d.train_subset > n_train - d.val_split:
         raise ContsupError(f"train_subset={d.train_subset} exceeds the {n_train - d.val_split} training images "
                            f"of {d.name}")
-    check_steps(d.train_subset or n_train - d.val_split, t.batch_size)
+    train_images = d.train_subset or n_train - d.val_split
+    check_steps(train_images, t.batch_size)
+    check_trainer(t, train_images // t.batch_size)  # what the Trainer checks: the warm-up within the run
     if t.eval_subset > n_test:
         raise ContsupError(f"eval_subset={t.eval_subset} exceeds the {n_test} test images of {d.name}")
 
@@ -184,8 +185,8 @@ def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, A
 
 def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> None:
     """The checkpoint's weights and optimizer state fit the built network and the run's optimizer settings."""
-    check_weights(net, payload["model"], cfg.out or "", describe_run(cfg))
-    check_optimizer(payload["optimizer"], net, make_optimizer(net.named_parameters(), cfg.train), cfg.out or "")
+    check_checkpoint_fits(net, payload, cfg.train, cfg.out or "",
+                          f"the network its metadata describes ({describe_run(cfg)})")
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
@@ -236,7 +237,7 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
     plan = plan_from_checkpoint(payload, checkpoint, cfg)
     with torch.device("meta"):  # the metadata's network, shapes only: checked against the weights before allocating
         check_weights(build_network(cfg, info.channels, info.num_classes, info.size, plan), payload["model"],
-                      checkpoint, describe_run(cfg))
+                      checkpoint, f"the network its metadata describes ({describe_run(cfg)})")
     net = build_network(cfg, info.channels, info.num_classes, info.size, plan)
     net.load_state_dict(payload["model"])
     return cfg, net.to(resolve_device(device)), payload

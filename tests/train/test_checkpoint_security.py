@@ -210,3 +210,26 @@ def test_hostile_checkpoint_corpus(kind, message, tmp_path, capsys, trained):
     resumed = cli_error(capsys, [*TRAIN, "--epochs", "2", "--out", str(run), "--resume"])
     assert message in resumed or (kind == "wide" and "--resume with other settings" in resumed), resumed
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _adamw_steps(p: dict, value: float) -> None:
+    for state in p["optimizer"]["state"].values():
+        state["step"].fill_(value)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p.update(train_time=float("inf")), "not finite"),
+    (lambda p: p.update(train_time=float("nan")), "not finite"),
+    (lambda p: _adamw_steps(p, -5.0), "optimizer state does not fit"),
+    (lambda p: _adamw_steps(p, 2.5), "optimizer state does not fit"),
+])
+def test_resume_reads_back_its_counters(edit, message, tmp_path, capsys):
+    """Counters a checkpoint carries (the training time, AdamW's step count) are checked before they are used."""
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--optimizer", "adamw", "--lr", "0.001", "--epochs", "1", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()
+    edited(run, run / "checkpoint.pt", edit)
+    before = snapshot(tmp_path)
+    line = cli_error(capsys, [*TRAIN, "--optimizer", "adamw", "--lr", "0.001", "--epochs", "2", "--out", str(run),
+                              "--resume"])
+    assert message in line and snapshot(tmp_path) == before

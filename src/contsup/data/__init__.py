@@ -14,7 +14,7 @@ from contsup.errors import ContsupError
 
 __all__ = [
     "DATASETS", "SPECS", "Dataset", "DatasetInfo", "DeviceLoader", "Split", "SyntheticOptions",
-    "dataset_info", "fetch", "load_dataset", "locate", "split_sizes",
+    "dataset_info", "fetch", "load_dataset", "locate", "published_sizes",
 ]
 
 
@@ -25,7 +25,7 @@ def dataset_info(name: str, synthetic: SyntheticOptions | None = None) -> Datase
     return get_spec(name).info
 
 
-def split_sizes(name: str) -> tuple[int, int]:
+def published_sizes(name: str) -> tuple[int, int]:
     """The training and test images of `name` as published (the synthetic set's defaults), without loading it."""
     if name == "synthetic":
         opts = SyntheticOptions()

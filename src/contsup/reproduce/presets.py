@@ -43,12 +43,16 @@ def defaults() -> dict[str, Any]:
 
 def as_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A table of settings named by key or dotted path, keyed by key; unknown names raise ContsupError."""
-    out = {}
+    out: dict[str, Any] = {}
+    named_by: dict[str, str] = {}
     for name, value in table.items():
         try:
             key = settings()[resolve_name(name)].key
         except ContsupError as err:
             raise ContsupError(f"{where}: {err}") from None
+        if key in named_by:
+            raise ContsupError(f"{where}: {named_by[key]!r} and {name!r} both set {key}; give it once")
+        named_by[key] = name
         if key in _NOT_PRESET:
             raise ContsupError(f"{where}: {key} is not a preset setting (places and display come from the "
                                "command line: --out, --data-dir, --progress)")
