@@ -132,6 +132,13 @@ def check_trainer(t: Any, steps_per_epoch: Any) -> None:
     if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
         raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
                            f"got {t.warmup_steps}")
+    from contsup.train.schedule import make_schedule  # here: contsup.train imports this module
+
+    schedule = make_schedule(t.schedule, t.lr, t.epochs, steps_per_epoch, t.warmup_epochs, t.warmup_steps,
+                             t.warmup_start_lr)
+    if schedule.warmup_steps > 0 and t.warmup_start_lr > t.lr:  # checked where a run starts: stored runs stay readable
+        raise ContsupError(f"the warm-up would start at {t.warmup_start_lr:g}, {t.warmup_start_lr / t.lr:.3g}x the "
+                           f"peak rate lr {t.lr:g}; pass --warmup-start-lr below it, e.g. {t.lr / 100:.1e}")
 
 
 def check_pipeline(p: Any) -> None:

@@ -155,6 +155,7 @@ class TrainConfig(Section):
     bf16: bool = False  # bf16 autocast (CUDA)
     channels_last: bool = False  # channels_last memory format of the network and batches (CPU and CUDA)
     progress: bool = True  # progress bars (training: last = the last module's loss, local = the heads' mean)
+    step_peak: bool = True  # after training, measure one step's peak memory on a copy (the summary's step peak)
     tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
 
 
@@ -259,9 +260,10 @@ def _comments(cls: type) -> dict[str, str]:
     return out
 
 
-# Settings that say where a run reads and writes, on which device and how it is shown, not what it computes:
+# Settings that say where a run reads and writes, on which device and what it shows, not what it computes:
 # they may change on --resume, and run comparisons and sweeps leave them out.
-PLACE = frozenset({"out", "data.root", "data.download", "train.device", "train.progress", "train.tensorboard"})
+PLACE = frozenset({"out", "data.root", "data.download", "train.device", "train.progress", "train.tensorboard",
+                   "train.step_peak"})
 
 
 @cache

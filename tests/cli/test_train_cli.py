@@ -148,3 +148,38 @@ def test_lean_context_flag():
     on, off = (config_from_args(p.parse_args(["train", *TINY, *extra])).local.lean_context
                for extra in ([], ["--no-lean-context"]))
     assert on and not off
+
+
+def test_after_the_last_epoch_the_run_says_what_it_does(capsys, tmp_path):
+    """Even without progress bars: the final evaluation and the step-peak measurement are announced, and
+    --no-step-peak skips the measurement (the summary says it was not measured)."""
+    assert main(["train", *TINY, "--modules", "2", "--out", str(tmp_path / "a")]) == 0
+    text = capsys.readouterr().out
+    assert "epoch 1/1 trained; evaluating on the full test set" in text
+    assert "measuring the peak memory of one training step at batch 64" in text
+    assert main(["train", *TINY, "--modules", "2", "--no-step-peak", "--out", str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "measuring the peak memory" not in text and "step peak memory: not measured" in text
+    assert "step_peak_memory_bytes" not in json.loads((tmp_path / "b" / "summary.json").read_text())
+
+
+def test_ctrl_c_says_how_to_continue(capsys, tmp_path, monkeypatch):
+    from contsup.train.trainer import Trainer
+
+    epochs = Trainer.train_epoch
+
+    def interrupted(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return epochs(self)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    capsys.readouterr()
+    assert main(["train", *BASE, "--epochs", "2", "--modules", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"contsup: interrupted; {out} keeps the last finished epoch: continue with the same command and " \
+                  "--resume"
+    monkeypatch.setattr(Trainer, "train_epoch", epochs)
+    assert main(["train", *BASE, "--epochs", "2", "--modules", "2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2

@@ -167,3 +167,11 @@ def test_two_trainers_on_one_folder_in_two_threads(tmp_path):
         release.set()
         thread.join()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_warm_up_above_the_peak_is_refused_in_one_line(tmp_path, capsys):
+    """docs/vit.md's AdamW rate 1e-3 with the default warm-up start (0.01): refused, with the fix; no warm-up: fine."""
+    with pytest.raises(ContsupError, match=r"start at 0.01, 10x the peak rate lr 0.001; pass --warmup-start-lr"):
+        small_api(lr=1e-3, warmup_epochs=0.5)
+    small_api(lr=1e-3, warmup_epochs=0)  # no warm-up: its start is never used
+    small_api(lr=1e-3, warmup_epochs=0.5, warmup_start_lr=1e-5)

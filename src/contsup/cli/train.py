@@ -110,12 +110,20 @@ def format_summary(summary: dict) -> str:
         "selected on the test set, for comparison only)",
         f"training time: {summary['train_time_s']:.1f} s   {summary['images_per_s']:.0f} images/s   "
         f"device {summary['device']}",
-        *([f"step peak memory: {summary['step_peak_memory_bytes'] / 2**20:.1f} MiB (one training step at the run's "
-            f"batch size, {summary['step_peak_memory_kind']})"] if "step_peak_memory_bytes" in summary else []),
+        f"step peak memory: {summary['step_peak_memory_bytes'] / 2**20:.1f} MiB (one training step at the run's "
+        f"batch size, {summary['step_peak_memory_kind']})" if "step_peak_memory_bytes" in summary else
+        "step peak memory: not measured (a pipeline run, whose ranks each hold part of the step, or --no-step-peak)",
         f"process peak memory: {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']}: "
         "runtime and dataset included)",
         "parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items()),
     ])
+
+
+def continue_hint(out: str | None) -> str:
+    """What an interrupted run left, and how to continue it."""
+    if out is None or not os.path.isfile(os.path.join(out, "checkpoint.pt")):
+        return "no epoch finished, nothing was kept; run the command again"
+    return f"{out} keeps the last finished epoch: continue with the same command and --resume"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -141,7 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if summary is None:  # not rank 0
             return 0
     else:
-        summary = run_training(cfg, resume=args.resume)
+        try:
+            summary = run_training(cfg, resume=args.resume)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(continue_hint(cfg.out)) from None
     print(format_summary(summary))
     print(f"run folder: {cfg.out}")
     return 0

@@ -303,6 +303,8 @@ class Trainer:
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if row["epoch"] % self.cfg.eval_every == 0 or row["epoch"] == stop:
+                if row["epoch"] == self.cfg.epochs:
+                    self._say(f"epoch {row['epoch']}/{self.cfg.epochs} trained; evaluating on the full test set")
                 self._evaluate_into(row)
             row["peak_memory_bytes"] = self._peak()
             check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
@@ -313,10 +315,17 @@ class Trainer:
                 board.log(row)
         if board is not None:
             board.close()
-        if self.step_memory is None and isinstance(self.step, LocalStep):
+        if self.step_memory is None and isinstance(self.step, LocalStep) and self.cfg.step_peak:
+            self._say(f"measuring the peak memory of one training step at batch {self.cfg.batch_size} on a copy of "
+                      "the network (--no-step-peak skips it)")
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
                                          self.step.format)
         return self.summary() if self.step.main else None
+
+    def _say(self, line: str) -> None:
+        """A line on what the run does next, on the main process, with or without progress bars."""
+        if self.step.main:
+            tqdm.write(line)
 
     def _check_new_run(self) -> None:
         """Refuse to start a run from epoch 0 in a folder that already holds one (`resume` continues it)."""
@@ -353,7 +362,7 @@ class Trainer:
         payload = self.state()
         if payload is None:
             return
-        tqdm.write(epoch_line(row, self.cfg.epochs))
+        tqdm.write(epoch_line(row, self.cfg.epochs, self.cfg.lr))
         if self.out_dir is not None:
             with writing(self.out_dir):
                 self.out_dir.mkdir(parents=True, exist_ok=True)
