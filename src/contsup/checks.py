@@ -115,8 +115,6 @@ def check_train(t: Any) -> None:
     check_int("eval_every", t.eval_every, 1, 100_000)
     check_int("eval_subset", t.eval_subset, 0)
     check_device_name(t.device)
-    if t.optimizer != "sgd" and t.momentum != _default("train.momentum"):
-        raise ContsupError(f"momentum {t.momentum:g} is SGD's (Nesterov); {t.optimizer} does not read it: drop it")
 
 
 def _default(path: str) -> Any:
@@ -124,10 +122,12 @@ def _default(path: str) -> Any:
     return settings()[path].default
 
 
-def check_trainer(t: Any, steps_per_epoch: Any) -> None:
-    """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`) and epochs of
-    at least one step (a loader without a full batch trains nothing), the warm-up no longer than the run."""
+def check_trainer(t: Any, steps_per_epoch: Any, local: Any) -> None:
+    """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`), every setting
+    used (`check_used`, with the network's `local` settings), epochs of at least one step (a loader without a
+    full batch trains nothing), the warm-up within the run and below the peak rate."""
     check_train(t)
+    check_used(local, t)
     check_int("steps per epoch (full batches of the training loader)", steps_per_epoch, 1, 10**9)
     if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
         raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
@@ -196,7 +196,6 @@ def check_local(local: Any) -> None:
     if local.recon_dataset is not None and local.recon_dataset not in DATASETS:
         raise ContsupError(f"unknown recon_dataset {local.recon_dataset!r}; valid names: {', '.join(DATASETS)}")
     check_local_sizes(local)
-    check_local_used(local)
 
 
 MAX_HEAD_WEIGHTS = 2**31  # the heads' hidden layers: 8 GiB of float32 (the paper's K = 16 heads hold 0.25 M)
@@ -218,19 +217,21 @@ def check_local_sizes(local: Any) -> None:
                            f"{blocks} blocks (at most {MAX_AUGLOCAL_BLOCKS}); lower --aux-depth or --modules")
 
 
-def check_local_used(local: Any) -> None:
-    """Refuse a setting changed from its default that the chosen network never reads (it would be stored as if it
-    had shaped the run)."""
+def check_used(local: Any, t: Any) -> None:
+    """Refuse a setting changed from its default that the chosen network or optimizer never reads (it would be
+    stored as if it had shaped the run). Checked where a run starts, so that stored runs stay readable."""
     unused = []
     if "auglocal" not in local.head:
         unused += [k for k in ("aux_depth", "aux_pyramid") if getattr(local, k) != _default(f"local.{k}")]
     if local.man_momentum == 0 and local.man_ema_start != _default("local.man_ema_start"):
         unused.append("man_ema_start (MAN is off: man_momentum = 0)")
-    if local.recon_dataset is not None and (local.recon is None or local.recon.lower() != "paper"):
-        unused.append("recon_dataset (it picks the weights of recon = paper)")
+    if t.optimizer != "sgd" and t.momentum != _default("train.momentum"):
+        unused.append(f"momentum (SGD's; {t.optimizer} does not read it)")
+    if (local.modules == 1 or local.context == "R0") and t.context_lr_scale != _default("train.context_lr_scale"):
+        unused.append(f"context_lr_scale (no context encoders at K = {local.modules}, context {local.context})")
     if unused:
-        raise ContsupError(f"setting(s) {', '.join(unused)} do nothing on this network (head {local.head}); "
-                           "drop them, or choose what they shape")
+        raise ContsupError(f"setting(s) {', '.join(unused)} do nothing in this run; drop them, or choose what "
+                           "they shape")
 
 
 def check_run(cfg: Any) -> None:
@@ -241,9 +242,5 @@ def check_run(cfg: Any) -> None:
     check_local(cfg.local)
     check_train(cfg.train)
     check_pipeline(cfg.pipeline)
-    encoders = cfg.local.modules > 1 and cfg.local.context != "R0"
-    if not encoders and cfg.train.context_lr_scale != _default("train.context_lr_scale"):
-        raise ContsupError("context_lr_scale sets the context encoders' rate, and this network has none "
-                           f"(K = {cfg.local.modules}, context {cfg.local.context}): drop it")
     if cfg.out == "":
         raise ContsupError("out must name a folder, got ''")

@@ -124,7 +124,7 @@ class LocalConfig(Section):
 
 
     def __post_init__(self) -> None:
-        if isinstance(self.cuts, str) and any(c.isalpha() for c in self.cuts):
+        if isinstance(self.cuts, str) and any(c.isalpha() for c in self.cuts) and not set(self.cuts) & set(",."):
             # a rule or table by name (`--cuts balanced`, as `contsup profile` takes it): stored as cut_table
             if self.cut_table not in ("auto", self.cuts.strip()):
                 raise ContsupError(f"cuts {self.cuts!r} and cut_table {self.cut_table!r} name two cut rules; give one")

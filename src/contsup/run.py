@@ -98,7 +98,7 @@ def check_sizes(cfg: RunConfig) -> None:
                            f"of {d.name}")
     train_images = d.train_subset or n_train - d.val_split
     check_steps(train_images, t.batch_size)
-    check_trainer(t, train_images // t.batch_size)  # what the Trainer checks: the warm-up within the run
+    check_trainer(t, train_images // t.batch_size, cfg.local)  # what the Trainer checks, before any work
     if t.eval_subset > n_test:
         raise ContsupError(f"eval_subset={t.eval_subset} exceeds the {n_test} test images of {d.name}")
 

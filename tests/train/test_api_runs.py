@@ -175,3 +175,14 @@ def test_a_warm_up_above_the_peak_is_refused_in_one_line(tmp_path, capsys):
         small_api(lr=1e-3, warmup_epochs=0.5)
     small_api(lr=1e-3, warmup_epochs=0)  # no warm-up: its start is never used
     small_api(lr=1e-3, warmup_epochs=0.5, warmup_start_lr=1e-5)
+
+
+def test_evaluate_counts_the_most_predicted_class():
+    from contsup.train import evaluate
+
+    net = small_api().net
+    with torch.no_grad():  # every image: class 1 of 2
+        [m for m in net.objectives[-1].modules() if isinstance(m, nn.Linear)][-1].bias.copy_(torch.tensor([0.0, 1e4]))
+    x, y = torch.randn(8, 3, 8, 8), torch.tensor([0, 1, 0, 1, 0, 1, 0, 0])
+    result = evaluate(net, [(x, y)])
+    assert result["top_class_share"] == 1.0 and result["error"] == 62.5

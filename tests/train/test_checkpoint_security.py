@@ -233,3 +233,14 @@ def test_resume_reads_back_its_counters(edit, message, tmp_path, capsys):
     line = cli_error(capsys, [*TRAIN, "--optimizer", "adamw", "--lr", "0.001", "--epochs", "2", "--out", str(run),
                               "--resume"])
     assert message in line and snapshot(tmp_path) == before
+
+
+def test_stored_runs_with_settings_a_new_run_refuses_stay_readable(tmp_path, capsys, trained):
+    """Refusals of settings that do nothing, or of a warm-up above the peak, apply where a run starts: eval reads
+    a run that stored them."""
+    def edit(p):
+        p["meta"]["run"]["local"].update(aux_depth=3)
+        p["meta"]["run"]["train"].update(warmup_start_lr=1.0, optimizer="sgd", momentum=0.9)
+
+    path = edited(trained, tmp_path / "old.pt", edit)
+    assert main(["eval", str(path), "--device", "cpu"]) == 0

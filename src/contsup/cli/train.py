@@ -181,7 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--dry-run", action="store_true",
-                   help="check the device and the dataset's presence, print the recipe and the network, exit")
+                   help="run every check of a real run (settings, sizes, device, --out), say whether the dataset "
+                        "is present, print the recipe and the network, exit")
     g.add_argument("--pipeline", action="store_true",
                    help="run as a pipeline rank: torchrun --nproc-per-node N -m contsup train ... --pipeline "
                         "(implied by WORLD_SIZE > 1)")

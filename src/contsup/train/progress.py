@@ -51,3 +51,17 @@ def epoch_line(row: dict[str, Any], epochs: int, peak: float | None = None) -> s
         parts.append(f"test error {row['test_error']:.2f}%{on}")
     parts.append(f"{row['images_per_s']:.0f} img/s")
     return "  ".join(parts)
+
+
+def collapse_note(train_error: float, test_error: float, top_share: float, classes: int) -> str | None:
+    """A warning when evaluation collapses against training: the test predictions nearly all one class, or a test
+    error near chance while training learns (not overfitting: that leaves the test error well below chance)."""
+    chance = 100.0 * (1 - 1 / classes)
+    one_class = classes > 2 and top_share >= 0.8
+    if not (one_class or (test_error >= chance - 5 and test_error - train_error >= 20)):
+        return None
+    what = f"{top_share:.0%} of the test predictions are one class" if one_class else \
+        f"the test error is near chance ({chance:.0f}%)"
+    return (f"warning: {what} (test error {test_error:.2f}%, training error {train_error:.2f}%): in a short run, "
+            "BatchNorm's running statistics may not fit the trained weights yet (more steps, or a lower "
+            "lr, let them settle); check the test data's labels and normalisation too")

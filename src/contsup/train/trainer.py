@@ -24,12 +24,12 @@ from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
 from contsup.memory import PeakMemory
 from contsup.method.local_step import clip_module_grads
-from contsup.method.network import LocalNetwork
+from contsup.method.network import LocalNetwork, num_classes
 from contsup.train.checkpoint import save_checkpoint
 from contsup.train.guard import FiniteWatch, check_row
 from contsup.train.optim import make_optimizer
 from contsup.train.peak import peak_memory, reset_peak, step_peak
-from contsup.train.progress import TAIL, epoch_line, legend, postfix
+from contsup.train.progress import TAIL, collapse_note, epoch_line, legend, postfix
 from contsup.train.runfolder import (
     CHECKPOINT,
     METRICS,
@@ -54,7 +54,8 @@ def evaluate_step(step: Step, loader: Iterable, bar: str | None = None) -> dict[
     """
     was_training = step.net.training
     step.net.eval()
-    counts = torch.zeros(4, dtype=torch.float64, device=step.device)  # wrong, total, loss sum, labels out of range
+    # wrong, total, loss sum, labels out of range, then the predictions of each class
+    counts = torch.zeros(4 + num_classes(step.net.objectives[-1]), dtype=torch.float64, device=step.device)
     for batch in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
         logits, y = step.infer(batch)
         if logits is not None:
@@ -82,6 +83,8 @@ def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) ->
     counts[1] += y.numel()
     counts[2] += F.cross_entropy(logits, y.clamp(0, logits.shape[1] - 1), reduction="sum")
     counts[3] += outside.sum()
+    predicted = logits.argmax(1)
+    counts[4:].index_add_(0, predicted, torch.ones_like(predicted, dtype=counts.dtype))  # bincount would sync
 
 
 def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
@@ -90,7 +93,8 @@ def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
         raise ContsupError(f"{int(counts[3])} of {int(counts[1])} evaluated labels lie outside the network's classes "
                            "(0 to its number of classes - 1): check the loader's labels")
     total = max(float(counts[1]), 1.0)
-    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total, "images": int(counts[1])}
+    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total, "images": int(counts[1]),
+            "top_class_share": float(counts[4:].max()) / total if len(counts) > 4 else 0.0}
 
 
 class Trainer:
@@ -130,7 +134,7 @@ class Trainer:
         if step is None and isinstance(batch, int) and batch != cfg.batch_size:
             cfg = replace(cfg, batch_size=batch)  # the loader's batch is what trains: the step peak and records say it
         steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
-        check_trainer(cfg, steps)  # the command line's checks, for the Python API too
+        check_trainer(cfg, steps, net.config)  # the command line's checks, for the Python API too
         self.cfg = cfg
         pixels = pixels or getattr(train_loader, "denormalize", None)
         if net.needs_pixels and pixels is None and step is None:
@@ -342,6 +346,10 @@ class Trainer:
         subset = self.subset_loader is not None and row["epoch"] < self.cfg.epochs
         test = self.evaluate(self.subset_loader if subset else self.test_loader)
         row["test_error"], row["test_loss"], row["test_images"] = test["error"], test["loss"], test["images"]
+        note = collapse_note(row["train_error"], test["error"], test["top_class_share"],
+                             num_classes(self.net.objectives[-1]))
+        if note is not None:
+            self._say(note)
         if subset:
             row["test_subset"] = True
 
