@@ -36,7 +36,7 @@ $(BIN)/contsup: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test test-quick lint
+.PHONY: install demo test test-quick lint gpu-check
 install: $(BIN)/contsup
 
 DEMO_TRAIN = OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/contsup train $(DEMO_FLAGS)
@@ -62,6 +62,11 @@ test: install
 # encoders equal the straightforward ones, a 2-rank pipeline equals one process): the tests marked `quick`.
 test-quick: install
 	$(BIN)/pytest -m quick
+
+# Every CUDA path for real on a machine with a GPU, in minutes (benchmarks/gpu_check.py says what it runs); on a
+# machine without one, the same checks at toy sizes on the CPU. Summary: runs/gpu-check/summary.md
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -151,9 +151,9 @@ def top_ops(args: argparse.Namespace, count: int = 8) -> str:
     """Where a K = 16 R1E step spends its time: the profiler's top operators, in both memory formats."""
     from torch.profiler import ProfilerActivity, profile
 
+    from contsup.device import resolve_device
     from contsup.method.local_step import local_step
     from contsup.profile.runner import build
-    from contsup.train.steps import resolve_device
 
     device = resolve_device(args.device)
     columns = []

@@ -14,7 +14,7 @@ from contsup.method.heads import LocalHead
 from contsup.method.objective import Cut
 from contsup.models import Shape, resnet
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # one thread: two oversubscribe a busy 2-core machine (CI) and run 10-100x slower
 
 
 def tiny_net(modules: int = 4, context: str = "R1E", in_ch: int = 3, size: int = 16, **kw) -> LocalNetwork:
@@ -52,6 +52,37 @@ def train_end_to_end_and_k1(plain: nn.Module, sample: torch.Tensor, x: torch.Ten
         opt_b.step()
     names = {n.replace("blocks.0.", "units.").replace("objectives.0.", ""): p for n, p in local.named_parameters()}
     return dict(plain.named_parameters()), names
+
+
+def gradient_leaks(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+    """The isolation proof: scaling head j's parameters (so changing module j's loss) must change the gradients of
+    module j, head j and the encoders feeding module j only. Returns what else changed, or what should have and
+    did not (module j's units; cut j-1's encoders where context is on); [] when every module is isolated."""
+    def grads(n: LocalNetwork) -> dict[str, torch.Tensor | None]:
+        return {k: (p.grad.clone() if p.grad is not None else None) for k, p in n.named_parameters()}
+
+    net.zero_grad()
+    local_step(net, x, y)
+    base = grads(net)
+    leaks = []
+    for j in range(net.num_modules):  # the last module's objective, the classifier, too
+        other = copy.deepcopy(net)
+        other.zero_grad()
+        with torch.no_grad():
+            for p in other.objectives[j].parameters():
+                p.mul_(1.5)
+        local_step(other, x, y)
+        after = grads(other)
+        diff = {n for n in base if (base[n] is None) != (after[n] is None)
+                or (base[n] is not None and not torch.equal(base[n], after[n]))}
+        own = (f"blocks.{j}.", f"objectives.{j}.", f"context.{j - 1}.")
+        leaks += sorted(n for n in diff if not n.startswith(own))
+        if not any(n.startswith(f"blocks.{j}.") for n in diff):
+            leaks.append(f"module {j}'s units are untouched by its loss")
+        if j > 0 and len(net.context[j - 1].residual) + (net.context[j - 1].image is not None) > 0 and not any(
+                n.startswith(f"context.{j - 1}.") for n in diff):
+            leaks.append(f"cut {j - 1}'s encoders are untouched by module {j}'s loss")
+    return leaks
 
 
 @pytest.fixture

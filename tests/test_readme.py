@@ -1,8 +1,12 @@
 """The README's Python API example runs as written (in a temporary folder) and its model learns."""
 
 import os
+import re
 import runpy
 from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -26,3 +30,25 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     assert scope["net"].num_modules == 4 and summary["params"]["context"] > 0
     again = runpy.run_path(str(tmp_path / "example.py"))["summary"]  # rerun as written: the finished run, re-read
     assert again["final_test_error"] == summary["final_test_error"] and again["epochs"] == 3
+
+
+def own_model_example() -> str:
+    """The first ```python block after the README's "## Bring your own model" heading."""
+    text = README.read_text()
+    section = text[text.index("## Bring your own model"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def test_the_bring_your_own_model_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's three lines on an unmodified Sequential: it is cut where the comment says, and it trains."""
+    (tmp_path / "own.py").write_text(own_model_example())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(os.environ, "OMP_NUM_THREADS", "1")
+    torch.manual_seed(0)
+    images = DataLoader(TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))), batch_size=32)
+    scope = runpy.run_path(str(tmp_path / "own.py"), init_globals={"train": images, "test": images})
+    said = re.search(r"print\(net.cut_names\)  # (\[.*?\])", own_model_example()).group(1)
+    assert capsys.readouterr().out.splitlines()[0] == said == str(scope["net"].cut_names)
+    assert scope["net"].num_modules == 4 and scope["summary"]["epochs"] == 1
+    assert (tmp_path / "runs" / "own" / "summary.json").is_file()

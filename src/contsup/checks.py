@@ -12,10 +12,9 @@ import math
 import re
 from typing import Any
 
-import torch
-
 from contsup.config import check_types, settings
 from contsup.data.specs import DATASETS
+from contsup.device import check_device_name
 from contsup.errors import ContsupError
 from contsup.method.context import parse_mode
 from contsup.method.cuts import TABLES, parse_cut_list
@@ -23,11 +22,12 @@ from contsup.method.heads import HEADS
 from contsup.method.losses import LOSSES
 from contsup.method.recon import parse_recon
 from contsup.models import BACKBONES
+from contsup.models.reference import check_reference, is_reference
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 ARCH_PATTERN = re.compile(r"resnet(\d+)")
+MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.\w+)*")  # a module path naming a cut of a traced model
 
 
 def _bad(name: str, value: Any, rule: str) -> ContsupError:
@@ -60,29 +60,12 @@ def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
         raise _bad(name, value, f"of type {names}")
 
 
-def check_device_name(name: Any) -> None:
-    """auto, cpu, cuda or cuda:N (whether that device exists is checked by `device_from_name`)."""
-    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
-        raise ContsupError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-
-
-def device_from_name(name: str) -> torch.device:
-    """The device to run on: `auto` picks CUDA when available; a CUDA device this machine lacks is refused."""
-    check_device_name(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ContsupError(f"device {name!r}: this PyTorch build or machine has no CUDA device; use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ContsupError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 def check_arch(arch: Any) -> None:
     """A registered backbone (`contsup.models.BACKBONES`); a CIFAR ResNet's N = 6n + 2 up to MAX_DEPTH."""
     check_type("arch", arch, str)
+    if is_reference(arch):
+        check_reference(arch)  # the user's code: its form only, nothing imported here
+        return
     BACKBONES[arch]  # raises on a name no backbone takes
     match = ARCH_PATTERN.fullmatch(arch)
     if match and arch not in BACKBONES.names() and (
@@ -182,9 +165,11 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cut_table not in TABLES:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
-    if local.cuts is not None and not parse_cut_list(local.cuts):
+    if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
+        parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
+    if local.cuts is not None and not [c for c in local.cuts.split(",") if c.strip()]:
         raise ContsupError(f"cuts {local.cuts!r} lists no cut; give unit indices (3,7,11), stage.block pairs "
-                           "(1.2,2.1) or a cut rule (balanced), or leave it out")
+                           "(1.2,2.1), module paths or a cut rule (balanced), or leave it out")
     for kind in local.head.split(","):
         HEADS[kind.strip()]  # raises on an unknown head
     if "," in local.head and local.cut_table == "balanced":

@@ -103,7 +103,7 @@ class LocalConfig(Section):
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken; or one per cut, a,b,...
+    head: str = "1c2f"  # local head: <a>c<b>f (1c2f on tokens: a token head), auglocal, *token; or one per cut, a,b
     aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
     aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
@@ -113,7 +113,7 @@ class LocalConfig(Section):
     width: int = 128  # hidden width W of the local heads
     widen: float = 1.0  # multiplies the heads' widths
     cut_table: str = "auto"  # auto, equal-units, balanced (rules) or a paper table (equal, balanced-cifar10, ...)
-    cuts: str | None = None  # cuts: unit indices 3,7,11, stage.block pairs 1.2,2.1, or a cut_table name (balanced)
+    cuts: str | None = None  # explicit cuts: unit indices 3,7,11, stage.block pairs 1.2,2.1; or a cut_table name
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
@@ -121,15 +121,6 @@ class LocalConfig(Section):
     checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
     local_init: Literal["torch", "kaiming"] = "torch"  # heads and encoders: PyTorch defaults or the reference's
     context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)
-
-
-    def __post_init__(self) -> None:
-        if isinstance(self.cuts, str) and any(c.isalpha() for c in self.cuts) and not set(self.cuts) & set(",."):
-            # a rule or table by name (`--cuts balanced`, as `contsup profile` takes it): stored as cut_table
-            if self.cut_table not in ("auto", self.cuts.strip()):
-                raise ContsupError(f"cuts {self.cuts!r} and cut_table {self.cut_table!r} name two cut rules; give one")
-            self.cut_table, self.cuts = self.cuts.strip(), None
-        super().__post_init__()
 
 
 @dataclass
@@ -183,7 +174,7 @@ class RunConfig(Section):
     """One training job."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    arch: str = "resnet32"  # backbone: resnetN (N = 6n+2), resnet18, resnet34, resnet18-small, resnet34-small
+    arch: str = "resnet32"  # backbone: a registered name (resnetN, vit-mini, ...) or your package.module:function
     local: LocalConfig = field(default_factory=LocalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -191,7 +182,8 @@ class RunConfig(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.arch = self.arch.lower()
+        if ":" not in self.arch:  # a registered name, any case; package.module:function (the user's code) as is
+            self.arch = self.arch.lower()
 
     def check_types(self) -> None:
         """Every section's field types (after settings were changed in place)."""

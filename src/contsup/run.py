@@ -13,10 +13,12 @@ from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, T
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, published_sizes
 from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
+from contsup.device import resolve_device
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork, Plan
 from contsup.method.recon import parse_recon, recon_off
 from contsup.models import BACKBONES, build_arch
+from contsup.models.reference import REFERENCE, allow, check_allowed, is_reference
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.runfolder import (
     CHECKPOINT,
@@ -28,7 +30,6 @@ from contsup.train.runfolder import (
     hold_run_folder,
     open_run_folder,
 )
-from contsup.train.steps import resolve_device
 from contsup.train.trainer import Trainer, evaluate
 
 __all__ = [
@@ -112,8 +113,11 @@ def check_settings(cfg: RunConfig) -> None:
 def known_run(run: dict[str, Any]) -> bool:
     """Whether a stored run names a registered backbone and a known dataset (else `contsup` cannot rebuild it)."""
     data = run.get("data")
+    arch = str(run.get("arch"))
+    if is_reference(arch):
+        return REFERENCE.fullmatch(arch) is not None and isinstance(data, dict) and data.get("name") in DATASETS
     try:
-        BACKBONES[str(run.get("arch"))]
+        BACKBONES[arch]
     except ContsupError:
         return False
     return isinstance(data, dict) and data.get("name") in DATASETS
@@ -137,6 +141,8 @@ def run_from_checkpoint(payload: dict[str, Any], path: str | Path) -> RunConfig:
         check_run(cfg)
     except (ContsupError, TypeError, ValueError, AttributeError) as err:  # values of any type: one line each
         raise ContsupError(f"{path}: malformed checkpoint {err}") from None
+    if is_reference(cfg.arch):
+        check_allowed(cfg.arch, str(path))  # the file names the user's code: imported only if the user names it too
     info = asdict(dataset_info(cfg.data.name))
     stored = meta.get("dataset")
     if not isinstance(stored, dict) or any(stored.get(k) != info[k] for k in ("channels", "size", "num_classes")):
@@ -196,6 +202,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     between its last checkpoint and its summary trains nothing: the trainer writes the summary.
     """
     check_run(cfg)
+    if is_reference(cfg.arch):
+        allow(cfg.arch)  # the user named it: resuming may rebuild it from the checkpoint
     check_run_folder(cfg.out, resume)  # a refused run creates nothing, not even the lock
     with hold_run_folder(cfg.out):
         return _train_locked(cfg, resume)
@@ -222,13 +230,16 @@ def _train_locked(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     return summary
 
 
-def load_run(checkpoint: str | Path, device: str = "cpu",
-             data_dir: str | None = None) -> tuple[RunConfig, LocalNetwork, dict[str, Any]]:
+def load_run(checkpoint: str | Path, device: str = "cpu", data_dir: str | None = None,
+             arch: str | None = None) -> tuple[RunConfig, LocalNetwork, dict[str, Any]]:
     """Rebuild a trained network from its checkpoint: (config, network with weights, payload).
 
     The config's data comes from `data_dir` (or the default places), never downloaded, and it has no
-    run folder: a checkpoint decides nothing about where contsup reads or writes.
+    run folder: a checkpoint decides nothing about where contsup reads or writes. A network made by the
+    user's code (`package.module:function`) is rebuilt only when `arch` names that code again.
     """
+    if arch is not None:
+        allow(arch)
     check_not_written(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
     payload = load_checkpoint(checkpoint)
     cfg = run_from_checkpoint(payload, checkpoint)
@@ -244,9 +255,10 @@ def load_run(checkpoint: str | Path, device: str = "cpu",
 
 
 def evaluate_checkpoint(checkpoint: str | Path, device: str = "auto", batch_size: int = 1024,
-                        data_dir: str | None = None) -> dict[str, Any]:
-    """Test error and loss of a saved network on its dataset's test split (read from `data_dir`, never fetched)."""
-    cfg, net, payload = load_run(checkpoint, device, data_dir)
+                        data_dir: str | None = None, arch: str | None = None) -> dict[str, Any]:
+    """Test error and loss of a saved network on its dataset's test split (read from `data_dir`, never fetched);
+    `arch` names the user's model code where the network came from it (`load_run`)."""
+    cfg, net, payload = load_run(checkpoint, device, data_dir, arch)
     data = load_data(cfg)
     loader = DeviceLoader(data.test, data.info, batch_size, next(net.parameters()).device)
     result = evaluate(net, loader, cfg.train.bf16, cfg.train.channels_last, bar="evaluating on the test set")

@@ -174,7 +174,7 @@ def test_cuts_take_a_rule_by_name_as_profile_does(capsys):
     assert capsys.readouterr().out == by_cuts
     assert main([*argv, "--cuts", "balanced", "--print-config"]) == 0
     assert 'cut_table = "balanced"' in capsys.readouterr().out
-    assert "unknown cut table 'balance'" in cli_error(capsys, [*argv, "--cuts", "balance"])
+    assert "did you mean balanced?" in cli_error(capsys, [*argv, "--cuts", "balance"])
 
 
 @pytest.mark.parametrize("text,message", [

@@ -64,6 +64,8 @@ def assert_same_run(pipe_dir, ref_dir, atol, momentum_atol=None):
     # token sequences cross the ranks: a ViT with a class token, its context from the image and from s_1
     (2, ["--arch", "vit-mini-p8", "--modules", "3", "--context", "R1E", "--head", "meantoken", "--optimizer", "adamw"],
      []),
+    # a model as a user wrote it (long skips), traced and cut on every rank the same way
+    (2, ["--arch", "tests.models.user_models:unet_classifier", "--modules", "4", "--context", "R1E"], []),
 ])
 def test_pipeline_equals_single_process(ranks, tmp_path, world, flags, pipe_flags):
     flags = [*flags, "--batch-size", "32"]
@@ -76,7 +78,8 @@ def test_pipeline_equals_single_process(ranks, tmp_path, world, flags, pipe_flag
     assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5)
     # The merged checkpoint is an ordinary one: single-process `contsup eval` loads it.
     summary = json.loads((tmp_path / "pipe" / "summary.json").read_text())
-    result = evaluate_checkpoint(tmp_path / "pipe" / "checkpoint.pt", device="cpu", batch_size=100)
+    user_code = next((f for f in flags if ":" in f), None)  # the user's model is imported only when named
+    result = evaluate_checkpoint(tmp_path / "pipe" / "checkpoint.pt", device="cpu", batch_size=100, arch=user_code)
     assert result["test_error"] == pytest.approx(summary["final_test_error"])
     assert len(procs) == world
 

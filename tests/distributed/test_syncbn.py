@@ -1,7 +1,9 @@
-"""Synchronised BatchNorm over two gloo processes equals one BatchNorm over the whole batch (float64)."""
+"""Synchronised BatchNorm over two gloo processes equals one BatchNorm over the whole batch (float64): the
+BatchNorm2d of units, encoders and conv heads, and the BatchNorm1d of AugLocal heads of depth 1."""
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -17,12 +19,15 @@ def whole_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(12, 3, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 10, (12,), generator=g)
 
 
-def replica(rank: int, port: int, out: str) -> None:
+SETTINGS = {"1c2f": {}, "auglocal": {"head": "auglocal", "aux_depth": 1}}
+
+
+def replica(rank: int, port: int, out: str, head: str) -> None:
     """One of two replicas: half the batch, synchronised BN, gradients averaged."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    net = convert_sync_batchnorm(tiny_net(4, "R1E").double(), dist.group.WORLD)
+    net = convert_sync_batchnorm(tiny_net(4, "R1E", **SETTINGS[head]).double(), dist.group.WORLD)
     x, y = whole_batch()
     local_step(net, x[rank * 6:(rank + 1) * 6], y[rank * 6:(rank + 1) * 6])
     grads = {}
@@ -35,9 +40,10 @@ def replica(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_replicas_equal_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("head", SETTINGS)
+def test_two_replicas_equal_the_whole_batch(tmp_path, head):
     out = str(tmp_path / "replica.pt")
-    ctx = mp.start_processes(replica, args=(free_port(), out), nprocs=2, join=False, start_method="spawn")
+    ctx = mp.start_processes(replica, args=(free_port(), out, head), nprocs=2, join=False, start_method="spawn")
     for _ in range(120):
         if ctx.join(timeout=0.5):
             break
@@ -45,8 +51,9 @@ def test_two_replicas_equal_the_whole_batch(tmp_path):
         for p in ctx.processes:
             p.kill()
         raise AssertionError("replicas did not finish within 60 s")
-    got = torch.load(out)
-    net = tiny_net(4, "R1E").double()
+    got = torch.load(out, weights_only=True)
+    net = tiny_net(4, "R1E", **SETTINGS[head]).double()
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()) == (head == "auglocal")
     local_step(net, *whole_batch())
     for name, p in net.named_parameters():
         torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-9, atol=1e-12, msg=name)

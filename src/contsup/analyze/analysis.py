@@ -13,10 +13,10 @@ from contsup.analyze.features import CutFeatures, parse_units, walk_boundaries
 from contsup.analyze.probes import ProbeConfig, flatten_features, label_entropy, linear_probe, mlp_probe
 from contsup.analyze.recon_probe import ReconConfig, decoder_probe
 from contsup.data import Dataset, DeviceLoader, Split
+from contsup.device import activate, resolve_device
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.run import RunConfig, load_data, load_run
-from contsup.train.steps import resolve_device
 
 
 @dataclass
@@ -122,7 +122,7 @@ def analyze_runs(
     """Rows for every run at every chosen unit boundary (network frozen, eval mode, no gradients)."""
     if labels is not None and len(labels) != len(checkpoints):
         raise ContsupError(f"--labels gives {len(labels)} names for {len(checkpoints)} runs")
-    device = resolve_device(cfg.device)
+    device = activate(resolve_device(cfg.device))  # the same flags as training
     runs = [load_run(c, str(device), cfg.data_dir) for c in checkpoints]
     names = list(labels) if labels is not None else _unique([run_label(r[0]) for r in runs], checkpoints)
     nets = [net for _, net, _ in runs]

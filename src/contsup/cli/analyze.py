@@ -11,6 +11,7 @@ from contsup.checks import MAX_SEED, check_int
 from contsup.data.download import check_data_dir
 from contsup.errors import ContsupError
 from contsup.files import check_out_dir
+from contsup.models.reference import allow
 
 
 def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
@@ -35,6 +36,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "--out")
     out = Path(args.out)
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    if args.arch is not None:
+        allow(args.arch)  # the runs' model is the user's code, named: it may be imported
     rows = analyze_runs(args.runs, config_from_args(args), labels)
     write_csv(rows, out / "analysis.csv")
     plot(rows, out / "analysis.png", args.title)
@@ -50,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--units", default=None,
                    help="unit boundaries to probe: 'all', indices '3,7' or stage.block '1.2,2.0' "
                         "(default: the cuts of the K>1 runs given, or all for end-to-end runs)")
+    p.add_argument("--arch", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+                   help="the model code the runs were trained on, when it is your own (imported only if named)")
     p.add_argument("--labels", default=None, help="comma-separated names of the runs (default: context and K)")
     p.add_argument("--train-size", type=int, default=5000, help="probe-training images (from the training split)")
     p.add_argument("--test-size", type=int, default=2000, help="held-out images (from the test split)")

@@ -75,7 +75,8 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     if args.classes < 2:
         raise ContsupError(f"--classes must be >= 2, got {args.classes}")
     return ProfileConfig(
-        arch=args.arch.lower(), modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
+        arch=args.arch if ":" in args.arch else args.arch.lower(),  # the user's package.module:function as typed
+        modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
@@ -96,8 +97,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     def report(row: ProfileRow) -> None:
         rows.append(row)
+        cuts = f", cuts after {', '.join(row.cut_names)}" if row.cut_names else ""
         print(f"  {row.arch} K={row.modules} {row.context}: peak {row.peak_bytes / 2**20:.1f} MiB, "
-              f"{row.step_ms:.0f} ms/step", flush=True)
+              f"{row.step_ms:.0f} ms/step{cuts}", flush=True)
 
     run_profile(cfg, report)
     print(format_table(rows))
@@ -116,7 +118,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `profile` to the command line."""
     p = sub.add_parser("profile", help="measure peak memory, step time and FLOPs of training steps over K")
-    p.add_argument("--arch", default="resnet32", help=BACKBONES.describe())
+    p.add_argument("--arch", default="resnet32",
+                   help=f"{BACKBONES.describe()}; or package.module:function (your own model code, imported)")
     p.add_argument("--modules", "-K", default="1,2,4,8,16", help="comma-separated K values (1: E2E)")
     p.add_argument("--contexts", default="R0,E,R1,R1E", help="comma-separated context modes")
     p.add_argument("--batch-size", type=int, default=128, help="images per training step")

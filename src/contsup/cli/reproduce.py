@@ -10,13 +10,13 @@ from pathlib import Path
 from contsup.data import dataset_info
 from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
+from contsup.device import resolve_device
 from contsup.errors import ContsupError
 from contsup.files import check_out_dir
 from contsup.reproduce.collect import collect
 from contsup.reproduce.presets import Preset, available_presets, jobs, load_preset, parse_only
 from contsup.reproduce.sweep import job_state, run_sweep
 from contsup.run import build_network
-from contsup.train.steps import resolve_device
 
 
 def cmd_list() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import tomllib
@@ -17,6 +18,10 @@ from contsup.data.sources import presence
 from contsup.distributed import run_pipeline
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
+from contsup.method.cuts import TABLES
+from contsup.method.heads import HEADS
+from contsup.models import BACKBONES
+from contsup.models.reference import allow, is_reference
 from contsup.run import build_network, check_settings, evaluate_checkpoint, prepare_run, run_training
 from contsup.train.runfolder import check_not_written
 
@@ -34,6 +39,11 @@ current batch; the line after each epoch gives their means over the last quarter
 
 # Defaults that the command line fills in (config_from_args), not the schema: shown in the help as they are.
 CLI_DEFAULTS = {"out": "runs/<dataset>-<arch>-K<modules>-<context>, created"}
+# Help texts that the registries write (every registered name, as registered)
+CLI_HELP = {"arch": f"backbone: one of {BACKBONES.describe()}; or package.module:function, a function of your own "
+                    "code returning any nn.Module (imported, like torchrun script.py; docs/models.md)",
+            "local.head": f"local head: {HEADS.describe()}; or one per cut, a,b,... The default 1c2f reads feature "
+                          "maps; a cut that outputs tokens takes clstoken (meantoken without a class token)"}
 
 
 def add_settings(p: argparse.ArgumentParser) -> None:
@@ -44,7 +54,7 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         g = groups.setdefault(section, p.add_argument_group(f"{section} settings ({section}.*)"
                                                             if section != "run" else "run settings"))
         flags = [f"-{n}" if len(n) == 1 else f"--{n.replace('_', '-')}" for n in (s.key, *s.aliases)]
-        help_text = f"{s.help} (default: {CLI_DEFAULTS.get(s.path, s.default)})"
+        help_text = f"{CLI_HELP.get(s.path, s.help)} (default: {CLI_DEFAULTS.get(s.path, s.default)})"
         if s.type is bool:
             g.add_argument(*flags, dest=s.path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
@@ -78,7 +88,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     flags = nest({k: v for k, v in vars(args).items() if k in settings()})
     cfg = resolve(read_config_file(args.config) if args.config else {}, flags)
     if cfg.out is None:
-        cfg.out = f"runs/{cfg.data.name}-{cfg.arch}-K{cfg.local.modules}-{cfg.local.context}"
+        cfg.out = f"runs/{cfg.data.name}-{cfg.arch.replace(':', '-')}-K{cfg.local.modules}-{cfg.local.context}"
+    cuts = (cfg.local.cuts or "").strip()
+    if cuts in TABLES:  # `--cuts balanced`, as `contsup profile` takes it: a cut rule by name
+        if cfg.local.cut_table not in ("auto", cuts):
+            raise ContsupError(f"--cuts {cuts} and --cut-table {cfg.local.cut_table} name two cut rules; give one")
+        cfg.local.cut_table, cfg.local.cuts = cuts, None
+    elif close := difflib.get_close_matches(cuts, TABLES, n=1, cutoff=0.8):
+        raise ContsupError(f"unknown cut rule --cuts {cuts}; did you mean {close[0]}?")
+    if is_reference(cfg.arch):
+        allow(cfg.arch)  # the user named their model's code: a resumed run may rebuild it (every rank too)
     return cfg
 
 
@@ -161,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on its dataset's test split."""
     check_data_dir(args.data_dir)
-    result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir)
+    result = evaluate_checkpoint(args.checkpoint, args.device, args.batch_size, args.data_dir, args.arch)
     method = "end-to-end (K=1)" if result["modules"] == 1 else f"K={result['modules']} {result['context']}"
     print(f"{result['arch']} {method} on {result['dataset']}, "
           f"epoch {result['epoch']}: test error {result['test_error']:.2f}%  loss {result['test_loss']:.4f}")
@@ -191,6 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="test error of a saved checkpoint")
     e.add_argument("checkpoint", help="checkpoint.pt or its run folder")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--arch", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+                   help="the model code a checkpoint was trained on, when it is your own (imported only if named)")
     e.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     e.add_argument("--data-dir", default=None,
                    help="directory holding the checkpoint's dataset (default: the usual places; never downloaded)")

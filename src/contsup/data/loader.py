@@ -9,6 +9,7 @@ import torch
 
 from contsup.data.specs import DatasetInfo
 from contsup.data.split import Split
+from contsup.device import indexed
 from contsup.errors import ContsupError
 
 
@@ -64,7 +65,7 @@ class DeviceLoader:
                  drop_last: bool | None = None) -> None:
         if batch_size < 1:
             raise ContsupError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
+        self.device = indexed(device)  # `cuda` is the current GPU, with its index
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
         self.info = info

@@ -5,7 +5,9 @@ s_j that cut k or later cuts read, the labels, and the un-normalised image when 
 Their per-sample shapes (feature maps or token sequences) are known from the network; the header gives
 the batch size, the message kind and each float tensor's dtype. Headers always travel through the CPU
 control group (gloo), so a CUDA run copies no header between host and device. Sends are non-blocking; at
-most `inflight` messages may be outstanding, so a fast stage cannot run unboundedly ahead of a slow one.
+most `inflight` messages may be outstanding, so a fast stage cannot run unboundedly ahead of a slow one: on
+NCCL, whose `Work.wait()` only orders the current CUDA stream after the transfer, the host waits for the
+stream too (`wait_on_host`), so the bound holds on the host as it does on gloo.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ class Message:
     sources: dict[int, torch.Tensor] | None = None
     y: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
+
+
+def wait_on_host(works: list[dist.Work], comm_device: torch.device) -> None:
+    """Block the host until every transfer in `works` is done.
+
+    gloo's `wait()` blocks the host; NCCL's only makes the current CUDA stream wait for the transfer, so the
+    host then synchronises that stream (which also waits for the kernels queued after the send: at most the
+    `inflight` batches the bound allows).
+    """
+    for work in works:
+        work.wait()
+    if comm_device.type == "cuda":
+        torch.cuda.current_stream(comm_device).synchronize()  # host sync: the transfer has left the buffers
 
 
 class Link:
@@ -100,8 +115,7 @@ class Link:
 
     def _wait_oldest(self) -> None:
         works, _ = self.pending.popleft()
-        for work in works:
-            work.wait()
+        wait_on_host(works, self.comm_device)
 
     def flush(self) -> None:
         """Wait for every outstanding send."""

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from contsup.device import activate
 from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage, measure_costs
-from contsup.distributed.syncbn import convert_sync_batchnorm
+from contsup.distributed.syncbn import sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork, Plan
@@ -72,8 +73,7 @@ def pick_device(cfg: RunConfig, backend: str, local_rank: int) -> tuple[str, tor
     if local_ranks > torch.cuda.device_count() or (":" in name and local_ranks > 1):
         raise ContsupError(f"{local_ranks} ranks on this node and {torch.cuda.device_count()} CUDA device(s): "
                            "a pipeline gives every rank its own GPU; start at most one rank per GPU with --device cuda")
-    device = torch.device(name if ":" in name else f"cuda:{local_rank}")
-    torch.cuda.set_device(device)
+    device = activate(torch.device(name if ":" in name else f"cuda:{local_rank}"))
     return backend, device, device if backend == "nccl" else torch.device("cpu")  # gloo: through host memory
 
 
@@ -127,11 +127,7 @@ def build_rank(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, Pipel
     group = stage_groups[topo.stage] if stage_groups else None
     if group is not None:
         for part in stage.parts.values():
-            if backend == "nccl":
-                synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(part, group)
-                assert synced is part, "a stage's part is never a BatchNorm layer itself"
-            else:
-                convert_sync_batchnorm(part, group)
+            sync_batchnorm(part, group, backend)
     if rank == 0:
         sizes = ",".join(str(len(r)) for r in ranges)
         print(f"pipeline: {topo.replicas} replica(s) x {topo.stages} stage(s), backend {backend}, "

@@ -5,6 +5,11 @@ last module's output on and all-reduces gradients with the same stage of the oth
 one `Trainer` loop then steps the stage's optimizer. Nothing flows backwards between ranks, so rank
 r works on batch t while rank r-1 already works on batch t+1; the result equals the single-process
 loop (docs/method.md, pipeline).
+
+On NCCL the tensors of a send and a stage's gradient all-reduce travel on two communicators (the pair's
+and the stage group's), whose kernels wait on the GPU for their peers; two such kernels in flight at once
+on one rank may deadlock when their peers issue them in another order. So, deliberately, a rank with
+replicas finishes the batch's sends before it starts the all-reduce (`train`): one communicator at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from contsup.config import PipelineConfig
 from contsup.data import DeviceLoader
+from contsup.device import activate, to_host_tree
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
 from contsup.distributed.stage import Stage
 from contsup.distributed.topology import Topology
@@ -30,7 +36,6 @@ from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.optim import load_named_state, merge_named_states, named_state, param_names
 from contsup.train.peak import peak_memory
-from contsup.train.steps import use_device
 
 __all__ = ["Feed", "Groups", "Inbox", "PipelineConfig", "PipelineStep"]
 
@@ -48,7 +53,7 @@ class PipelineStep:
 
     def __init__(self, net: LocalNetwork, stage: Stage, topo: Topology, groups: Groups, device: torch.device,
                  comm_device: torch.device, inflight: int, bf16: bool = False, channels_last: bool = False) -> None:
-        use_device(device)
+        device = activate(device, bf16)
         self.net, self.stage, self.topo, self.groups, self.device = net, stage, topo, groups, device
         self.modules = stage.modules
         self.main = topo.rank == 0
@@ -56,6 +61,7 @@ class PipelineStep:
         self.amp = autocast(device, bf16)
         self.format = memory_format(channels_last)
         self.names = param_names(net)
+        self.comm_device = comm_device
         self.link_in = Link(net, self.modules.start, device, comm_device, groups.ctrl, inflight,
                             self.format) if not topo.first else None
         self.link_out = Link(net, self.modules.stop, device, comm_device, groups.ctrl, inflight,
@@ -88,6 +94,8 @@ class PipelineStep:
         sources = dict(msg.sources)
         h, losses = modules_step(self.net, self.modules, msg.h, sources, Targets(msg.y, msg.pixels), self.amp)
         self._send(Message(TRAIN, h, sources, msg.y, msg.pixels))
+        if self.groups.stage is not None and self.comm_device.type == "cuda" and self.link_out is not None:
+            self.link_out.flush()  # host sync: NCCL never holds a send and the all-reduce in flight at once
         self._all_reduce_grads()
         return losses, h if self.topo.last else None, msg.y
 
@@ -136,8 +144,8 @@ class PipelineStep:
         Each stage's first replica contributes its weights and buffers and its optimizer's named state; the
         merge lists every group's parameters in the network's order (`merge_named_states`).
         """
-        part = {"model": self.stage.state_dict(), "optimizer": named_state(optimizer, self.names)} \
-            if self.topo.replica == 0 else None
+        part = to_host_tree({"model": self.stage.state_dict(), "optimizer": named_state(optimizer, self.names)}) \
+            if self.topo.replica == 0 else None  # on the CPU: rank 0 unpickles no other rank's GPU tensors
         parts: list[Any] = [None] * self.topo.world if self.topo.rank == 0 else []
         dist.gather_object(part, parts if self.topo.rank == 0 else None, dst=0, group=self.groups.ctrl)
         if self.topo.rank != 0:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from contsup.device import synchronize
 from contsup.method.local_step import autocast, module_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
@@ -45,8 +46,8 @@ class Stage:
         return any(key.startswith(p) for p in self.parts)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The owned entries of the network's state_dict (weights and BN buffers), on the CPU."""
-        return {k: v.detach().cpu() for k, v in self.net.state_dict().items() if self.owns(k)}
+        """The owned entries of the network's state_dict (weights and BN buffers)."""
+        return {k: v.detach() for k, v in self.net.state_dict().items() if self.owns(k)}
 
 
 def measure_costs(net: LocalNetwork, x: torch.Tensor, targets: Targets, repeats: int = 2) -> list[float]:
@@ -56,15 +57,14 @@ def measure_costs(net: LocalNetwork, x: torch.Tensor, targets: Targets, repeats:
     Runs on the given network and leaves its gradients set and BN statistics moved: pass a copy.
     """
     best = [float("inf")] * net.num_modules
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     net.train()
     for _ in range(repeats + 1):
         h, sources = x, {0: x}
         for k in range(net.num_modules):
-            sync()
+            synchronize(x.device)  # host sync: the clock starts when the device is idle
             mark = time.perf_counter()
             s = net.module_input(k, h, sources)
             h, _ = module_step(net, k, s, targets, autocast(x.device, False))
-            sync()
+            synchronize(x.device)  # host sync: the time covers module k's kernels
             best[k] = min(best[k], time.perf_counter() - mark)
     return best

@@ -35,32 +35,39 @@ def all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tens
     return _AllReduceSum.apply(tensor, group)
 
 
-class SyncBatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d whose training statistics span every replica of a process group."""
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm1d or BatchNorm2d whose training statistics span every replica of a process group."""
 
-    def __init__(self, bn: nn.BatchNorm2d, group: dist.ProcessGroup) -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, group: dist.ProcessGroup) -> None:
         like = next(iter(bn.state_dict().values()))
         super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                          device=like.device, dtype=like.dtype)
         self.load_state_dict(bn.state_dict())
         self.train(bn.training)
         self.group = group
+        self.dims = 2 if isinstance(bn, nn.BatchNorm1d) else 4  # the input's dims: (N, C) or (N, C, H, W)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() != self.dims:
+            raise ValueError(f"expected {self.dims}D input (got {x.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise with full-batch statistics in training, with the running buffers in eval."""
+        self._check_input_dim(x)
         if not self.training:
             return super().forward(x)
-        dims = (0, 2, 3)
+        dims = [d for d in range(x.dim()) if d != 1]  # every dimension but the channels
+        per_channel = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
         dist.all_reduce(count, group=self.group)
-        n = float(count.item())
+        n = float(count.item())  # host sync: the full batch's size sets the variance's correction
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         mean = all_reduce_sum(xf.sum(dims), self.group) / n
-        centred = xf - mean[None, :, None, None]
+        centred = xf - mean.view(per_channel)
         var = all_reduce_sum(centred.square().sum(dims), self.group) / n
-        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        out = centred * torch.rsqrt(var + self.eps).view(per_channel)
         if self.affine:
-            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            out = out * self.weight.view(per_channel) + self.bias.view(per_channel)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -70,11 +77,24 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return out.to(x.dtype)
 
 
+SYNCED = (nn.BatchNorm1d, nn.BatchNorm2d)  # the BatchNorm layers contsup's backbones and heads hold
+
+
 def convert_sync_batchnorm(module: nn.Module, group: dist.ProcessGroup) -> nn.Module:
-    """Replace every nn.BatchNorm2d inside `module` by a SyncBatchNorm2d over `group` (in place)."""
+    """Replace every BatchNorm1d and BatchNorm2d inside `module` by a SyncBatchNorm over `group` (in place)."""
     for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SyncBatchNorm2d):
-            setattr(module, name, SyncBatchNorm2d(child, group))
+        if isinstance(child, SYNCED) and not isinstance(child, SyncBatchNorm):
+            setattr(module, name, SyncBatchNorm(child, group))
         else:
             convert_sync_batchnorm(child, group)
     return module
+
+
+def sync_batchnorm(part: nn.Module, group: dist.ProcessGroup, backend: str) -> None:
+    """Synchronise every BatchNorm inside `part` over a stage's replicas (in place): torch's SyncBatchNorm
+    with NCCL (it runs on CUDA only), the own one on gloo. `part` is never a BatchNorm layer itself."""
+    if backend == "nccl":
+        synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(part, group)
+        assert synced is part, "a stage's part is never a BatchNorm layer itself"
+    else:
+        convert_sync_batchnorm(part, group)

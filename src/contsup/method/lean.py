@@ -17,6 +17,7 @@ backward of its module's units, which is where a local step's memory peaks (docs
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,8 +88,9 @@ class _LeanEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, enc: ConvEncoder, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.enc = enc
-        ctx.autocast = (x.device.type, torch.get_autocast_dtype(x.device.type),
-                        torch.is_autocast_enabled(x.device.type))
+        device = x.device.type  # the forward's autocast state, where the device has autocast
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device)) \
+            if torch.amp.is_autocast_available(device) else None
         ctx.save_for_backward(x, *params)
         factors = [_bn_factor(bn) if bn.training else None for _, bn in _layers(enc)]
         h = _front(enc, x, list(params), factors)
@@ -99,8 +101,8 @@ class _LeanEncode(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, *params = ctx.saved_tensors
         enc = ctx.enc
-        device, dtype, enabled = ctx.autocast
-        with torch.enable_grad(), torch.autocast(device, dtype, enabled):  # the forward's autocast state
+        amp = torch.autocast(*ctx.autocast) if ctx.autocast is not None else contextlib.nullcontext()
+        with torch.enable_grad(), amp:  # the forward's autocast state
             xs = x.detach().requires_grad_(ctx.needs_input_grad[1])
             ps = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[2:], strict=True)]
             h = _front(enc, xs, ps, None)

@@ -87,4 +87,4 @@ def clip_module_grads(net: LocalNetwork, modules: range, max_norm: float) -> Non
     whole network's gradient. The norms stay on the device (no host synchronisation).
     """
     for k in modules:
-        torch.nn.utils.clip_grad_norm_(net.module_parameters(k), max_norm, foreach=True)
+        torch.nn.utils.clip_grad_norm_(net.module_parameters(k), max_norm)  # fused (foreach) on CPU and CUDA

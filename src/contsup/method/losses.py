@@ -5,6 +5,7 @@ Every loss is computed in float32 outside autocast (`float32_loss`), whatever pr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ class LocalLoss:
 def float32_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: torch.Tensor,
                  target: torch.Tensor) -> torch.Tensor:
     """fn(out, target) in float32 with autocast off (an enclosing bf16 autocast would undo a plain `.float()`)."""
-    with torch.autocast(out.device.type, enabled=False):
+    device = out.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else contextlib.nullcontext():
         return fn(out.float(), target.float() if target.is_floating_point() else target)
 
 

@@ -29,7 +29,9 @@ from contsup.method.cuts import parse_cut_list, resolve_cuts, validate_cuts
 from contsup.method.losses import LOSSES
 from contsup.method.objective import ClassifierObjective, Cut, Objective, head_kinds, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
+from contsup.method.tokens import layout_kind
 from contsup.models.chain import Backbone, Shape, probe_shapes
+from contsup.models.traced import TracedBackbone
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
 
@@ -54,17 +56,32 @@ def num_classes(classifier: nn.Module) -> int:
     return linears[-1].out_features
 
 
+def explicit_cuts(backbone: Backbone, text: str | None) -> list[int] | list[tuple[int, int]] | None:
+    """`cuts`: unit indices or stage.block pairs on a chain, module paths on a traced model."""
+    if not text:
+        return None
+    if isinstance(backbone, TracedBackbone):
+        return backbone.named_cuts(text.split(","))
+    return parse_cut_list(text)
+
+
 class LocalNetwork(nn.Module):
     """K gradient-isolated modules; `forward` is the plain inference pass h -> h^c -> ... -> logits.
 
-    `plan` fixes the cuts and reconstruction weights (as stored in a checkpoint) instead of resolving them
-    from the settings; `dataset` names the data for `recon = paper` when `recon_dataset` is not set.
+    `backbone` is a chain (`Backbone`) or any model as written, traced and cut at its block boundaries
+    (`Backbone.from_module`; there `config.cuts` names module paths). `plan` fixes the cuts and reconstruction
+    weights (as stored in a checkpoint) instead of resolving them from the settings; `dataset` names the data
+    for `recon = paper` when `recon_dataset` is not set. `cut_names` says where the cuts fell.
     """
 
-    def __init__(self, backbone: Backbone, config: LocalConfig, sample: torch.Tensor, plan: Plan | None = None,
-                 dataset: str | None = None) -> None:
+    def __init__(self, backbone: Backbone | nn.Module, config: LocalConfig, sample: torch.Tensor,
+                 plan: Plan | None = None, dataset: str | None = None) -> None:
         super().__init__()
         check_local(config)
+        if not isinstance(backbone, Backbone):
+            backbone = Backbone.from_module(backbone, sample)
+        if isinstance(backbone, TracedBackbone):
+            backbone.check_modules(config.modules)
         self.config = config
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
@@ -78,7 +95,7 @@ class LocalNetwork(nn.Module):
                                 config.cut_table.startswith("balanced"))
             cuts = resolve_cuts(
                 backbone.name, backbone.unit_names, config.modules, config.cut_table,
-                parse_cut_list(config.cuts) if config.cuts else None,
+                explicit_cuts(backbone, config.cuts),
                 memory=lambda: memory_model(
                     units, backbone.classifier, sample, self.unit_shapes, self.mode,
                     lambda j: self.objective_at(j, 0, recon), config.image_encoder, config.lean_context),
@@ -88,6 +105,8 @@ class LocalNetwork(nn.Module):
             raise ContsupError(f"the stored plan has {len(plan.cuts)} cuts for K = {config.modules}")
         self.plan = Plan(tuple(validate_cuts(plan.cuts, len(units))), plan.recon)
         self.cuts = list(self.plan.cuts)
+        self.unit_labels = list(backbone.unit_labels)  # each unit's name: the module path (traced) or stage.block
+        self.cut_names = [self.unit_labels[c] for c in self.cuts]  # where the cuts fell, by the unit before each
         bounds = [0, *(c + 1 for c in self.cuts), len(units)]
         self.blocks = nn.ModuleList(
             CheckpointedSequential(*units[a:b], segments=config.checkpoint_segments) if config.checkpoint_segments
@@ -192,7 +211,7 @@ class LocalNetwork(nn.Module):
 
     def describe(self) -> str:
         """A short human-readable summary: modules, cuts, heads and context per cut."""
-        names = self.unit_names
+        names = self.unit_labels
         c = self.config
         lines = [
             f"{self.backbone_name}: {len(names)} units, K={self.num_modules} modules, "
@@ -207,7 +226,9 @@ class LocalNetwork(nn.Module):
             if k < len(self.context):
                 ctx = self.context[k]
                 feeds = [f"s{j}" for j in ctx.source_ids] + (["x:image"] if ctx.image is not None else [])
-                line += f" | cut -> {self.source_shapes[k + 1]}, context from {feeds or 'none'}"
+                kind = layout_kind(self.head_kinds[k], self.source_shapes[k + 1])
+                line += (f" | cut after {self.cut_names[k]} -> {self.source_shapes[k + 1]}, head {kind}, "
+                         f"context from {feeds or 'none'}")
             lines.append(line)
             start = end + 1
         return "\n".join(lines)

@@ -22,6 +22,7 @@ from contsup.method.losses import LocalLoss, float32_loss
 from contsup.method.man import MomentumHead
 from contsup.method.patches import PatchAveraged
 from contsup.method.recon import Decoder, ReconWeights
+from contsup.method.tokens import layout_kind
 from contsup.models.chain import Shape
 
 
@@ -130,9 +131,10 @@ def local_head(cut: Cut, kind: str) -> nn.Module:
         if cut.next_unit is None:
             raise ContsupError("MAN needs the unit after each cut")
         after_next = replace(cut, unit=cut.unit + 1, shape=cut.unit_shapes[cut.unit + 1])  # what the head reads
-        head: nn.Module = MomentumHead(HEADS[kind](after_next), cut.next_unit, s.man_ema_start, s.man_momentum)
+        head: nn.Module = MomentumHead(HEADS[layout_kind(kind, after_next.shape)](after_next), cut.next_unit,
+                                       s.man_ema_start, s.man_momentum)
     else:
-        head = HEADS[kind](cut)
+        head = HEADS[layout_kind(kind, cut.shape)](cut)
     if s.head_patches > 1:
         if not cut.shape.is_map:
             raise ContsupError("head_patches cuts feature maps into patches; this cut outputs tokens")

@@ -7,14 +7,19 @@ tokens [B, T, D_cut], so METHOD.md's equation stays as it is: s_{k+1} = h_k.deta
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method.heads import HEADS
+from contsup.models.chain import Shape
 from contsup.models.vit import Block, Patchify, TokenClassifier, init_vit, num_patches
+
+DEFAULT_HEAD = LocalConfig.head  # the default head, the paper's 1c2f: it reads feature maps
 
 if TYPE_CHECKING:
     from contsup.method.objective import Cut
@@ -29,17 +34,18 @@ class ClassTokenHead(TokenClassifier):
 
 
 class MeanTokenHead(nn.Module):
-    """Mean of the patch tokens (the class token left out), LayerNorm, linear layer (timm's `avg` pool)."""
+    """Mean of the tokens from `first` on (1 leaves a class token out), LayerNorm, linear layer (timm's `avg` pool)."""
 
-    def __init__(self, dim: int, out_dim: int) -> None:
+    def __init__(self, dim: int, out_dim: int, first: int = 1) -> None:
         super().__init__()
+        self.first = first
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, out_dim)
         init_vit(self)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Head output [B, out_dim] for tokens [B, T, D]."""
-        return self.fc(self.norm(h[:, 1:].mean(dim=1)))
+        return self.fc(self.norm(h[:, self.first:].mean(dim=1)))
 
 
 def default_heads(dim: int) -> int:
@@ -102,6 +108,11 @@ class TokenResidualEncoder(nn.Module):
         return self.fc(self.norm(s))
 
 
+def has_class_token(tokens: int) -> bool:
+    """Whether a sequence of `tokens` holds a class token: a square number is a square grid of patches alone."""
+    return math.isqrt(tokens) ** 2 != tokens
+
+
 def _token_cut(cut: Cut, kind: str) -> int:
     """The cut's token width D; a head for tokens refuses feature maps."""
     if cut.shape.is_map:
@@ -117,11 +128,20 @@ def class_token_head(cut: Cut) -> nn.Module:
 
 @HEADS.register("meantoken")
 def mean_token_head(cut: Cut) -> nn.Module:
-    """LayerNorm + Linear on the mean of the patch tokens."""
-    return MeanTokenHead(_token_cut(cut, "meantoken"), cut.out_dim)
+    """LayerNorm + Linear on the mean of the patch tokens (the class token left out where there is one)."""
+    dim = _token_cut(cut, "meantoken")
+    return MeanTokenHead(dim, cut.out_dim, first=int(has_class_token(cut.shape.positions[0])))
 
 
 @HEADS.register("blocktoken")
 def block_token_head(cut: Cut) -> nn.Module:
     """A transformer block, then LayerNorm + Linear on the class token."""
     return BlockTokenHead(_token_cut(cut, "blocktoken"), cut.out_dim)
+
+
+def layout_kind(kind: str, shape: Shape) -> str:
+    """The head kind a cut of this layout builds: the default `1c2f` reads feature maps; on a token sequence,
+    which it cannot convolve, the class token's head where there is one (`has_class_token`), else the mean token's."""
+    if kind != DEFAULT_HEAD or shape.is_map:
+        return kind
+    return "clstoken" if has_class_token(shape.positions[0]) else "meantoken"

@@ -24,7 +24,12 @@ BACKBONES: Registry[Callable[[int, int, int], Backbone]] = Registry("architectur
 
 
 def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
-    """Build a registered backbone by name (see `BACKBONES`) for square inputs of side `image_size`."""
+    """Build a registered backbone by name (see `BACKBONES`), or the user's `package.module:function` (the
+    model it returns, traced: contsup.models.reference), for square inputs of side `image_size`."""
+    if ":" in name:
+        from contsup.models.reference import build_reference  # reference.py builds on this file
+
+        return build_reference(name, in_channels, num_classes, image_size)
     return BACKBONES[name.lower()](in_channels, num_classes, image_size)
 
 
@@ -80,7 +85,8 @@ class Shape:
         layout = {4: "NCHW", 3: "NLC"}.get(t.dim())
         if layout is None:
             raise ContsupError(f"every unit must output a feature map (N, C, H, W) or a token sequence (N, T, D); "
-                               f"got shape {tuple(t.shape)}")
+                               f"got shape {tuple(t.shape)}; a model as written (Flatten, Linear and all) can be "
+                               "given whole: contsup.LocalNetwork(model, config, sample) (docs/models.md)")
         return cls(tuple(int(d) for d in t.shape[1:]), layout)  # type: ignore[arg-type]
 
     @property
@@ -136,6 +142,7 @@ class Backbone(nn.Module):
         self.units = nn.ModuleList(units)
         self.classifier = classifier
         self.unit_names = list(unit_names) if unit_names else [(0, i) for i in range(len(units))]
+        self.unit_labels = [f"{s}.{b}" for s, b in self.unit_names]  # a cut's name after each unit (`--cuts`)
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +159,13 @@ class Backbone(nn.Module):
         units = list(units)
         shapes = probe_shapes(units, sample)
         return cls(units, Classifier(shapes[-1].channels, num_classes))
+
+    @classmethod
+    def from_module(cls, model: nn.Module, sample: torch.Tensor) -> Backbone:
+        """Any model as written, traced and cut at its block boundaries (contsup.models.traced, docs/models.md)."""
+        from contsup.models.traced import trace_backbone  # traced.py builds on this file
+
+        return trace_backbone(model, sample)
 
 
 @torch.no_grad()

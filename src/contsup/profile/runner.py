@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from contsup.config import LocalConfig, TrainConfig
+from contsup.device import activate, resolve_device, synchronize
 from contsup.errors import ContsupError
 from contsup.memory import PeakMemory, SavedTensorCounter, measure_peak, saved_bytes
 from contsup.method.local_step import local_step
@@ -25,7 +26,6 @@ from contsup.profile.bound import lower_bound
 from contsup.profile.flops import count_flops
 from contsup.tables import markdown_table, pyplot, save_figure, text_table, write_csv
 from contsup.train.optim import STATE_BUFFERS, make_optimizer
-from contsup.train.steps import resolve_device
 
 E2E = "E2E"
 
@@ -77,6 +77,7 @@ class ProfileRow:
     images_per_s: float
     params: dict[str, int]
     flops: dict[str, int]
+    cut_names: list[str] = field(default_factory=list)  # the module (or stage.block) before each cut
 
 
 def configurations(cfg: ProfileConfig) -> list[tuple[int, str, int | str]]:
@@ -115,7 +116,7 @@ def state_bytes(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | str = 0) -> ProfileRow:
     """Build one configuration and measure it with real training steps on a synthetic batch."""
-    device = resolve_device(cfg.device)
+    device = activate(resolve_device(cfg.device))  # the same flags as training (cuDNN autotuning, TF32)
     net = build(cfg, modules, context, device, segments)
     net.train()
     fmt = memory_format(cfg.channels_last)
@@ -131,18 +132,14 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
         local_step(net, x, y, pixels)
         optimizer.step()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(max(cfg.warmup, 1)):  # at least one: the optimizer's momentum exists from then on
         step()
     times = []
     for _ in range(cfg.steps):
-        sync()
+        synchronize(device)  # host sync: the clock starts when the device is idle
         start = time.perf_counter()
         step()
-        sync()
+        synchronize(device)  # host sync: the time covers the step's kernels
         times.append(1000 * (time.perf_counter() - start))
     optimizer.zero_grad(set_to_none=True)
     peak, saved = PeakMemory(0, "not measured"), SavedTensorCounter()
@@ -166,7 +163,7 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
         saved_peak_bytes=saved.peak,
         saved_total_bytes=saved.total, step_ms=median, step_ms_all=times,
         images_per_s=1000 * cfg.batch_size / median if times else float("nan"),
-        params=net.param_counts(), flops=flops,
+        params=net.param_counts(), flops=flops, cut_names=list(net.cut_names),
     )
 
 
@@ -259,8 +256,10 @@ def format_table(rows: Sequence[ProfileRow], markdown: bool = False) -> str:
 def flat(row: ProfileRow) -> dict[str, Any]:
     """A row as one flat record (nested groups become `params_<group>`, `flops_<group>`)."""
     d = asdict(row)
-    out = {k: v for k, v in d.items() if k not in ("params", "flops", "cuts", "input_shape", "step_ms_all")}
+    out = {k: v for k, v in d.items()
+           if k not in ("params", "flops", "cuts", "cut_names", "input_shape", "step_ms_all")}
     out["cuts"] = " ".join(map(str, row.cuts))
+    out["cut_names"] = " ".join(row.cut_names)
     out["input_shape"] = "x".join(map(str, row.input_shape))
     out.update({f"params_{k}": v for k, v in row.params.items()})
     out.update({f"flops_{k}": v for k, v in row.flops.items()})

@@ -77,11 +77,11 @@ def settings_of(group: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def named_state(optimizer: torch.optim.Optimizer, names: Names) -> dict[str, Any]:
-    """The optimizer's state with parameter names in place of indices (tensors moved to the CPU)."""
+    """The optimizer's state with parameter names in place of indices (tensors detached, where they live)."""
     sd = optimizer.state_dict()
     order = [names[id(p)] for p in _order(optimizer)]
     return {
-        "state": {order[i]: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+        "state": {order[i]: {k: v.detach() if torch.is_tensor(v) else v for k, v in s.items()}
                   for i, s in sd["state"].items()},
         "param_groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [order[i] for i in g["params"]]}
                          for g in sd["param_groups"]],

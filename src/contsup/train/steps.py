@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from contsup.checks import device_from_name
+from contsup.device import activate, to_host_tree
 from contsup.method.local_step import autocast, modules_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
@@ -21,25 +21,6 @@ from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.optim import load_named_state, named_state, param_names
 from contsup.train.peak import peak_memory
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU; a device this machine lacks raises ContsupError."""
-    return device_from_name(name)
-
-
-def use_device(device: torch.device) -> None:
-    """Make `device` this process's current CUDA device, with the fast kernels on (no-op elsewhere).
-
-    cuDNN picks the fastest convolution algorithm per shape (`cudnn.benchmark`; shapes are fixed within a
-    run) and float32 matmuls and convolutions may use TF32 on Ampere and newer GPUs (docs/method.md, the engine).
-    """
-    if device.type != "cuda":
-        return
-    torch.cuda.set_device(device)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
 
 
 class Step(Protocol):
@@ -88,7 +69,8 @@ class Step(Protocol):
 
 
 class LocalStep:
-    """Every module's local step in this process, on one device (the network is moved there).
+    """Every module's local step in this process, on one device (the network is moved there; `cuda` is
+    made `cuda:N`, the current device, and activated: `contsup.device.activate`).
 
     Batches may come from anywhere: each is moved to the device and put in the network's memory format.
     `pixels` maps a normalised batch back to the image in [0, 1] when an objective reads it (reconstruction).
@@ -96,8 +78,7 @@ class LocalStep:
 
     def __init__(self, net: LocalNetwork, device: torch.device, bf16: bool = False, channels_last: bool = False,
                  pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        use_device(device)
-        self.device = device
+        self.device = device = activate(device, bf16)
         self.bf16 = bf16
         self.format = memory_format(channels_last)
         self.net = net.to(device, memory_format=self.format) if channels_last else net.to(device)
@@ -134,8 +115,9 @@ class LocalStep:
         return t
 
     def checkpoint(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The network's and the optimizer's state (the optimizer's keyed by parameter name)."""
-        return {"model": self.net.state_dict(), "optimizer": named_state(optimizer, param_names(self.net))}
+        """The network's and the optimizer's state (the optimizer's keyed by parameter name), on the CPU."""
+        state = {"model": self.net.state_dict(), "optimizer": named_state(optimizer, param_names(self.net))}
+        return to_host_tree(state)
 
     def read(self, path: Path) -> dict[str, Any]:
         """The checkpoint at `path`, on this device."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from contsup.checks import check_trainer
 from contsup.config import DataConfig, RunConfig, TrainConfig
+from contsup.device import resolve_device, synchronize, to_host
 from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
 from contsup.memory import PeakMemory
@@ -41,7 +42,7 @@ from contsup.train.runfolder import (
     writing,
 )
 from contsup.train.schedule import make_schedule
-from contsup.train.steps import LocalStep, Step, resolve_device
+from contsup.train.steps import LocalStep, Step
 from contsup.train.tensorboard import TensorBoardLog
 
 
@@ -62,7 +63,7 @@ def evaluate_step(step: Step, loader: Iterable, bar: str | None = None) -> dict[
             count_errors(counts, logits.float(), y)
     step.end_phase()
     step.net.train(was_training)
-    return error_and_loss(step.reduce(counts.cpu()))  # the one host read of the pass
+    return error_and_loss(step.reduce(to_host(counts)))  # the one host read of the pass
 
 
 def evaluate(net: LocalNetwork, loader: Iterable, bf16: bool = False, channels_last: bool = False,
@@ -203,6 +204,7 @@ class Trainer:
             disable=not (self.cfg.progress and self.step.main), dynamic_ncols=True,
         )
         watch = FiniteWatch(k_total, self.device)
+        synchronize(self.device)  # host sync: the epoch's clock starts when the device is idle
         start = time.perf_counter()
         for i, batch in enumerate(bar):
             self.schedule.apply(self.optimizer, self.epoch, i)
@@ -220,13 +222,12 @@ class Trainer:
                 stats[k_total + 1] += y.numel()
                 stats[k_total + 2] += 1
             if not bar.disable and self.log_now(i + 1):
-                bar.set_postfix(postfix(losses.tolist(), mods.stop == k_total))
+                bar.set_postfix(postfix(to_host(losses).tolist(), mods.stop == k_total))  # host read, LOG_EVERY
         self.step.end_phase()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        stats, tail = self.step.reduce(stats.cpu()), self.step.reduce(self._tail_sums(steps))
+        synchronize(self.device)  # host sync: the epoch's time covers its queued kernels
+        stats, tail = self.step.reduce(to_host(stats)), self.step.reduce(self._tail_sums(steps))
         curve = self._curve(self.step.reduce(self._slice_sums(steps)))
-        watch.check(self.step.reduce(watch.first.cpu(), "max"), self.epoch + 1)
+        watch.check(self.step.reduce(to_host(watch.first), "max"), self.epoch + 1)
         seconds = float(self.step.reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64), "max"))
         batches, seen = max(float(stats[-1]), 1.0), float(stats[-2])
         first_lr, last_lr = self.schedule.lr(self.epoch, 0), self.schedule.lr(self.epoch, max(len(steps) - 1, 0))
@@ -254,7 +255,7 @@ class Trainer:
         out = torch.zeros(n, k_total + 1, dtype=torch.float64)
         for j in range(n):
             part = steps[j * len(steps) // n:(j + 1) * len(steps) // n]
-            out[j, mods.start:mods.stop] = torch.stack(part).double().sum(0).cpu()
+            out[j, mods.start:mods.stop] = to_host(torch.stack(part).double().sum(0))
             if mods.stop == k_total:
                 out[j, k_total] = len(part)
         return out
@@ -272,7 +273,7 @@ class Trainer:
         n = max(1, round(len(steps) * TAIL)) if steps else 0
         tail = torch.zeros(k_total + 1, dtype=torch.float64)
         if steps:
-            tail[mods.start:mods.stop] = torch.stack(steps[-n:]).double().sum(0).cpu()
+            tail[mods.start:mods.stop] = to_host(torch.stack(steps[-n:]).double().sum(0))
         if mods.stop == k_total:
             tail[k_total] = n
         return tail
