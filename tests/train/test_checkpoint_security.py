@@ -196,7 +196,7 @@ CHECKPOINT_CORPUS = [
     ("legacy", "not a contsup checkpoint"), ("fifo", "not a regular file"), ("noise", "not a contsup checkpoint"),
     ("sparse", "sparse, meta"), ("meta", "sparse, meta"), ("complex", "of dtype torch.complex64"),
     ("int64", "of another dtype"), ("float64", "of another dtype"), ("nested", "nested deeper than"),
-    ("wide", "do not fit"),
+    ("wide", "would hold about"),
 ]
 
 
@@ -226,11 +226,11 @@ def _adamw_steps(p: dict, value: float) -> None:
 def test_resume_reads_back_its_counters(edit, message, tmp_path, capsys):
     """Counters a checkpoint carries (the training time, AdamW's step count) are checked before they are used."""
     run = tmp_path / "run"
-    assert main([*TRAIN, "--optimizer", "adamw", "--lr", "0.001", "--epochs", "1", "--out", str(run)]) == 0
+    assert main([*TRAIN, "--optimizer", "adamw", "--lr", "0.02", "--epochs", "1", "--out", str(run)]) == 0
     (run / "summary.json").unlink()
     edited(run, run / "checkpoint.pt", edit)
     before = snapshot(tmp_path)
-    line = cli_error(capsys, [*TRAIN, "--optimizer", "adamw", "--lr", "0.001", "--epochs", "2", "--out", str(run),
+    line = cli_error(capsys, [*TRAIN, "--optimizer", "adamw", "--lr", "0.02", "--epochs", "2", "--out", str(run),
                               "--resume"])
     assert message in line and snapshot(tmp_path) == before
 
