@@ -63,5 +63,5 @@ def collapse_note(train_error: float, test_error: float, top_share: float, class
     what = f"{top_share:.0%} of the test predictions are one class" if one_class else \
         f"the test error is near chance ({chance:.0f}%)"
     return (f"warning: {what} (test error {test_error:.2f}%, training error {train_error:.2f}%): in a short run, "
-            "BatchNorm's running statistics may not fit the trained weights yet (more steps, or a lower "
-            "lr, let them settle); check the test data's labels and normalisation too")
+            "BatchNorm's running statistics lag the weights; train for more steps (a smaller batch, more images "
+            "or epochs; docs/method.md, training recipe), and check the test data's labels and normalisation")
