@@ -139,7 +139,11 @@ def test_dry_run_prints_the_recipe_and_a_missing_dataset(capsys, tmp_path):
     assert main(["train", *TINY, "--data", "cifar10", "--data-root", str(tmp_path), "--no-download", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"device: cpu   data: cifar10: MISSING (looked in {tmp_path}); a run stops (download disabled)"
-    assert lines[1].startswith("recipe: 1 epochs over 128 training images, batch 64, lr 0.05, momentum 0.9")
+    assert lines[1].startswith("recipe: 1 epochs over 128 training images, batch 64, SGD (Nesterov momentum 0.9), "
+                               "lr 0.05 from 0.01, weight decay 0.0001")
+    argv = ["train", *TINY, "--optimizer", "adamw", "--lr", "1e-3", "--warmup-start-lr", "1e-5", "--dry-run"]
+    assert main([*argv, "--data", "cifar10", "--data-root", str(tmp_path), "--no-download"]) == 0
+    assert ", batch 64, adamw, lr 0.001 from 1e-05," in capsys.readouterr().out  # no momentum: AdamW has none
 
 
 def test_lean_context_flag():

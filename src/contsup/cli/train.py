@@ -107,8 +107,10 @@ def recipe_line(cfg: RunConfig) -> str:
     warmup = f"{t.warmup_steps} steps" if t.warmup_steps is not None else (
         "default rule" if t.warmup_epochs is None else f"{t.warmup_epochs} epochs")
     subset = f"{cfg.data.train_subset} training images" if cfg.data.train_subset else "all training images"
-    return (f"recipe: {t.epochs} epochs over {subset}, batch {t.batch_size}, lr {t.lr}, momentum {t.momentum}, "
-            f"weight decay {t.weight_decay}, {t.schedule} schedule, warm-up {warmup}, seed {t.seed}")
+    optimizer = f"SGD (Nesterov momentum {t.momentum})" if t.optimizer == "sgd" else t.optimizer
+    return (f"recipe: {t.epochs} epochs over {subset}, batch {t.batch_size}, {optimizer}, lr {t.lr:g} from "
+            f"{t.warmup_start_lr:g}, weight decay {t.weight_decay:g}, {t.schedule} schedule, warm-up {warmup}, "
+            f"seed {t.seed}")
 
 
 def _test_set(summary: dict) -> str:
