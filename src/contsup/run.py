@@ -178,9 +178,10 @@ def describe_run(cfg: RunConfig) -> str:
 def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, Any] | None]:
     """Every check that needs no data, before anything is loaded or written: (the device, on resume the
     checked checkpoint). A run, a pipeline rank and `--dry-run` all pass here."""
-    check_settings(cfg)
+    check_run(cfg)
     check_run_folder(cfg.out, resume)
     device = resolve_device(cfg.train.device)
+    check_sizes(cfg)
     if not resume:
         return device, None
     path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]

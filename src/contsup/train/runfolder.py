@@ -242,7 +242,8 @@ def check_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], path: st
                   ("of another dtype", dtypes)) if v]
         raise ContsupError(f"{path}: its weights do not fit {what}: "
                            + "; ".join(parts))
-    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [k for k, t in state.items() if t.is_floating_point() and not t.is_meta  # a meta tensor holds no value
+           and not bool(torch.isfinite(t).all())]
     if bad:
         raise ContsupError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity, e.g. {bad[0]}")
 
@@ -284,9 +285,12 @@ def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.op
             for key, t in s.items():
                 shape = () if key == "step" else params[name].shape
                 if not (isinstance(t, torch.Tensor) and t.layout == torch.strided and t.dtype == params[name].dtype
-                        and t.shape == shape and bool(torch.isfinite(t).all())):
+                        and t.shape == shape):
                     return False
-                if key == "step" and not (0 <= float(t) <= 2**40 and float(t) == int(t)):  # AdamW's step count
+                if t.is_meta:  # shapes only (a meta tensor holds no value)
+                    continue
+                if not bool(torch.isfinite(t).all()) or (
+                        key == "step" and not (0 <= float(t) <= 2**40 and float(t) == int(t))):  # AdamW's count
                     return False
         return True
 
