@@ -4,6 +4,7 @@ Run it on two commits and compare the printed digests (equal = the same weights,
 
     OMP_NUM_THREADS=1 python benchmarks/bitident.py            # default settings (softmax, 1c2f, R1E, lean)
     OMP_NUM_THREADS=1 python benchmarks/bitident.py --recon    # with InfoPro's reconstruction term
+    OMP_NUM_THREADS=1 python benchmarks/bitident.py --local head=auglocal man_momentum=0.995 head_patches=2
 
 The digest covers every tensor of the network's state_dict by name, the names mapped to one form
 (`canonical`: the per-cut objectives' names to the heads / decoders / classifier names they replaced); the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 
 import torch
@@ -64,9 +66,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recon", action="store_true", help="add the reconstruction term (weights 1,1,1,1)")
     p.add_argument("--context-lr-scale", type=float, default=1.0)
+    p.add_argument("--local", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other local settings, e.g. head=auglocal man_momentum=0.995 (numbers read as JSON)")
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     local = {"modules": 16, "context": "R1E", **({"recon": "1,1,1,1"} if args.recon else {})}
+    for item in args.local:
+        key, _, value = item.partition("=")
+        try:
+            local[key] = json.loads(value)
+        except json.JSONDecodeError:
+            local[key] = value
     cfg = RunConfig.from_dict({
         "data": {"name": "synthetic", "train_subset": 256}, "arch": "resnet32", "local": local,
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.1, "device": "cpu", "progress": False,

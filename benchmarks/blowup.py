@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from contsup.config import LocalConfig
 from contsup.method.local_step import clip_module_grads, local_step
-from contsup.method.network import LocalConfig
 from contsup.run import DataConfig, RunConfig, build_network, load_data, make_loaders
 from contsup.train.schedule import make_schedule
 from contsup.train.trainer import TrainConfig, evaluate, make_optimizer

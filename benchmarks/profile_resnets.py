@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from contsup.method.balance import memory_model
 from contsup.method.context import parse_mode
-from contsup.method.cuts import PAPER_CUTS, balanced_cuts, from_named
+from contsup.method.cuts.balance import memory_model
+from contsup.method.cuts.rules import PAPER_CUTS, balanced_cuts, from_named
 from contsup.models import probe_shapes, resnet
 from contsup.profile.runner import E2E, MIB, ProfileConfig, ProfileRow, format_table, machine, plot, profile_one
 from docregion import write_region
@@ -270,7 +270,7 @@ def main() -> None:
     if "balance" in parts:
         write("profile-balance", "### Memory-balanced cuts: the rule against the paper's tables (CIFAR-10, R0)",
               "balance", lambda: "The rule (`--cuts balanced`) minimises the largest module's memory under the "
-              "model of `contsup.method.balance` (saved-for-backward bytes of units, head and encoders, and the "
+              "model of `contsup.method.cuts.balance` (saved-for-backward bytes of units, head and encoders, and the "
               f"sources the encoders hold). Measured peaks at batch {args.batch}, 3x32x32.\n\n" + balance(args))
 
 

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contsup.method import LocalConfig, LocalNetwork, local_step
-from contsup.method.heads import LocalHead
-from contsup.method.objective import Cut
+from contsup.method.heads import HeadSite, LocalHead
 from contsup.models import Shape, resnet
 
 torch.set_num_threads(1)  # one thread: two oversubscribe a busy 2-core machine (CI) and run 10-100x slower
@@ -30,9 +29,9 @@ def plain_head(channels: int, kind: str = "1c2f", out_dim: int = 10) -> LocalHea
     return LocalHead(Shape((channels, 8, 8)), int(kind[0]), int(kind[2]), out_dim)
 
 
-def cut_at(shape: Shape, out_dim: int = 10, **settings) -> Cut:
+def cut_at(shape: Shape, out_dim: int = 10, **settings) -> HeadSite:
     """The first of two cuts, after unit 0 of output `shape`, on 3 x 16 x 16 images, with these local settings."""
-    return Cut(0, 2, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, LocalConfig(**settings))
+    return HeadSite(0, 2, 0, shape, (shape,), Shape((3, 16, 16)), out_dim, LocalConfig(**settings))
 
 
 def train_end_to_end_and_k1(plain: nn.Module, sample: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -54,10 +53,12 @@ def train_end_to_end_and_k1(plain: nn.Module, sample: torch.Tensor, x: torch.Ten
     return dict(plain.named_parameters()), names
 
 
-def gradient_leaks(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+def gradient_leaks(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor, strict: bool = False) -> list[str]:
     """The isolation proof: scaling head j's parameters (so changing module j's loss) must change the gradients of
     module j, head j and the encoders feeding module j only. Returns what else changed, or what should have and
-    did not (module j's units; cut j-1's encoders where context is on); [] when every module is isolated."""
+    did not (module j's units; cut j-1's encoders where context is on); [] when every module is isolated.
+    `strict`: every parameter of module j's units must change (a head that leaves one without gradient, as a class
+    token that carries nothing does the patch projection, trains it not)."""
     def grads(n: LocalNetwork) -> dict[str, torch.Tensor | None]:
         return {k: (p.grad.clone() if p.grad is not None else None) for k, p in n.named_parameters()}
 
@@ -79,10 +80,19 @@ def gradient_leaks(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> list[
         leaks += sorted(n for n in diff if not n.startswith(own))
         if not any(n.startswith(f"blocks.{j}.") for n in diff):
             leaks.append(f"module {j}'s units are untouched by its loss")
+        elif strict:
+            leaks += [f"{n} untrained by module {j}'s loss" for n in base if n.startswith(f"blocks.{j}.")
+                      and n not in diff]
         if j > 0 and len(net.context[j - 1].residual) + (net.context[j - 1].image is not None) > 0 and not any(
                 n.startswith(f"context.{j - 1}.") for n in diff):
             leaks.append(f"cut {j - 1}'s encoders are untouched by module {j}'s loss")
     return leaks
+
+
+def assert_no_gradient_crosses_a_cut(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> None:
+    """`gradient_leaks` (strict) finds nothing."""
+    leaks = gradient_leaks(net, x, y, strict=True)
+    assert not leaks, "; ".join(leaks)
 
 
 @pytest.fixture

@@ -8,56 +8,22 @@ checkpoint cannot hold a value that the command line would refuse (docs/security
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from contsup.config import check_types, settings
 from contsup.data.specs import DATASETS
 from contsup.device import check_device_name
-from contsup.errors import ContsupError
-from contsup.method.context import parse_mode
-from contsup.method.cuts import TABLES, parse_cut_list
-from contsup.method.heads import HEADS
-from contsup.method.losses import LOSSES
-from contsup.method.recon import parse_recon
+from contsup.errors import ContsupError, check_float, check_int, check_type
+from contsup.method.settings import check_local as check_local_settings
 from contsup.models import BACKBONES
 from contsup.models.reference import check_reference, is_reference
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
 ARCH_PATTERN = re.compile(r"resnet(\d+)")
-MODULE_PATH = re.compile(r"[A-Za-z_][\w]*(\.\w+)*")  # a module path naming a cut of a traced model
 
 
-def _bad(name: str, value: Any, rule: str) -> ContsupError:
-    return ContsupError(f"{name} must be {rule}, got {value!r}")
-
-
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    """An int (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise _bad(name, value, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
-
-
-def check_float(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False,
-                high_open: bool = False) -> None:
-    """A finite real number in the interval from low to high (open where asked)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        rule = f"a finite number {'>' if low_open else '>='} {low:g}"
-        if math.isfinite(high):
-            rule += f" and {'<' if high_open else '<='} {high:g}"
-        raise _bad(name, value, rule)
-
-
-def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
-    """`value` is an instance of `kind` (a bool is not an int)."""
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
-                                                                                 else (kind,))):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise _bad(name, value, f"of type {names}")
 
 
 def check_arch(arch: Any) -> None:
@@ -149,35 +115,8 @@ def check_data(d: Any) -> None:
 
 
 def check_local(local: Any) -> None:
-    """Every field of a LocalConfig: types, ranges, and names against the registries (heads, losses, ...)."""
-    check_types(local)
-    check_int("modules", local.modules, 1, 10_000)
-    check_float("context_scale", local.context_scale, 0.0, 1e3, low_open=True)
-    check_int("width", local.width, 1, 65_536)
-    check_int("aux_depth", local.aux_depth, 1, 64)
-    check_float("aux_pyramid", local.aux_pyramid, 0.0, 1.0)
-    check_float("man_momentum", local.man_momentum, 0.0, 1.0, high_open=True)
-    check_int("head_patches", local.head_patches, 1, 16)
-    if local.checkpoint_segments != "sqrt":
-        check_int("checkpoint_segments", local.checkpoint_segments, 0, 100_000)
-    check_float("widen", local.widen, 0.0, 64.0, low_open=True)
-    if local.width * local.widen > 65_536:  # a head this wide would take gigabytes before any weight is checked
-        raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
-    if local.cut_table not in TABLES:
-        raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
-    if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
-        parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
-    if local.cuts is not None and not [c for c in local.cuts.split(",") if c.strip()]:
-        raise ContsupError(f"cuts {local.cuts!r} lists no cut; give unit indices (3,7,11), stage.block pairs "
-                           "(1.2,2.1), module paths or a cut rule (balanced), or leave it out")
-    for kind in local.head.split(","):
-        HEADS[kind.strip()]  # raises on an unknown head
-    if "," in local.head and local.cut_table == "balanced":
-        raise ContsupError("the balanced cut rule needs one head kind for every cut")
-    LOSSES[local.loss]  # raises on an unknown loss
-    parse_mode(local.context, local.modules)
-    if local.recon is not None and local.recon.lower() != "paper":  # `paper` needs the network and dataset
-        parse_recon(local.recon, "", None, local.modules, False)
+    """Every field of a LocalConfig (`contsup.method.settings.check_local`), and recon_dataset a known dataset."""
+    check_local_settings(local)
     if local.recon_dataset is not None and local.recon_dataset not in DATASETS:
         raise ContsupError(f"unknown recon_dataset {local.recon_dataset!r}; valid names: {', '.join(DATASETS)}")
     check_local_sizes(local)

@@ -65,6 +65,13 @@ def fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def choices(section: type, name: str) -> tuple[Any, ...]:
+    """The choices of a `Literal` field of a schema section (`choices(LocalConfig, "image_encoder")`)."""
+    hint = typing.get_type_hints(section)[name]
+    literal = next(h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) is Literal)
+    return typing.get_args(literal)
+
+
 def check_types(section: Any) -> None:
     """Every field of a schema section (a dataclass) has its declared type; else one line naming it."""
     hints = typing.get_type_hints(type(section))
@@ -103,7 +110,7 @@ class LocalConfig(Section):
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head: <a>c<b>f (1c2f on tokens: a token head), auglocal, *token; or one per cut, a,b
+    head: str = "1c2f"  # local head: <a>c<b>f (on tokens: token), auglocal, clstoken, meantoken, blocktoken, token
     aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
     aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)

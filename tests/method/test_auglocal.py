@@ -6,7 +6,7 @@ import torch
 
 from contsup.errors import ContsupError
 from contsup.method import LocalConfig, LocalNetwork
-from contsup.method.auglocal import AugLocalHead, aux_depths, resolution_levels, sample_units
+from contsup.method.heads.auglocal import AugLocalHead, aux_depths, resolution_levels, sample_units
 from contsup.models import build_arch, probe_shapes, resnet
 from contsup.models.resnet import BasicBlock
 
@@ -152,17 +152,55 @@ def test_forward_shapes(arch):
         assert blocks[-1].conv2.out_channels == C[-1]  # the last unit is always sampled
 
 
-def test_gradient_reaches_only_head_and_h():
+def test_gradient_reaches_only_head_and_the_units_before_the_cut():
+    """The head copies later units' shapes, never their weights: backprop through it reaches the head and the
+    units that made h, and none of the units after the cut (which it is modelled on)."""
     torch.manual_seed(0)
     backbone = build_arch("resnet32", 3, 10)
     C, H = unit_shapes("resnet32")
-    head = AugLocalHead(3, C, H, 2, 10)
+    head = AugLocalHead(3, C, H, 2, 10, [getattr(u, "fresh", None) for u in backbone.units])
+    assert not {id(p) for p in head.parameters()} & {id(p) for p in backbone.parameters()}
     h = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        for unit in backbone.units[:4]:
-            h = unit(h)
-    h.requires_grad_(True)
+    for unit in backbone.units[:4]:
+        h = unit(h)
     torch.nn.functional.cross_entropy(head(h), torch.arange(4)).backward()
-    assert h.grad is not None and h.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in head.parameters())
-    assert all(p.grad is None for p in backbone.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert all(p.grad is not None for u in backbone.units[:4] for p in u.parameters())
+    assert all(p.grad is None for u in backbone.units[4:] for p in u.parameters())
+
+
+class WideBlock(BasicBlock):
+    """A block kind of a backbone of one's own: AugLocal's heads must copy it, not a plain BasicBlock."""
+
+    def fresh(self, in_ch: int, out_ch: int, stride: int) -> "WideBlock":
+        return WideBlock(in_ch, out_ch, stride)
+
+
+def test_heads_copy_the_backbones_own_block_kind():
+    backbone = build_arch("resnet8", 3, 10)
+    backbone.units[2] = WideBlock(16, 32, 2)
+    backbone.units[3] = WideBlock(32, 64, 2)
+    net = LocalNetwork(backbone, LocalConfig(modules=2, context="R0", head="auglocal", cuts="0"),
+                       torch.zeros(1, 3, 16, 16))
+    blocks = list(net.objectives[0].head.blocks)
+    assert blocks and all(type(b) is WideBlock for b in blocks)
+
+
+class Wrapped(torch.nn.Module):
+    """A unit that runs a block but cannot build another of its kind (no `fresh`)."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def test_a_unit_without_fresh_gets_the_codes_basic_block():
+    backbone = build_arch("resnet8", 3, 10)
+    backbone.units[2] = WideBlock(16, 32, 2)
+    backbone.units[3] = Wrapped(backbone.units[3])
+    net = LocalNetwork(backbone, LocalConfig(modules=2, context="R0", head="auglocal", cuts="0"),
+                       torch.zeros(1, 3, 16, 16))
+    assert [type(b) for b in net.objectives[0].head.blocks] == [WideBlock, BasicBlock]

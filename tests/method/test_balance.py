@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from contsup.method import LocalConfig, LocalNetwork
-from contsup.method.balance import memory_model
 from contsup.method.context import parse_mode
 from contsup.method.cuts import PAPER_CUTS, balanced_cuts
+from contsup.method.cuts.balance import memory_model
+from contsup.method.heads import HeadSite
 from contsup.method.losses import LOSSES
-from contsup.method.objective import Cut, local_objective
+from contsup.method.objective import local_objective
 from contsup.models import probe_shapes, resnet
 from contsup.models.chain import Shape
 
@@ -71,8 +72,8 @@ def test_model_counts_lean_encoders_as_their_held_sources():
     loss = LOSSES["softmax"](10, 128)
 
     def objective(j):
-        cut = Cut(0, 3, j, shapes[j], tuple(shapes), Shape.of(sample), 10, LocalConfig(), units[j + 1])
-        return local_objective(cut, "1c2f", loss, None)
+        site = HeadSite(0, 3, j, shapes[j], tuple(shapes), Shape.of(sample), 10, LocalConfig(), tuple(units))
+        return local_objective(site, "1c2f", loss, None)
 
     plain = memory_model(units, net.classifier, sample, shapes, mode, objective, lean=False)[2]
     lean = memory_model(units, net.classifier, sample, shapes, mode, objective, lean=True)[2]

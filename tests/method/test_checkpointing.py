@@ -10,8 +10,8 @@ from torch.utils.checkpoint import checkpoint
 from contsup.errors import ContsupError
 from contsup.memory import measure_peak, saved_bytes
 from contsup.method import local_step
-from contsup.method.checkpointing import CheckpointedSequential, segment_bounds, segment_count
 from contsup.models import build_arch
+from contsup.models.checkpointing import CheckpointedSequential, segment_bounds, segment_count
 
 TOL = 1e-6
 

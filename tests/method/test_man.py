@@ -3,7 +3,7 @@ import torch
 from tests.conftest import plain_head
 
 from contsup.errors import ContsupError
-from contsup.method.man import MomentumHead
+from contsup.method.heads.man import MomentumHead
 from contsup.models import build_arch, probe_shapes
 
 
@@ -125,9 +125,42 @@ def test_man_in_front_of_auglocal_heads(context):
                                                                   man_momentum=0.9), torch.zeros(1, 3, 16, 16))
     out = local_step(net, torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))
     assert out.losses.shape == (16,) and torch.isfinite(out.losses).all()
-    from contsup.method.auglocal import aux_depths, sample_units
+    from contsup.method.heads.auglocal import aux_depths, sample_units
 
     depths = aux_depths(2, 15, 0.5)
     for k, cut in enumerate(net.cuts):  # the head reads unit cut + 1's output: it copies the units after that one
         assert net.objectives[k].head.head.units == sample_units(cut + 1, 16, depths[k])
     assert net.objectives[14].head.head.units == []
+
+
+def test_ema_copy_follows_the_next_unit_through_fit():
+    """Under `Trainer.fit`, after every optimizer step the EMA copy moves by the momentum rule towards the unit
+    after the cut as that step left it (recorded by a hook on the optimizer's step), and only then."""
+    from contsup.config import RunConfig
+    from contsup.run import build_network, load_data, make_trainer
+
+    cfg = RunConfig.from_dict({
+        "data": {"name": "synthetic", "train_subset": 96}, "arch": "resnet8",
+        "local": {"modules": 2, "context": "R0", "man_momentum": 0.8, "man_ema_start": "random", "cuts": "1"},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.1, "device": "cpu", "progress": False},
+    })
+    data = load_data(cfg)
+    net = build_network(cfg, data.info.channels, data.info.num_classes, data.info.size)
+    trainer = make_trainer(cfg, data, net, torch.device("cpu"))
+    man = trainer.net.objectives[0].head
+    expected = [p.detach().clone() for p in man.ema.parameters()]
+    steps = []
+
+    def follow(*_):
+        steps.append(1)
+        for e, n in zip(expected, man.nxt.parameters(), strict=True):
+            e.mul_(0.8).add_(n.detach(), alpha=0.2)
+
+    trainer.optimizer.register_step_post_hook(follow)
+    start = [p.detach().clone() for p in man.ema.parameters()]
+    trainer.fit()
+    assert len(steps) == 6  # 3 batches a epoch, 2 epochs
+    assert man.nxt is trainer.net.blocks[1][0]
+    for e, actual, s in zip(expected, man.ema.parameters(), start, strict=True):
+        torch.testing.assert_close(actual, e, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(actual, s)

@@ -1,10 +1,12 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from tests.conftest import plain_head
 
 from contsup.errors import ContsupError
-from contsup.method.patches import PatchAveraged, to_patches
+from contsup.method.heads.patches import PatchAveraged, to_patches
 from contsup.models import build_arch, probe_shapes
 
 
@@ -53,15 +55,36 @@ def test_patches_of_a_sample_in_order():
     assert torch.equal(p[3, 0, 2], torch.zeros(2))  # the padded row of sample 0's patch (1, 1)
 
 
-def test_gradient_reaches_only_head_and_h():
+def test_gradient_reaches_the_head_and_the_units_before_the_cut():
+    """Every patch's gradient flows back into h (padding dropped) and on into the units that made it."""
     torch.manual_seed(0)
     backbone = build_arch("resnet32", 3, 10)
-    head = PatchAveraged(plain_head(16, "1c2f"), 2)
-    h = torch.randn(4, 16, 32, 32, requires_grad=True)
+    head = PatchAveraged(plain_head(16, "1c2f"), 3)
+    x = torch.randn(4, 3, 31, 31)
+    h = backbone.units[1](backbone.units[0](x))
+    h.retain_grad()
     torch.nn.functional.cross_entropy(head(h), torch.arange(4)).backward()
-    assert h.grad is not None and h.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in head.parameters())
-    assert all(p.grad is None for p in backbone.parameters())
+    assert bool((h.grad.abs().sum(dim=(0, 1)) > 0).all())  # every position of h, in every patch
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert all(p.grad is not None for u in backbone.units[:2] for p in u.parameters())
+    assert all(p.grad is None for u in backbone.units[2:] for p in u.parameters())
+
+
+def test_training_mode_normalises_over_every_patch_of_the_batch():
+    """In training, the head's BatchNorm sees the patches of all samples as one batch (its statistics over
+    B n^2 patches), updates its running statistics once, and the output is the per-patch head's average."""
+    torch.manual_seed(0)
+    head = plain_head(8, "1c2f").train()
+    reference = copy.deepcopy(head)
+    h = torch.randn(3, 8, 7, 9) * 2 + 1
+    out = PatchAveraged(head, 2)(h)
+    patches = to_patches(h, 2)
+    torch.testing.assert_close(out, reference(patches).view(3, 4, -1).mean(dim=1), rtol=0, atol=1e-6)
+    bn = head.conv[1]
+    conv = reference.conv[0](patches)
+    assert int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, 0.1 * conv.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, PatchAveraged(head.eval(), 2)(h))  # eval: the running statistics instead
 
 
 @pytest.mark.parametrize("arch", ["resnet32", "resnet18"])

@@ -4,10 +4,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import train_end_to_end_and_k1
+from tests.conftest import assert_no_gradient_crosses_a_cut, train_end_to_end_and_k1
 from torch import nn
 
 from contsup.config import LocalConfig
+from contsup.errors import ContsupError
 from contsup.method import LocalNetwork, local_step
 from contsup.models import Backbone, build_arch
 from contsup.models.chain import Shape, probe_shapes
@@ -62,22 +63,20 @@ def test_k1_on_tokens_equals_plain_end_to_end_training():
         assert torch.equal(p, b[n]), n
 
 
-@pytest.mark.parametrize("context,head", [("R0", "0c2f"), ("R1E", "meantoken"), ("R2", "clstoken")])
+@pytest.mark.parametrize("context,head", [("R0", "0c2f"), ("R1E", "meantoken"), ("R2", "blocktoken")])
 def test_local_learning_on_tokens_is_isolated_and_trains(context, head):
-    """Cut into 3 modules with a token head: module j's loss reaches only module j (and its encoders), and
-    training lowers every module's loss."""
+    """Cut into 3 modules with a token head: module j's objective changes the gradients of module j's parts
+    alone and of every one of its units (conftest's proof), and training lowers every module's loss."""
     x, y = batch()
     net = LocalNetwork(token_backbone(), LocalConfig(modules=3, context=context, head=head), torch.zeros(1, 1, 8, 8))
-    out = local_step(net, x, y)
-    for k in range(3):
-        touched = {n.split(".")[0] + "." + n.split(".")[1] for n, p in net.named_parameters() if p.grad is not None}
-        assert f"blocks.{k}" in touched and f"objectives.{k}" in touched
+    assert_no_gradient_crosses_a_cut(net, x, y)
+    net.zero_grad()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    first = out.losses
+    first = local_step(net, x, y).losses
     for _ in range(20):
+        opt.step()
         opt.zero_grad()
         last = local_step(net, x, y).losses
-        opt.step()
     assert bool((last < first).all()), (first, last)
 
 
@@ -93,3 +92,47 @@ def test_vit_cut_into_modules_with_token_context():
     assert s.shape == h.shape == (4, 50, 64)
     out = local_step(net, x, y)
     assert out.logits.shape == (4, 10) and bool(torch.isfinite(out.losses).all())
+
+
+def vit_net(head: str, **local) -> LocalNetwork:
+    torch.manual_seed(0)
+    config = LocalConfig(modules=3, context="R0", head=head, **{"cuts": "0,3", **local})
+    return LocalNetwork(build_arch("vit-mini-p7", 1, 10, 14), config, torch.zeros(1, 1, 14, 14))
+
+
+def test_class_token_right_after_the_patch_embedding_is_refused():
+    """At the cut after unit 0 the class token is the same for every image: a clstoken head would train nothing."""
+    assert vit_net("meantoken").class_token == (False, *[True] * 8)
+    with pytest.raises(ContsupError, match="same for every image"):
+        vit_net("clstoken")
+    vit_net("meantoken,clstoken")  # the class token carries the image after a block
+
+
+def test_token_head_at_the_cut_after_the_embedding_trains_the_embedding():
+    """The `token` head reads the patch tokens there: the patch projection gets a gradient from module 0's loss."""
+    net = vit_net("token")
+    x, y = torch.randn(8, 1, 14, 14), torch.randint(0, 10, (8,))
+    local_step(net, x, y)
+    grad = net.blocks[0][0].patchify.proj.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert type(net.objectives[0].head).__name__ == "MeanTokenHead"
+    assert type(net.objectives[1].head).__name__ == "ClassTokenHead"
+
+
+def test_balanced_cuts_keep_a_class_token_head_off_the_embedding():
+    """The memory model gives the cut after the embedding an infinite cost for clstoken: the rule never picks it."""
+    torch.manual_seed(0)
+    config = LocalConfig(modules=4, context="R0", head="clstoken", cut_table="balanced")
+    net = LocalNetwork(build_arch("vit-mini-p7", 1, 10, 14), config, torch.zeros(1, 1, 14, 14))
+    assert 0 not in net.cuts
+
+
+def test_token_heads_on_a_model_without_class_token():
+    """A token model of one's own has no class token: clstoken is refused, meantoken averages every token."""
+    with pytest.raises(ContsupError, match="has none"):
+        LocalNetwork(token_backbone(), LocalConfig(modules=2, context="R0", head="clstoken"), torch.zeros(1, 1, 8, 8))
+    net = LocalNetwork(token_backbone(), LocalConfig(modules=2, context="R0", head="meantoken"),
+                       torch.zeros(1, 1, 8, 8))
+    head = net.objectives[0].head
+    h = torch.randn(3, 4, 12)
+    assert torch.allclose(head(h), head.fc(head.norm(h.mean(dim=1))))  # token 0 is a patch here, counted

@@ -2,13 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contsup.method.tokens import (
-    BlockTokenHead,
-    ClassTokenHead,
-    MeanTokenHead,
-    TokenImageEncoder,
-    TokenResidualEncoder,
-)
+from contsup.config import LocalConfig
+from contsup.method import LocalNetwork
+from contsup.method.context.tokens import TokenImageEncoder, TokenResidualEncoder
+from contsup.method.heads.tokens import BlockTokenHead, ClassTokenHead, MeanTokenHead
 from contsup.models import build_arch
 
 
@@ -102,14 +99,18 @@ def test_residual_encoder_per_token(tokens):
 
 
 def test_context_on_tokens_keeps_gradients_at_the_cut():
-    """s_2 = h_1.detach() + E(x) + R(s_1.detach()) feeds the next block; only it and the encoders learn."""
+    """The network's cut (`module_input`) on a ViT: s_2 = h_1.detach() + E(x) + R(s_1.detach()) feeds module 2;
+    module 2's loss reaches its block and the cut's encoders, and nothing of modules 0 and 1."""
     torch.manual_seed(0)
-    net = build_arch("vit-mini", 1, 10, 28)
+    net = LocalNetwork(build_arch("vit-mini", 1, 10, 28), LocalConfig(modules=3, context="R1E", head="meantoken",
+                                                                      cuts="0,1"), torch.zeros(1, 1, 28, 28))
     x = torch.randn(2, 1, 28, 28)
-    s1 = net.units[0](x)
-    h1 = net.units[1](s1)
-    image, residual = TokenImageEncoder(1, 64, 28, 4), TokenResidualEncoder(64, 64)
-    s2 = h1.detach() + image(x) + residual(s1.detach())
-    net.units[2](s2).sum().backward()
-    assert all(p.grad is None for p in [*net.units[0].parameters(), *net.units[1].parameters()])
-    assert all(p.grad is not None for p in [*image.parameters(), *residual.parameters(), *net.units[2].parameters()])
+    sources = {0: x}
+    s1 = net.module_input(1, net.blocks[0](x), sources)
+    h1 = net.blocks[1](s1)
+    s2 = net.module_input(2, h1, sources)
+    ctx = net.context[1]
+    torch.testing.assert_close(s2, h1 + ctx.image(x) + ctx.residual[0](s1), rtol=0, atol=1e-6)
+    net.blocks[2](s2).sum().backward()
+    assert all(p.grad is None for part in (*net.blocks[:2], net.context[0]) for p in part.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*ctx.parameters(), *net.blocks[2].parameters()])

@@ -5,7 +5,7 @@ from torch import nn
 from contsup.config import LocalConfig
 from contsup.errors import ContsupError
 from contsup.method import LocalNetwork, local_step
-from contsup.method.balance import memory_model
+from contsup.method.cuts.balance import memory_model
 from contsup.models import BACKBONES, build_arch, resnet_imagenet
 from contsup.registry import Registry
 
@@ -49,7 +49,7 @@ def test_balanced_rule_cuts_an_imagenet_resnet():
                        torch.zeros(1, 3, 32, 32))
     units = [u for block in net.blocks for u in block]
     model = memory_model(units, net.classifier, torch.zeros(1, 3, 32, 32), net.unit_shapes, net.mode,
-                         lambda j: net.objective_at(j, 0, None))
+                         lambda j: net.new_objective(j, 0, None))
     assert cost_of(net.cuts, *model) == brute_force(model[0], 3, model[1], model[2])
     assert net.cuts != [2, 5]  # not the equal-units split: memory sits early, where the maps are largest
 

@@ -70,10 +70,39 @@ def test_end_to_end_bound_does_not_depend_on_the_head_settings(local):
 
 
 def test_token_backbones_with_image_context_have_a_memory_model():
-    """The memory model builds the image's token encoder with the backbone's patch (balanced cuts, bound)."""
+    """The memory model builds the token encoders (the image's with the backbone's patch); cuts and bound read it."""
+    from contsup.method.cuts.balance import memory_model
+    from contsup.method.cuts.rules import balanced_cuts
     from contsup.models import build_arch
 
     torch.manual_seed(0)
-    config = LocalConfig(modules=3, context="E", head="meantoken", cut_table="balanced")
+    config = LocalConfig(modules=3, context="R1E", head="meantoken", cut_table="balanced")
     net = LocalNetwork(build_arch("vit-mini-p8", 1, 10, 16), config, torch.zeros(1, 1, 16, 16))
-    assert len(net.cuts) == 2 and lower_bound(net, 4).total > 0
+    units = [u for block in net.blocks for u in block]
+    unit_bytes, end_bytes, start_bytes = memory_model(
+        units, net.classifier, torch.zeros(1, 1, 16, 16), net.unit_shapes, net.mode,
+        lambda j: net.new_objective(j, 0, None))
+    assert start_bytes[0] == 0 and all(b > 0 for b in start_bytes[1:])  # the token encoders in front
+    assert net.cuts == balanced_cuts(unit_bytes, 3, end_bytes, start_bytes)
+    bound = lower_bound(net, 4)
+    k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
+    assert (bound.module, bound.activations) == (k, round(4 * per_sample))
+
+
+def test_man_copies_are_held_as_weights_alone():
+    """MAN's EMA copy of the next unit has no gradient and no optimizer state: the bound counts its weights once."""
+    torch.manual_seed(0)
+    units = [
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.ReLU()),
+    ]
+    config = LocalConfig(modules=2, context="R0", head="0c1f", cuts="0.1", man_momentum=0.9)
+    net = LocalNetwork(Backbone(units, Classifier(8, 10)), config, torch.zeros(1, 1, 8, 8))
+    copy = 8 * 8 * 9  # unit 2's conv: the trained copy LB and the frozen copy EMA have this many each
+    bound = lower_bound(net, 4)
+    assert bound.params == PARAMS + HEAD + 2 * copy * F32
+    assert bound.grads == bound.optimizer == PARAMS + HEAD + copy * F32
+    counts = net.param_counts()
+    assert counts["frozen"] == copy and counts["heads"] == HEAD // F32 + copy
+    assert counts["total"] == sum(p.numel() for p in net.parameters())

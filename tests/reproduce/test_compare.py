@@ -3,8 +3,8 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
+from contsup.config import LocalConfig
 from contsup.errors import ContsupError
-from contsup.method.network import LocalConfig
 from contsup.reproduce.compare import find_runs, format_runs, read_run, result_rows, varying_settings, write_report
 from contsup.run import RunConfig
 from contsup.train.trainer import TrainConfig

@@ -6,8 +6,8 @@ from tests.conftest import tiny_net
 from torch import nn
 
 from contsup.config import TrainConfig
+from contsup.method.context.tokens import TokenImageEncoder
 from contsup.method.local_step import local_step
-from contsup.method.tokens import TokenImageEncoder
 from contsup.models import build_arch, vit
 from contsup.train.optim import (
     load_named_state,
@@ -70,7 +70,16 @@ def test_sgd_decays_everything_and_scales_the_context_group():
     groups = names_by_group(net, TrainConfig(context_lr_scale=0.5))
     assert set(groups) == {"main", "context"}
     assert groups["context"] == {n for n, _ in net.named_parameters() if n.startswith("context.")}
-    assert all(g.get("weight_decay", 1e-4) == 1e-4 for g in param_groups(net.named_parameters(), TrainConfig()))
+    # one SGD step on zero gradients is the decay alone, on every parameter (Nesterov: buf = wd p, step (1 + m) wd p)
+    cfg = TrainConfig(lr=0.5, weight_decay=0.1, context_lr_scale=0.5)
+    opt = make_optimizer(net.named_parameters(), cfg)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert [g.get("lr_scale") for g in opt.param_groups] == [None, 0.5]  # the schedule applies it to the rate
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] * (1 - cfg.lr * 1.9 * 0.1), rtol=1e-6, atol=0, msg=n)
 
 
 @pytest.mark.parametrize("cfg", [TrainConfig(lr=0.1, context_lr_scale=0.5), ADAMW])

@@ -175,3 +175,28 @@ def test_summary_lost_to_a_kill_is_completed_by_resume(finished, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_test_error"] == strict_rows(out / "metrics.jsonl")[-1]["test_error"]
     assert "is finished" in cli_error(capsys, [*TRAIN, "--epochs", "1", "--out", str(out), "--resume"])
+
+
+def test_lock_file_removed_by_its_holder_between_open_and_lock(tmp_path, monkeypatch):
+    """The holder ends (and removes .lock) after our open, before our lock: one line, no FileNotFoundError."""
+    import contsup.train.runfolder as runfolder
+
+    flock = runfolder.fcntl.flock
+
+    def holder_leaves(fd, op):
+        (tmp_path / "run" / ".lock").unlink()
+        return flock(fd, op)
+
+    monkeypatch.setattr(runfolder.fcntl, "flock", holder_leaves)
+    with pytest.raises(ContsupError, match="try again"), hold_run_folder(tmp_path / "run"):
+        pass
+
+
+def test_resume_from_another_pytorch_version_says_so(finished, capsys):
+    """An optimizer state with a setting this PyTorch does not write (as a newer one would): named, not malformed."""
+    payload = torch.load(finished / "checkpoint.pt", weights_only=True)
+    for group in payload["optimizer"]["param_groups"]:
+        group["decoupled_weight_decay"] = False
+    torch.save(payload, finished / "checkpoint.pt")
+    line = cli_error(capsys, [*TRAIN, "--epochs", "3", "--out", str(finished), "--resume"])
+    assert "optimizer settings decoupled_weight_decay are known to only one of this PyTorch" in line, line

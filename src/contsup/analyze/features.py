@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from contsup.errors import ContsupError
-from contsup.method.cuts import from_named, parse_cut_list, validate_cuts
+from contsup.method.cuts.rules import from_named, parse_cut_list, validate_cuts
 from contsup.method.network import LocalNetwork
 
 

@@ -19,18 +19,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contsup.checks import check_local
 from contsup.config import LocalConfig
 from contsup.errors import ContsupError
-from contsup.method.balance import memory_model
-from contsup.method.checkpointing import CheckpointedSequential
 from contsup.method.context import ContextMode, CutContext, init_local_modules, parse_mode
-from contsup.method.cuts import parse_cut_list, resolve_cuts, validate_cuts
+from contsup.method.cuts.balance import memory_model
+from contsup.method.cuts.rules import parse_cut_list, resolve_cuts, validate_cuts
+from contsup.method.heads import HeadSite, head_kinds, layout_kind
 from contsup.method.losses import LOSSES
-from contsup.method.objective import ClassifierObjective, Cut, Objective, head_kinds, local_objective
+from contsup.method.objective import ClassifierObjective, Objective, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
-from contsup.method.tokens import layout_kind
-from contsup.models.chain import Backbone, Shape, probe_shapes
+from contsup.method.settings import check_local
+from contsup.models.chain import Backbone, Shape, first_token_varies, has_class_token, probe_shapes
+from contsup.models.checkpointing import CheckpointedSequential
 from contsup.models.traced import TracedBackbone
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
@@ -88,6 +88,10 @@ class LocalNetwork(nn.Module):
         self._units = tuple(units)  # a tuple: not registered twice (the blocks own the units)
         self.unit_shapes = probe_shapes(units, sample)
         self.image_shape = Shape.of(sample)
+        # per unit: whether its output's class token carries the image (None: the backbone has no class token)
+        marked = backbone.class_token if backbone.class_token is not None else any(
+            not s.is_map and has_class_token(s.positions[0]) for s in self.unit_shapes)
+        self.class_token = tuple(first_token_varies(units, sample)) if marked else None
         self.loss = LOSSES[config.loss](num_classes(backbone.classifier), int(config.width * config.widen))
         self.head_kinds = head_kinds(config.head, config.modules - 1)
         if plan is None:
@@ -98,7 +102,7 @@ class LocalNetwork(nn.Module):
                 explicit_cuts(backbone, config.cuts),
                 memory=lambda: memory_model(
                     units, backbone.classifier, sample, self.unit_shapes, self.mode,
-                    lambda j: self.objective_at(j, 0, recon), config.image_encoder, config.lean_context),
+                    lambda j: self.new_objective(j, 0, recon), config.image_encoder, config.lean_context),
             )
             plan = Plan(tuple(cuts), recon)
         elif len(plan.cuts) != config.modules - 1:
@@ -115,26 +119,26 @@ class LocalNetwork(nn.Module):
         self.unit_names = backbone.unit_names
         # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c (h_k's shape).
         self.source_shapes = [self.image_shape, *(self.unit_shapes[c] for c in self.cuts)]
-        local = [self.objective_at(c, k, self.plan.recon) for k, c in enumerate(self.cuts)]
+        local = [self.new_objective(c, k, self.plan.recon) for k, c in enumerate(self.cuts)]
         self.objectives = nn.ModuleList([*local, ClassifierObjective(backbone.classifier)])
         self.context = nn.ModuleList(
             CutContext(k, self.mode, self.source_shapes, s, config.image_encoder, config.lean_context,
                        patch=getattr(units[0], "patch", None))
             for k, s in enumerate(self.source_shapes[1:])
         )
-        init_local_modules(self.parts("heads"), self.context, config.local_init, config.context_scale)
+        init_local_modules(self.group_modules("heads"), self.context, config.local_init, config.context_scale)
         self.last_use = {j: -1 for j in range(len(self.source_shapes))}
         for ctx in self.context:
             for j in ctx.source_ids + ([0] if ctx.image is not None else []):
                 self.last_use[j] = max(self.last_use[j], ctx.cut)
 
-    def objective_at(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
+    def new_objective(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
-        cut = Cut(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
-                  self.loss.out_dim, self.config, self._units[unit + 1])
+        site = HeadSite(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
+                        self.loss.out_dim, self.config, self._units, self.class_token)
         kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]
-        return local_objective(cut, kind, self.loss, recon)
+        return local_objective(site, kind, self.loss, recon)
 
     @property
     def num_modules(self) -> int:
@@ -192,7 +196,7 @@ class LocalNetwork(nn.Module):
         """Module k's parameters (`module_parts`)."""
         return [p for part in self.module_parts(k).values() for p in part.parameters()]
 
-    def parts(self, group: str) -> list[nn.Module]:
+    def group_modules(self, group: str) -> list[nn.Module]:
         """The sub-modules of a parameter group: backbone (units + classifier), heads, decoders or context."""
         local = [child for o in self.objectives[:-1] for child in o.children()]
         return {
@@ -203,9 +207,10 @@ class LocalNetwork(nn.Module):
         }[group]
 
     def param_counts(self) -> dict[str, int]:
-        """Number of parameters in each group, and the total."""
-        counts = {g: sum(p.numel() for m in self.parts(g) for p in m.parameters())
+        """Number of trained parameters in each group, the frozen ones (MAN's EMA copies), and the total."""
+        counts = {g: sum(p.numel() for m in self.group_modules(g) for p in m.parameters() if p.requires_grad)
                   for g in ("backbone", "heads", "decoders", "context")}
+        counts["frozen"] = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         counts["total"] = sum(counts.values())
         return counts
 

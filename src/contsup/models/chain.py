@@ -135,6 +135,7 @@ class Backbone(nn.Module):
         classifier: nn.Module,
         unit_names: Sequence[tuple[int, int]] | None = None,
         name: str = "custom",
+        class_token: bool | None = None,
     ) -> None:
         super().__init__()
         if len(units) == 0:
@@ -144,6 +145,7 @@ class Backbone(nn.Module):
         self.unit_names = list(unit_names) if unit_names else [(0, i) for i in range(len(units))]
         self.unit_labels = [f"{s}.{b}" for s, b in self.unit_names]  # a cut's name after each unit (`--cuts`)
         self.name = name
+        self.class_token = class_token  # token 0 of its token units' outputs is a class token; None: unsaid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain end-to-end forward pass."""
@@ -197,3 +199,33 @@ def probe_shapes(units: Sequence[nn.Module], sample: torch.Tensor) -> list[Shape
         for unit, mode in zip(units, was_training, strict=True):
             unit.train(mode)
     return shapes
+
+
+def has_class_token(tokens: int) -> bool:
+    """Whether a sequence of `tokens` holds a class token, read from its length: a square number is a square
+    grid of patches alone (for a backbone that does not say, `Backbone.class_token` None)."""
+    return math.isqrt(tokens) ** 2 != tokens
+
+
+@torch.no_grad()
+def first_token_varies(units: Sequence[nn.Module], sample: torch.Tensor) -> list[bool]:
+    """Per unit: whether token 0 of its output differs between two images (False for feature maps).
+
+    A class token right after a ViT's patch embedding is the same vector for every image: a head reading
+    it would train nothing. The images are `sample` and a fixed ramp (no random draw); eval mode, state
+    left untouched.
+    """
+    x = sample[:1] if sample.dim() == 4 else sample.unsqueeze(0)
+    ramp = torch.linspace(-1.0, 1.0, x.numel(), dtype=x.dtype, device=x.device).view_as(x)
+    x = torch.cat([x, ramp])
+    was_training = [u.training for u in units]
+    varies = []
+    try:
+        for unit in units:
+            unit.eval()
+            x = unit(x)
+            varies.append(x.dim() == 3 and not torch.equal(x[0, 0], x[1, 0]))  # a host sync, at construction only
+    finally:
+        for unit, mode in zip(units, was_training, strict=True):
+            unit.train(mode)
+    return varies

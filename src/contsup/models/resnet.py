@@ -29,6 +29,10 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
             )
 
+    def fresh(self, in_ch: int, out_ch: int, stride: int) -> BasicBlock:
+        """A new block of this kind at other widths and stride (AugLocal's heads build theirs from the backbone's)."""
+        return BasicBlock(in_ch, out_ch, stride)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual block output."""
         out = self.relu(self.bn1(self.conv1(x)))

@@ -134,7 +134,7 @@ def vit(
     units: list[nn.Module] = [PatchEmbedding(in_channels, dim, image_size, patch)]
     units += [Block(dim, heads) for _ in range(depth)]
     names = [(0, 0)] + [(1, b) for b in range(depth)]
-    backbone = Backbone(units, TokenClassifier(dim, num_classes), unit_names=names, name=name)
+    backbone = Backbone(units, TokenClassifier(dim, num_classes), unit_names=names, name=name, class_token=True)
     init_vit(backbone)
     return backbone
 

@@ -1,12 +1,13 @@
 """The lower bound of a local step's memory for a cut table: what no implementation of it goes below.
 
 A step must at some point hold the activations one module saves for backward, with its local head's (or
-the classifier's and its loss's) on top, and it holds the whole network's parameters, their gradients
-(all of them at once before the optimizer step), the optimizer's state (SGD with momentum: one buffer
-per parameter) and the buffers (BatchNorm running statistics) throughout. The bound is the largest
-module's saved bytes plus all of that. The saved bytes come from the balanced cut rule's memory model
-(contsup.method.balance.memory_model: per unit and per module end, counted on a batch of two and
-scaled per sample), so bound and cuts share one measurement.
+the classifier's and its loss's) on top, and it holds the whole network's parameters, the gradients of the
+trained ones (all of them at once before the optimizer step), their optimizer state (SGD with momentum: one
+buffer per parameter) and the buffers (BatchNorm running statistics) throughout. Frozen parameters (MAN's
+EMA copies, which follow the next unit by momentum) are held as weights alone: no gradient, no state. The
+bound is the largest module's saved bytes plus all of that. The saved bytes come from the balanced cut
+rule's memory model (contsup.method.cuts.balance.memory_model: per unit and per module end, counted on a
+batch of two and scaled per sample), so bound and cuts share one measurement.
 
 `contsup profile` reports a step's peak above what lived before it (`peak_bytes`, gradients included)
 and the state between steps (`state_bytes`: parameters, buffers, optimizer state): their sum is what
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from contsup.method.balance import memory_model
+from contsup.method.cuts.balance import memory_model
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Objective
 
@@ -32,8 +33,8 @@ class LowerBound:
 
     module: int
     activations: int  # the largest module's units' and its head's saved bytes at the batch size
-    params: int
-    grads: int
+    params: int  # every parameter's weights, frozen ones included
+    grads: int  # the trained parameters' gradients
     optimizer: int
     buffers: int
 
@@ -66,5 +67,6 @@ def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) 
                                                 net.config.lean_context, ends=set(cut_of))
     k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
+    trained = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())
-    return LowerBound(k, round(per_sample * batch_size), params, params, optimizer_buffers * params, buffers)
+    return LowerBound(k, round(per_sample * batch_size), params, trained, optimizer_buffers * trained, buffers)

@@ -29,7 +29,7 @@ def group_names(net: LocalNetwork) -> dict[str, str]:
     names.update({type(c).__name__: "context" for c in net.context})
     for obj in net.objectives:
         for attr, child in obj.named_children():
-            group = "backbone" if child is net.classifier else "decoders" if child in net.parts("decoders") \
+            group = "backbone" if child is net.classifier else "decoders" if child in net.group_modules("decoders") \
                 else "heads"
             names[f"{type(obj).__name__}.{attr}"] = group
     return names

@@ -87,7 +87,11 @@ def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise _busy(folder, fd) from None
-        if os.fstat(fd).st_ino != os.lstat(lock).st_ino:  # the holder removed the file between our open and lock
+        try:
+            moved = os.fstat(fd).st_ino != os.lstat(lock).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:  # the holder removed (or replaced) the file between our open and lock
             raise ContsupError(f"{folder} is being written by another contsup process; try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -295,5 +299,12 @@ def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.op
         return True
 
     if not fits():
+        groups = state.get("param_groups") if isinstance(state.get("param_groups"), list) else []
+        stored = {k for g in groups if isinstance(g, dict) for k in settings_of(g)}
+        known = {k for g in fresh.param_groups for k in settings_of(g)}
+        if stored and stored != known:  # each PyTorch version writes its own set of optimizer settings
+            raise ContsupError(f"{path}: its optimizer settings {', '.join(sorted(stored ^ known))} are known to only "
+                               f"one of this PyTorch ({torch.__version__}) and the one that wrote the checkpoint; "
+                               "resume it with that PyTorch version")
         raise ContsupError(f"{path}: malformed checkpoint (its optimizer state does not fit the network "
                            "or the run's optimizer settings)")

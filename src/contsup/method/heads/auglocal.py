@@ -1,26 +1,26 @@
 """AugLocal heads (Ma et al., ICLR 2024; spec/HEADS.md section 1), held to the official code ChenxiangMA/AugLocal.
 
 The head of the cut after unit l is a short, freshly initialised copy of the rest of the network: one
-BasicBlock per unit sampled uniformly from the units after the cut (the last unit always among them),
-then global average pool -> (BatchNorm1d when the depth is at most 1) -> Linear. No weight is shared
-with the backbone.
+block per unit sampled uniformly from the units after the cut (the last unit always among them), of that
+unit's own kind where the unit can build one (its `fresh(in_ch, out_ch, stride)`, as the ResNet
+BasicBlock here), else the official code's ResNet BasicBlock (a traced model's pieces); then global
+average pool -> (BatchNorm1d when the depth is at most 1) -> Linear. No weight is shared with the backbone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from contsup.errors import ContsupError
-from contsup.method.heads import HEADS
+from contsup.config import LocalConfig
+from contsup.errors import ContsupError, check_float, check_int
+from contsup.method.heads.registry import HEADS, SETTING_CHECKS, HeadSite
 from contsup.models.resnet import BasicBlock, init_weights
 
-if TYPE_CHECKING:
-    from contsup.method.objective import Cut
+BlockMaker = Callable[[int, int, int], nn.Module]  # (in channels, out channels, stride) -> a fresh block
 
 
 def aux_depths(depth: int, num_cuts: int, pyramid: float) -> list[int]:
@@ -67,9 +67,10 @@ def resolution_levels(sizes: Sequence[int]) -> list[int]:
 
 
 class AugLocalHead(nn.Module):
-    """Head of the cut after unit `unit`: BasicBlocks following sampled later units, GAP, (BN1d), Linear.
+    """Head of the cut after unit `unit`: blocks following sampled later units, GAP, (BN1d), Linear.
 
-    `channels` and `sizes` are every unit's output channels and height. Strides follow the pending-
+    `channels` and `sizes` are every unit's output channels and height; `makers` builds each unit's kind of
+    block (None, or None for a unit: a ResNet BasicBlock, the official code's). Strides follow the pending-
     downsample rule of the official code: p += the halvings between the previous and the sampled unit;
     stride 2 while p >= 1. The code counts halvings as log2 of the channel ratio; this counts them from
     the heights (`resolution_levels`), which is the same wherever the width doubles exactly where the
@@ -77,7 +78,8 @@ class AugLocalHead(nn.Module):
     for backbones whose channel ratios do not say where the resolution drops.
     """
 
-    def __init__(self, unit: int, channels: Sequence[int], sizes: Sequence[int], depth: int, out_dim: int) -> None:
+    def __init__(self, unit: int, channels: Sequence[int], sizes: Sequence[int], depth: int, out_dim: int,
+                 makers: Sequence[BlockMaker | None] | None = None) -> None:
         super().__init__()
         if len(channels) != len(sizes):
             raise ContsupError(f"AugLocal head: {len(channels)} channel counts for {len(sizes)} unit sizes")
@@ -90,7 +92,8 @@ class AugLocalHead(nn.Module):
             stride = 1
             if pending >= 1:
                 stride, pending = 2, pending - 1
-            blocks.append(BasicBlock(ch, channels[j], stride))
+            make = (makers[j] if makers is not None else None) or BasicBlock  # the unit's kind, else the code's
+            blocks.append(make(ch, channels[j], stride))
             ch, prev = channels[j], j
         self.blocks = nn.Sequential(*blocks)
         # the CIFAR code normalises the pooled feature only for depth <= 1 (its aux_net_depth, not the block count)
@@ -103,11 +106,19 @@ class AugLocalHead(nn.Module):
         return self.fc(self.norm(self.blocks(h).mean(dim=(2, 3))))
 
 
+@SETTING_CHECKS.append
+def check_auglocal(settings: LocalConfig) -> None:
+    """aux_depth from 1 to 64 blocks, aux_pyramid in [0, 1]."""
+    check_int("aux_depth", settings.aux_depth, 1, 64)
+    check_float("aux_pyramid", settings.aux_pyramid, 0.0, 1.0)
+
+
 @HEADS.register("auglocal")
-def auglocal_head(cut: Cut) -> nn.Module:
-    """The AugLocal head of this cut: depth from `aux_depth` and the pyramid `aux_pyramid` over the cuts."""
-    if not all(s.is_map for s in cut.unit_shapes):
+def auglocal_head(site: HeadSite) -> nn.Module:
+    """The AugLocal head of this site: depth from `aux_depth` and the pyramid `aux_pyramid` over the cuts."""
+    if not all(s.is_map for s in site.unit_shapes):
         raise ContsupError("head auglocal copies residual blocks of later units: it needs feature maps")
-    depth = aux_depths(cut.settings.aux_depth, cut.num_cuts, cut.settings.aux_pyramid)[cut.index]
-    return AugLocalHead(cut.unit, [s.channels for s in cut.unit_shapes], [s.height for s in cut.unit_shapes], depth,
-                        cut.out_dim)
+    depth = aux_depths(site.settings.aux_depth, site.num_cuts, site.settings.aux_pyramid)[site.index]
+    makers = [getattr(u, "fresh", None) for u in site.units] if site.units else None
+    return AugLocalHead(site.unit, [s.channels for s in site.unit_shapes], [s.height for s in site.unit_shapes],
+                        depth, site.out_dim, makers)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contsup.errors import ContsupError
+from contsup.config import LocalConfig
+from contsup.errors import ContsupError, check_int
+from contsup.method.heads.registry import HEAD_WRAPPERS, SETTING_CHECKS, HeadBuilder, HeadSite
 
 
 def to_patches(h: torch.Tensor, n: int) -> torch.Tensor:
@@ -37,3 +39,20 @@ class PatchAveraged(nn.Module):
             return self.head(h)
         out = self.head(to_patches(h, self.patches))
         return out.view(h.shape[0], self.patches**2, *out.shape[1:]).mean(dim=1)
+
+
+@SETTING_CHECKS.append
+def check_patches(settings: LocalConfig) -> None:
+    """head_patches is a count from 1 (off) to 16."""
+    check_int("head_patches", settings.head_patches, 1, 16)
+
+
+@HEAD_WRAPPERS.register("pff")
+def pff(site: HeadSite, inner: HeadBuilder) -> nn.Module:
+    """With `head_patches` = n > 1: the inner head on n x n patches of h_k, its outputs averaged."""
+    n = site.settings.head_patches
+    if n <= 1:
+        return inner(site)
+    if not site.shape.is_map:
+        raise ContsupError("head_patches cuts feature maps into patches; this cut outputs tokens")
+    return PatchAveraged(inner(site), n)

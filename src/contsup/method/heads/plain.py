@@ -1,27 +1,15 @@
-"""Local heads: what reads a cut's output h_k and gives the local loss its input. Add one with `@HEADS.register`.
-
-A head builder takes the cut (`contsup.method.objective.Cut`: h_k's shape, the network's unit shapes, the
-loss's input size, the hidden width) and returns an nn.Module mapping h_k to that input. The paper's heads
-are `<a>c<b>f` (docs/method.md, heads): a conv layers, an average pool over positions, b linear layers.
+"""The paper's local heads `<a>c<b>f` (docs/method.md, heads): a conv layers, an average pool over positions,
+b linear layers. A head of another kind is one file like this one, registered with `@HEADS.register`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from contsup.errors import ContsupError
+from contsup.method.heads.registry import HEADS, HeadSite
 from contsup.models.chain import Shape, pool
-from contsup.registry import Registry
-
-if TYPE_CHECKING:
-    from contsup.method.objective import Cut
-
-# name -> (pattern groups..., cut) -> head module
-HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> list[nn.Module]:
@@ -71,6 +59,6 @@ class LocalHead(nn.Module):
 
 
 @HEADS.register("1c2f", pattern=r"([0-2])c([1-3])f", help="<a>c<b>f (a = 0..2 conv layers, b = 1..3 linear)")
-def conv_fc_head(convs: str, fcs: str, cut: Cut) -> nn.Module:
-    """The paper's `<a>c<b>f` head at this cut."""
-    return LocalHead(cut.shape, int(convs), int(fcs), cut.out_dim, cut.settings.width, cut.settings.widen)
+def conv_fc_head(convs: str, fcs: str, site: HeadSite) -> nn.Module:
+    """The paper's `<a>c<b>f` head at this site."""
+    return LocalHead(site.shape, int(convs), int(fcs), site.out_dim, site.settings.width, site.settings.widen)

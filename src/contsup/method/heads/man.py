@@ -8,14 +8,17 @@ parameters by momentum after each optimizer step.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from contsup.errors import ContsupError
+from contsup.config import LocalConfig, choices
+from contsup.errors import ContsupError, check_float
+from contsup.method.heads.registry import HEAD_WRAPPERS, SETTING_CHECKS, HeadBuilder, HeadSite
 from contsup.models.resnet import init_weights
 
-EMA_STARTS = ("paper", "random")
+EMA_STARTS = choices(LocalConfig, "man_ema_start")
 
 
 def fresh_init(module: nn.Module) -> None:
@@ -61,6 +64,10 @@ class MomentumHead(nn.Module):
         """Head output for the cut's output h."""
         return self.head(self.lb(h) + self.ema(h))
 
+    def follow_step(self) -> None:
+        """After each optimizer step: the EMA copy moves towards nxt (`Objective.after_step` calls it)."""
+        self.ema_update(self.momentum)
+
     @torch.no_grad()
     def ema_update(self, momentum: float) -> None:
         """theta_ema <- m * theta_ema + (1 - m) * theta_nxt on parameters (not buffers), without a host sync."""
@@ -70,3 +77,21 @@ class MomentumHead(nn.Module):
         src = [p.detach() for p in self.nxt.parameters()]
         torch._foreach_mul_(ema, momentum)
         torch._foreach_add_(ema, src, alpha=1.0 - momentum)
+
+
+@SETTING_CHECKS.append
+def check_man(settings: LocalConfig) -> None:
+    """man_momentum lies in [0, 1) (0: off)."""
+    check_float("man_momentum", settings.man_momentum, 0.0, 1.0, high_open=True)
+
+
+@HEAD_WRAPPERS.register("man")
+def man(site: HeadSite, inner: HeadBuilder) -> nn.Module:
+    """With `man_momentum` > 0: the inner head behind momentum copies of the unit after the cut."""
+    s = site.settings
+    if s.man_momentum <= 0:
+        return inner(site)
+    if site.next_unit is None:
+        raise ContsupError("MAN needs the unit after each cut")
+    after_next = replace(site, unit=site.unit + 1, shape=site.unit_shapes[site.unit + 1])  # what the head reads
+    return MomentumHead(inner(after_next), site.next_unit, s.man_ema_start, s.man_momentum)

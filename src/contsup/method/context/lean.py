@@ -18,20 +18,26 @@ backward of its module's units, which is where a local step's memory peaks (docs
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from contsup.method.context import ConvEncoder
 
+class ConvStack(Protocol):
+    """What the lean forward reads of an encoder (`conv.ConvEncoder`): its layers, its pool and where it runs."""
 
-def _layers(enc: ConvEncoder) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """The (conv, BN) pairs of the encoder's conv-BN-ReLU layers."""
-    mods = list(enc.net)
-    return [(mods[i], mods[i + 1]) for i in range(0, len(mods), 3)]
+    pool_first: bool  # the pool runs before the layers
+    max_elements: int  # per-sample bound on a full-resolution intermediate (0: none)
+
+    def layers(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        """The (conv, BN) pairs of the conv-BN-ReLU layers, in order."""
+        ...
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The average pool to the cut's size."""
+        ...
 
 
 def _bn_factor(bn: nn.BatchNorm2d) -> float:
@@ -59,25 +65,25 @@ def _conv_bn_relu(
     return F.relu(y, inplace=True)
 
 
-def _chunks(enc: ConvEncoder, h: torch.Tensor) -> list[slice]:
+def _chunks(enc: ConvStack, h: torch.Tensor) -> list[slice]:
     """Output-channel chunks of the last layer: at most `max_elements` per sample at h's resolution."""
-    channels = enc.net[-3].out_channels
+    channels = enc.layers()[-1][0].out_channels
     step = max(1, enc.max_elements // (h.shape[-2] * h.shape[-1])) if enc.max_elements else channels
     return [slice(i, min(i + step, channels)) for i in range(0, channels, step)]
 
 
-def _front(enc: ConvEncoder, x: torch.Tensor, params: list[torch.Tensor], factors: list | None) -> torch.Tensor:
+def _front(enc: ConvStack, x: torch.Tensor, params: list[torch.Tensor], factors: list | None) -> torch.Tensor:
     """The encoder up to the last layer's input: the pool first (pooled variant) and the earlier layers."""
     h = enc.pool(x) if enc.pool_first else x
-    for i, (conv, bn) in enumerate(_layers(enc)[:-1]):
+    for i, (conv, bn) in enumerate(enc.layers()[:-1]):
         h = _conv_bn_relu(h, conv, bn, params[4 * i:4 * i + 4], slice(None), factors[i] if factors else None)
     return h
 
 
-def _last(enc: ConvEncoder, h: torch.Tensor, params: list[torch.Tensor], chunk: slice,
+def _last(enc: ConvStack, h: torch.Tensor, params: list[torch.Tensor], chunk: slice,
           factor: float | None) -> torch.Tensor:
     """The last layer on output channels `chunk`, then the pool (unless it came first)."""
-    conv, bn = _layers(enc)[-1]
+    conv, bn = enc.layers()[-1]
     out = _conv_bn_relu(h, conv, bn, params[-4:], chunk, factor)
     return out if enc.pool_first else enc.pool(out)
 
@@ -86,13 +92,13 @@ class _LeanEncode(torch.autograd.Function):
     """Forward without a graph; backward recomputes the encoder from its input and back-propagates it."""
 
     @staticmethod
-    def forward(ctx: Any, enc: ConvEncoder, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, enc: ConvStack, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.enc = enc
         device = x.device.type  # the forward's autocast state, where the device has autocast
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device)) \
             if torch.amp.is_autocast_available(device) else None
         ctx.save_for_backward(x, *params)
-        factors = [_bn_factor(bn) if bn.training else None for _, bn in _layers(enc)]
+        factors = [_bn_factor(bn) if bn.training else None for _, bn in enc.layers()]
         h = _front(enc, x, list(params), factors)
         outs = [_last(enc, h, list(params), c, factors[-1]) for c in _chunks(enc, h)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
@@ -114,12 +120,12 @@ class _LeanEncode(torch.autograd.Function):
         return None, xs.grad, *(p.grad for p in ps)
 
 
-def supported(enc: ConvEncoder) -> bool:
+def lean_applies(enc: ConvStack) -> bool:
     """Whether every BN of the encoder is a plain nn.BatchNorm2d (a synchronised BN runs straightforwardly)."""
-    return all(type(bn) is nn.BatchNorm2d for _, bn in _layers(enc))
+    return all(type(bn) is nn.BatchNorm2d for _, bn in enc.layers())
 
 
-def lean_encode(enc: ConvEncoder, x: torch.Tensor) -> torch.Tensor:
+def lean_encode(enc: ConvStack, x: torch.Tensor) -> torch.Tensor:
     """The encoder's output on x, holding only x for backward (module docstring)."""
-    params = [t for conv, bn in _layers(enc) for t in (conv.weight, conv.bias, bn.weight, bn.bias)]
+    params = [t for conv, bn in enc.layers() for t in (conv.weight, conv.bias, bn.weight, bn.bias)]
     return _LeanEncode.apply(enc, x, *params)

@@ -60,7 +60,8 @@ def balanced_cuts(
     """K-1 cuts minimising the memory of the largest module (exact, by dynamic programming).
 
     A module of units i..j costs sum(unit_bytes[i..j]) + end_bytes[j] (its local head, or the
-    classifier when j is the last unit) + start_bytes[i] (the context encoders in front of it).
+    classifier when j is the last unit; infinite where no head can sit) + start_bytes[i] (the context
+    encoders in front of it).
     Ties go to the partition with the smaller total, then to the earlier cuts.
     """
     n = len(unit_bytes)
@@ -90,6 +91,8 @@ def balanced_cuts(
                 cand = (max(prev[0], c), prev[1] + c)
                 if cand < best[k][j]:
                     best[k][j], back[k][j] = cand, i
+    if best[modules - 1][n - 1][0] == float("inf"):
+        raise ContsupError(f"no {modules} modules leave every local head a cut where it can sit (head settings)")
     cuts, j = [], n - 1
     for k in range(modules - 1, 0, -1):
         i = back[k][j]

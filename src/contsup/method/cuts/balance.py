@@ -7,10 +7,11 @@ statistics stay untouched), per sample:
 
 - unit u: the bytes first saved while unit u runs in the chain (a storage saved by two units counts once);
 - end of module at unit j < last: the local head (and decoder) on unit j's output, its input left out
-  (the unit already counted it); at the last unit: the classifier and its loss;
+  (the unit already counted it; infinite where the head refuses to sit); at the last unit: the classifier
+  and its loss;
 - start of module at unit i > 0: the encoders of a cut after unit i - 1 with a full window, each source
   taken at that cut's shape (exact within a stage; sources from an earlier stage are larger or smaller):
-  what they save for backward (nothing but their inputs when lean, contsup.method.lean), and the earlier
+  what they save for backward (nothing but their inputs when lean, contsup.method.context.lean), and the earlier
   module inputs s_j (j >= 1) they read, held through the module for them (the image x is held anyway).
 
 Backward temporaries and the gradients are not in the model; the balance compares modules, and those
@@ -20,12 +21,14 @@ scale with the same activations.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contsup.errors import ContsupError
 from contsup.memory import SavedTensorCounter
 from contsup.method.context import ContextMode, CutContext
 from contsup.method.objective import Objective, Targets
@@ -84,7 +87,11 @@ def memory_model(
         elif ends is not None and j not in ends:
             end_bytes.append(0.0)
         else:
-            local = objective(j).train()
+            try:
+                local = objective(j).train()
+            except ContsupError:  # no head of this kind can sit here (a class token that carries nothing yet)
+                end_bytes.append(math.inf)  # so the balanced rule never cuts here
+                continue
             end_bytes.append(_counted(local, lambda m=local, h=h: m(h, targets)[0], h))
     start_bytes.append(0.0)
     bound = max(s.numel() for s in [x_shape, *shapes])
