@@ -158,7 +158,6 @@ def heads(sizes: Sizes, out: Path) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             losses, _, _ = step.train(batch)
             opt.step()
-            step.net.after_step(step.modules)
         final = losses.float().cpu()  # host sync, once per case
         if not torch.isfinite(final).all():
             raise RuntimeError(f"{name}: a local loss is not finite ({final.tolist()})")

@@ -115,6 +115,7 @@ class LocalConfig(Section):
     aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
     man_ema_start: Literal["paper", "random"] = "paper"  # MAN: EMA copy starts as the next unit, or random (code's)
+    man_scale: bool = False  # MAN++: a learnable s per cut weighs the copies, s LB(h) + (2 - s) EMA(h), s from 1
     head_patches: int = 1  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
     loss: str = "softmax"  # local loss: softmax or contrast
     width: int = 128  # hidden width W of the local heads
@@ -123,6 +124,8 @@ class LocalConfig(Section):
     cuts: str | None = None  # explicit cuts: unit indices 3,7,11, stage.block pairs 1.2,2.1; or a cut_table name
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
+    recon_patches: int = 1  # HPFF's patched decoders: n x n decoders, one per patch of h_k and the image (1: off)
+    recon_schedule: Literal["cut", "stage"] = "cut"  # recon weights by cut index (InfoPro's code) or by stage (MAN's)
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
     checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
@@ -157,6 +160,10 @@ class TrainConfig(Section):
     tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
 
 
+# How the ranks share the work: contsup's local pipeline, or an end-to-end baseline (docs/parallel.md).
+Parallel = Literal["local", "gpipe", "1f1b", "interleaved", "zbv", "ddp"]
+
+
 @dataclass
 class PipelineConfig(Section):
     """How the ranks of a pipelined run (`torchrun ... contsup train --pipeline`) split the work."""
@@ -166,13 +173,21 @@ class PipelineConfig(Section):
     inflight: int = 2  # micro-batches a stage may have sent but not yet delivered
     timeout_s: float = named(300.0, "dist_timeout")  # seconds before a silent peer counts as failed
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto (nccl with CUDA, else gloo), gloo or nccl
+    parallel: Parallel = "local"  # local: modules on ranks (or one process); the others: end to end (docs/parallel.md)
+    micro_batches: int = 4  # gpipe, 1f1b, interleaved, zbv: micro-batches per batch (they must divide it)
+    stage_units: list[int] | None = None  # gpipe, 1f1b, interleaved, zbv: backbone units per stage; None: balanced
+    ranks: int = 1  # processes `contsup train` starts on this machine, as torchrun would (1: this process)
+    threads: int = 0  # torch threads of each process (0: torch's default; started ranks: 1)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stage_sizes, str):  # the flag's text
-            try:
-                self.stage_sizes = [int(v) for v in self.stage_sizes.split(",")]
-            except ValueError:
-                raise ContsupError(f"cannot read --stage-sizes {self.stage_sizes!r}: use counts like 3,5,8") from None
+        for name in ("stage_sizes", "stage_units"):
+            text = getattr(self, name)
+            if isinstance(text, str):  # the flag's text
+                try:
+                    setattr(self, name, [int(v) for v in text.split(",")])
+                except ValueError:
+                    flag = "--" + name.replace("_", "-")
+                    raise ContsupError(f"cannot read {flag} {text!r}: use counts like 3,5,8") from None
         super().__post_init__()
 
 

@@ -8,6 +8,7 @@ import os
 import torch
 
 from contsup.checks import MAX_SEED, check_int
+from contsup.distributed.costmodel import calibrate, format_predictions
 from contsup.errors import ContsupError
 from contsup.files import check_out_dir
 from contsup.method.context import IMAGE_ENCODERS
@@ -18,6 +19,7 @@ from contsup.models import BACKBONES
 from contsup.profile.runner import (
     ProfileConfig,
     ProfileRow,
+    build,
     check_fits,
     format_table,
     machine,
@@ -86,12 +88,31 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     )
 
 
+def cmd_parallel_model(cfg: ProfileConfig, args: argparse.Namespace) -> int:
+    """Calibrate the cost model of parallel training on this machine and print its predictions per P."""
+    stages = int_list(args.stages)
+    if not stages or min(stages) < 1 or args.micro_batches < 0:
+        raise ContsupError("--stages takes positive counts, e.g. 2,4,8,16; --micro-batches >= 0")
+    k, context = cfg.modules[-1], cfg.contexts[0]
+    device = torch.device("cpu")
+    cal = calibrate(build(cfg, k, context, device), build(cfg, 1, "E2E", device), cfg.batch_size, cfg.optimizer,
+                    repeats=cfg.steps)
+    info = machine()
+    print(f"{cfg.arch}, local K={k} {context} head {cfg.head}, batch {cfg.batch_size}, input {args.input}; "
+          f"calibrated on the CPU with {info['torch_threads']} thread(s), loopback {cal.bandwidth / 1e9:.2f} GB/s, "
+          f"load average {' '.join(f'{v:.2f}' for v in info.get('loadavg') or [])}")
+    print(format_predictions(cal, stages, cfg.batch_size, args.micro_batches))
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile the configurations, print the table, write CSV/JSON/plot with --out."""
     check_out_dir(args.out, "--out")
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.parallel_model:
+        return cmd_parallel_model(cfg, args)
     check_fits(cfg)
     rows: list[ProfileRow] = []
 
@@ -148,4 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the random batch")
     p.add_argument("--out", default=None, help="folder for profile.csv, profile.json and profile.png")
+    g = p.add_argument_group("parallel model (docs/parallel.md)")
+    g.add_argument("--parallel-model", action="store_true",
+                   help="calibrate the cost model of GPipe, 1F1B, the local pipeline and DDP on this machine "
+                        "(the last --modules K, the first --contexts mode) and print its predictions per P")
+    g.add_argument("--stages", default="2,4,8,16", help="stage counts P to predict")
+    g.add_argument("--micro-batches", type=int, default=0, help="GPipe's and 1F1B's micro-batches (0: 4 per stage)")
     p.set_defaults(func=cmd_profile)

@@ -15,14 +15,14 @@ from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
 from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
-from contsup.distributed import run_pipeline
+from contsup.distributed.spawn import train_run
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
 from contsup.method.cuts import TABLES
 from contsup.method.heads import HEADS
 from contsup.models import BACKBONES
 from contsup.models.reference import allow, is_reference
-from contsup.run import build_network, check_settings, evaluate_checkpoint, prepare_run, run_training
+from contsup.run import build_network, check_settings, evaluate_checkpoint, prepare_run
 from contsup.train.runfolder import check_not_written
 
 EXAMPLES = """examples:
@@ -165,15 +165,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(net.describe())
         print(json.dumps(net.param_counts()))
         return 0
-    if args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        summary = run_pipeline(cfg, resume=args.resume)
-        if summary is None:  # not rank 0
-            return 0
-    else:
-        try:
-            summary = run_training(cfg, resume=args.resume)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(continue_hint(cfg.out)) from None
+    pipeline = args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        summary = train_run(cfg, resume=args.resume, pipeline=pipeline)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(continue_hint(cfg.out)) from None
+    if summary is None:  # not rank 0
+        return 0
     print(format_summary(summary))
     print(f"run folder: {cfg.out}")
     return 0
@@ -206,7 +204,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is present, print the recipe and the network, exit")
     g.add_argument("--pipeline", action="store_true",
                    help="run as a pipeline rank: torchrun --nproc-per-node N -m contsup train ... --pipeline "
-                        "(implied by WORLD_SIZE > 1)")
+                        "(implied by WORLD_SIZE > 1; --ranks N starts the N ranks on this machine itself)")
     add_settings(p)
     p.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="test error of a saved checkpoint")

@@ -155,7 +155,11 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     try:
         _, payload = prepare_run(cfg, resume)  # every rank, every check, before joining the group
         plan = plan_from_checkpoint(payload, cfg.out or "", cfg) if payload is not None else None
-        trainer, step = build_rank(cfg, plan)
+        if cfg.pipeline.parallel == "local":
+            trainer, step = build_rank(cfg, plan)
+        else:  # an end-to-end baseline (it builds on this module's helpers, so it is imported here)
+            from contsup.distributed.baselines import build_baseline
+            trainer, step = build_baseline(cfg, plan)
         if payload is not None:
             check_fit(cfg, trainer.net, payload)
         if cfg.out is not None and step.topo.rank == 0:

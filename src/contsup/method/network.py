@@ -86,6 +86,7 @@ class LocalNetwork(nn.Module):
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
         self._units = tuple(units)  # a tuple: not registered twice (the blocks own the units)
+        self.unit_names = backbone.unit_names
         self.unit_shapes = probe_shapes(units, sample)
         self.image_shape = Shape.of(sample)
         # per unit: whether its output's class token carries the image (None: the backbone has no class token)
@@ -116,7 +117,6 @@ class LocalNetwork(nn.Module):
             CheckpointedSequential(*units[a:b], segments=config.checkpoint_segments) if config.checkpoint_segments
             else nn.Sequential(*units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
         self.backbone_name = backbone.name
-        self.unit_names = backbone.unit_names
         # Shapes of the module inputs s_0 = x, s_{k+1} = h_k^c (h_k's shape).
         self.source_shapes = [self.image_shape, *(self.unit_shapes[c] for c in self.cuts)]
         local = [self.new_objective(c, k, self.plan.recon) for k, c in enumerate(self.cuts)]
@@ -135,8 +135,12 @@ class LocalNetwork(nn.Module):
     def new_objective(self, unit: int, k: int, recon: ReconWeights | None) -> Objective:
         """A new local objective of cut k placed after `unit` (the memory model tries cuts anywhere, K = 1 too)."""
         num_cuts = max(self.config.modules - 1, 1)  # at K = 1 the model still places one cut, anywhere
+        names = self.unit_names[unit: unit + 2]  # (stage, block) on the ResNets, stage 0 the stem
+        stage = None
+        if all(isinstance(n, tuple) and isinstance(n[0], int) for n in names):
+            stage = 0 if names[0][0] == 0 else names[1][0]  # MAN++'s code: fraction 0 at its cut after the stem
         site = HeadSite(k, num_cuts, unit, self.unit_shapes[unit], tuple(self.unit_shapes), self.image_shape,
-                        self.loss.out_dim, self.config, self._units, self.class_token)
+                        self.loss.out_dim, self.config, self._units, self.class_token, stage)
         kind = self.head_kinds[k] if self.head_kinds else self.config.head.split(",")[0]
         return local_objective(site, kind, self.loss, recon)
 
@@ -179,11 +183,6 @@ class LocalNetwork(nn.Module):
         for k, block in enumerate(self.blocks):
             h = block(self.module_input(k, h, sources))
         return self.classifier(h)
-
-    def after_step(self, modules: range) -> None:
-        """Let the objectives of `modules` follow the optimizer step (MAN's momentum copies)."""
-        for k in modules:
-            self.objectives[k].after_step()
 
     def module_parts(self, k: int) -> dict[str, nn.Module]:
         """What module k's loss trains, by state_dict prefix: its units, its objective and cut k-1's encoders."""

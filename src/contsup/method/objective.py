@@ -17,8 +17,9 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.method.heads import HeadSite, local_head
+from contsup.method.heads.man import MomentumHead
 from contsup.method.losses import LocalLoss, float32_loss
-from contsup.method.recon import Decoder, ReconWeights
+from contsup.method.recon import Decoder, ReconWeights, cut_weights
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,6 @@ class Objective(nn.Module):
     """What trains one module: `forward(h, targets)` -> (loss, prediction)."""
 
     needs_pixels = False  # whether `targets.pixels` must be given
-
-    def after_step(self) -> None:
-        """Follow the optimizer step: every part with a `follow_step` (MAN's momentum copies) runs it."""
-        for m in self.modules():
-            follow = getattr(m, "follow_step", None)
-            if callable(follow):
-                follow()
 
 
 class TaskObjective(Objective):
@@ -70,11 +64,15 @@ class ClassifierObjective(Objective):
 
 
 class ReconObjective(Objective):
-    """InfoPro's local loss: lambda_x * reconstruction BCE + lambda_y * the task objective's loss."""
+    """InfoPro's local loss: lambda_x * reconstruction BCE + lambda_y * the task objective's loss.
+
+    Behind MAN's copies the decoder reads their output a = LB(h) + EMA(h), what the head reads, as MAN's code
+    does; otherwise it reads h.
+    """
 
     needs_pixels = True
 
-    def __init__(self, task: Objective, decoder: Decoder, lambda_x: float, lambda_y: float) -> None:
+    def __init__(self, task: TaskObjective, decoder: Decoder, lambda_x: float, lambda_y: float) -> None:
         super().__init__()
         self.task = task
         self.decoder = decoder
@@ -85,17 +83,26 @@ class ReconObjective(Objective):
         if targets.pixels is None:
             raise ContsupError("the reconstruction term needs the un-normalised image (pixels in [0, 1]); "
                                "give the Trainer `pixels=` or a loader with a `denormalize` method")
-        task, out = self.task(h, targets)
+        man = self.task.head
+        if isinstance(man, MomentumHead):
+            h = man.copies(h)
+            out = man.head(h)
+            task = float32_loss(self.task.loss.fn, out, targets.y)
+        else:
+            task, out = self.task(h, targets)
         return self.lambda_x * self.decoder.loss(h, targets.pixels) + self.lambda_y * task, out
 
 
 def local_objective(site: HeadSite, kind: str, loss: LocalLoss, recon: ReconWeights | None) -> Objective:
-    """Cut k's objective: its head (`local_head`) with the local loss, plus the reconstruction term with `recon`."""
+    """Cut k's objective: its head (`local_head`) with the local loss, plus the reconstruction term with `recon`
+    (weighted by `recon_schedule`; decoding MAN's copies' output when the head is behind them)."""
     task = TaskObjective(local_head(site, kind), loss)
     if recon is None:
         return task
     if not (site.shape.is_map and site.image.is_map):
         raise ContsupError("the reconstruction term decodes feature maps back to the image; this cut outputs tokens")
-    lambda_x, lambda_y = recon.at(site.index, site.num_cuts)
-    decoder = Decoder(site.shape.channels, site.image.channels, (site.image.height, site.image.width))
+    lambda_x, lambda_y = cut_weights(recon, site.settings.recon_schedule, site.index, site.num_cuts, site.next_stage)
+    decoded = site.unit_shapes[site.unit + 1] if isinstance(task.head, MomentumHead) else site.shape
+    decoder = Decoder(decoded.channels, site.image.channels, (site.image.height, site.image.width),
+                      site.settings.recon_patches)
     return ReconObjective(task, decoder, lambda_x, lambda_y)

@@ -47,5 +47,6 @@ def check_local(local: Any) -> None:
         raise ContsupError("the balanced cut rule needs one head kind for every cut")
     LOSSES[local.loss]  # raises on an unknown loss
     parse_mode(local.context, local.modules)
+    check_int("recon_patches", local.recon_patches, 1, 16)
     if local.recon is not None and local.recon.lower() != "paper":  # `paper` needs the network and dataset
         parse_recon(local.recon, "", None, local.modules, False)

@@ -191,7 +191,8 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any]:
         d = defaults()
         s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
                  **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder", "aux_depth", "aux_pyramid",
-                                      "man_momentum", "man_ema_start", "head_patches")})
+                                      "man_momentum", "man_ema_start", "man_scale", "head_patches", "recon_schedule",
+                                      "recon_patches")})
     return s
 
 
@@ -250,7 +251,8 @@ def run_name(s: Mapping[str, Any]) -> str:
     if s["head"] == "auglocal" and (s["aux_depth"], s["aux_pyramid"]) != (d["aux_depth"], d["aux_pyramid"]):
         parts.append(f"d{s['aux_depth']}p{_num(s['aux_pyramid'])}")
     if s["man_momentum"]:
-        parts.append(f"man{_num(s['man_momentum'])}" + ("-random" if s["man_ema_start"] == "random" else ""))
+        parts.append(f"man{_num(s['man_momentum'])}" + ("-random" if s["man_ema_start"] == "random" else "")
+                     + ("-scaled" if s["man_scale"] else ""))
     if s["head_patches"] > 1:
         parts.append(f"pff{s['head_patches']}")
     if s["checkpoint_segments"]:
@@ -259,9 +261,15 @@ def run_name(s: Mapping[str, Any]) -> str:
         parts.append(s["optimizer"])
     recon = s["recon"]
     if recon not in (None, "none"):
-        parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else ""))
+        parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else "")
+                     + ("-by-stage" if s["recon_schedule"] == "stage" else "")
+                     + (f"-patches{s['recon_patches']}" if s["recon_patches"] > 1 else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")
+    if s["parallel"] != d["parallel"]:
+        parts.append(s["parallel"] + (f"-m{s['micro_batches']}" if s["parallel"] != "ddp" else ""))
+    if s["ranks"] != d["ranks"] or s["threads"] != d["threads"]:
+        parts.append(f"{s['ranks']}x{s['threads']}t")  # processes x threads each
     parts.append(f"s{s['seed']}")
     return "-".join(str(p) for p in parts)
 

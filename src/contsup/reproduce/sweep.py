@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from contsup.config import PLACE, settings
+from contsup.distributed.spawn import train_run
 from contsup.errors import ContsupError
 from contsup.files import read_json, write_json
 from contsup.reproduce.presets import Job, defaults
 from contsup.reproduce.records import read_summary
-from contsup.run import RunConfig, run_training
+from contsup.run import RunConfig
 from contsup.train.runfolder import CHECKPOINT, SETTINGS, SUMMARY
 
 # Settings that say where or how a run executes, not what it computes: a run folder is reused across them.
@@ -78,7 +79,7 @@ def _train(cfg: dict[str, Any], resume: bool, parent: int) -> None:
     """Child-process entry: train one configuration (its summary lands in the run folder); a user error is one line."""
     die_with_parent(parent)
     try:
-        run_training(RunConfig.from_dict(cfg), resume=resume)
+        train_run(RunConfig.from_dict(cfg), resume=resume)  # its ranks, when it has several
     except ContsupError as err:
         print(f"contsup: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -98,7 +99,7 @@ def run_job(job: Job, resume: bool, isolate: bool = True) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / SETTINGS, job.settings)
     if not isolate:
-        run_training(job.config, resume=resume)
+        train_run(job.config, resume=resume)
     else:
         proc = multiprocessing.get_context("spawn").Process(target=_train,
                                                              args=(job.config.to_dict(), resume, os.getpid()))

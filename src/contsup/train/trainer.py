@@ -212,8 +212,7 @@ class Trainer:
             losses, logits, y = self.step.train(batch)
             if self.cfg.clip_grad:
                 clip_module_grads(self.net, mods, self.cfg.clip_grad)
-            self.optimizer.step()
-            self.net.after_step(mods)
+            self.optimizer.step()  # MAN's momentum copies follow it (a hook: contsup.method.heads.man)
             stats[mods.start:mods.stop] += losses.double()
             watch.update(mods, losses, i)
             steps.append(losses)

@@ -38,6 +38,7 @@ class HeadSite:
     # None: token 0 is no class token (feature maps, a token model of one's own); else per unit whether the
     # class token of its output carries the image (not right after a ViT's patch embedding)
     class_token: tuple[bool, ...] | None = None
+    next_stage: int | None = None  # the ResNet stage of the unit after the cut, 0 after the stem (MAN's recon rule)
 
     @property
     def live_class_token(self) -> bool:

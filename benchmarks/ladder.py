@@ -1,0 +1,141 @@
+"""The budget ladder (docs/results.md): train the rungs of the `ladder` preset not measured yet, in order, resumably.
+
+The 2-epoch rung is the protocol and heads presets' runs, and E2E and R1E at 4 epochs are the protocol
+preset's cpu-long runs; this runs the rest, the minimum answer first (E2E and the best method at 8 epochs,
+the best method at 4), `--workers` at a time, each recipe in its own folder <out>/<recipe> (run folders do
+not name the epochs). Rerunning the same command skips finished runs and resumes interrupted ones:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/ladder.py --out runs/ladder --workers 2
+
+then collect each rung as usual, e.g.
+`contsup reproduce ladder --recipe cpu-8ep --out runs/ladder/cpu-8ep --collect --results docs/results`,
+and draw error against epochs from the collected CSVs (docs/results/ladder.md and ladder.png):
+
+    PYTHONPATH=src python benchmarks/ladder.py --figure docs/results
+
+A rung whose runs have not all finished is shown with the seeds it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from contsup.errors import ContsupError
+from contsup.files import check_out_dir
+from contsup.reproduce.presets import Job, jobs, load_preset
+from contsup.reproduce.sweep import run_sweep
+from contsup.tables import markdown_table, pyplot, save_figure
+
+# (recipe, contexts) in the order they run: the best K = 16 method on validation (E + AugLocal) and E2E
+# first, then the runner-up (R0 + AugLocal), then R1E at 8 epochs.
+ORDER = [("cpu-8ep", "E2E"), ("cpu-4ep", "E"), ("cpu-8ep", "E"), ("cpu-4ep", "R0"), ("cpu-8ep", "R0"),
+         ("cpu-8ep", "R1E")]
+
+
+def ladder_jobs(out: str | Path, data_dir: str | None = None) -> list[Job]:
+    """The ladder's runs not measured by another preset, in the order they run, each under <out>/<recipe>."""
+    preset = load_preset("ladder")
+    over = {"data_root": data_dir} if data_dir else {}
+    return [job for recipe, context in ORDER
+            for job in jobs(preset, recipe, Path(out) / recipe, only={"context": [context]}, overrides=over)]
+
+
+# The rungs: epochs -> (the ladder preset's recipe, the collected CSVs under docs/results that hold its runs).
+RUNGS = {2: ("cpu", ["protocol-cpu.csv", "heads-cpu.csv"]),
+         4: ("cpu-4ep", ["protocol-cpu-long.csv", "ladder-cpu-4ep.csv"]),
+         8: ("cpu-8ep", ["ladder-cpu-8ep.csv"])}
+METHODS = {("E2E", "1c2f"): "E2E", ("R1E", "1c2f"): "R1E (1c2f)", ("E", "auglocal"): "E + AugLocal",
+           ("R0", "auglocal"): "R0 + AugLocal"}
+
+
+def rung_errors(results: Path) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """(test, val) final errors of each method at each rung, one pair per finished seed, from the collected CSVs."""
+    preset = load_preset("ladder")
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {label: {} for label in METHODS.values()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for epochs, (recipe, files) in RUNGS.items():
+            label = {j.name: METHODS[j.settings["context"], j.settings["head"]] for j in jobs(preset, recipe, tmp)}
+            seen = set()
+            for name in files:
+                path = results / name
+                if not path.is_file():
+                    continue
+                with open(path, newline="", encoding="utf-8") as f:
+                    for row in csv.DictReader(f):
+                        run = row["run"]
+                        if run in label and run not in seen and int(row["epochs"]) == epochs:
+                            seen.add(run)
+                            pair = (float(row["final_test_error"]), float(row["final_val_error"]))
+                            out[label[run]].setdefault(epochs, []).append(pair)
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def figure(results: Path) -> None:
+    """Write <results>/ladder.md (test and val error per rung, seeds, gap to E2E) and ladder.png."""
+    errors = rung_errors(results)
+    e2e = {e: statistics.mean(t for t, _ in pairs) for e, pairs in errors["E2E"].items()}
+    rows = []
+    for label, by_rung in errors.items():
+        for epochs, pairs in sorted(by_rung.items()):
+            test = [t for t, _ in pairs]
+            gap = f"{statistics.mean(test) - e2e[epochs]:+.2f}" if epochs in e2e and label != "E2E" else ""
+            rows.append([label, epochs, len(pairs), _mean_std(test), _mean_std([v for _, v in pairs]), gap])
+    text = ("### Budget ladder: ResNet-32 K = 16 on the protocol's CPU budget at 2, 4 and 8 epochs\n\n"
+            + markdown_table(["method", "epochs", "seeds", "final test error %", "final val error %",
+                              "test gap to E2E (points)"], rows)
+            + "\n\nGenerated by `benchmarks/ladder.py --figure` from " + ", ".join(
+                sorted({f for _, files in RUNGS.values() for f in files})) + ".\n")
+    (results / "ladder.md").write_text(text)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, by_rung in errors.items():
+        rungs = sorted(by_rung)
+        if rungs:
+            tests = [[t for t, _ in by_rung[e]] for e in rungs]
+            ax.errorbar(rungs, [statistics.mean(t) for t in tests],
+                        yerr=[statistics.stdev(t) if len(t) > 1 else 0 for t in tests], marker="o", capsize=3,
+                        label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(RUNGS), [str(e) for e in RUNGS])
+    ax.set_xlabel("epochs (156 steps each)")
+    ax.set_ylabel("final test error % (mean ± std over seeds)")
+    ax.set_title("ResNet-32 K = 16, Fashion-MNIST 10k: error against budget")
+    ax.legend()
+    save_figure(fig, results / "ladder.png")
+
+
+def main() -> None:
+    """Run the ladder's remaining runs, logging one line per run with a timestamp."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="sweep folder; each recipe's runs go to <out>/<recipe>")
+    p.add_argument("--figure", metavar="RESULTS", help="instead: draw error against epochs from RESULTS' CSVs")
+    p.add_argument("--workers", type=int, default=2, help="runs at a time (set OMP_NUM_THREADS to share cores)")
+    p.add_argument("--data-dir", default=None, help="directory holding Fashion-MNIST's files")
+    args = p.parse_args()
+    if args.figure:
+        figure(Path(args.figure))
+        return
+    if not args.out:
+        sys.exit("ladder: error: name the sweep folder (--out) or the results to draw (--figure)")
+    try:
+        todo = ladder_jobs(check_out_dir(args.out, "--out"), args.data_dir)
+        report = run_sweep(todo, workers=args.workers,
+                           log=lambda line: print(time.strftime("%Y-%m-%d %H:%M:%S"), line, flush=True))
+    except ContsupError as err:
+        sys.exit(f"ladder: error: {err}")
+    print(f"done earlier {len(report.done)}, trained {len(report.trained)}, resumed {len(report.resumed)}, "
+          f"failed {len(report.failed)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
