@@ -28,6 +28,8 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     assert summary["epochs"] == 3 and summary["final_test_error"] < 70  # chance: 90 %
     assert (tmp_path / "runs" / "mine" / "summary.json").is_file()
     assert scope["net"].num_modules == 4 and summary["params"]["context"] > 0
+    again = runpy.run_path(str(tmp_path / "example.py"))["summary"]  # rerun as written: the finished run, re-read
+    assert again["final_test_error"] == summary["final_test_error"] and again["epochs"] == 3
 
 
 def own_model_example() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from contsup.config import check_types
+from contsup.config import check_types, settings
 from contsup.data.specs import DATASETS
 from contsup.device import check_device_name
 from contsup.errors import ContsupError, check_float, check_int, check_type
@@ -50,7 +50,7 @@ def check_train(t: Any) -> None:
     check_int("batch_size", t.batch_size, 1, 2**24)
     check_float("lr", t.lr, 0.0, 1e3, low_open=True)
     check_float("momentum (Nesterov SGD)", t.momentum, 0.0, 1.0, low_open=True, high_open=True)
-    check_float("weight_decay", t.weight_decay, 0.0)
+    check_float("weight_decay", t.weight_decay, 0.0, 1.0)
     if t.schedule not in ("step", "epoch"):
         raise ContsupError(f"unknown schedule {t.schedule!r}; choose from step, epoch")
     if t.warmup_epochs is not None:
@@ -64,6 +64,30 @@ def check_train(t: Any) -> None:
     check_int("eval_every", t.eval_every, 1, 100_000)
     check_int("eval_subset", t.eval_subset, 0)
     check_device_name(t.device)
+
+
+def _default(path: str) -> Any:
+    """A setting's default in the schema."""
+    return settings()[path].default
+
+
+def check_trainer(t: Any, steps_per_epoch: Any, local: Any) -> None:
+    """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`), every setting
+    used (`check_used`, with the network's `local` settings), epochs of at least one step (a loader without a
+    full batch trains nothing), the warm-up within the run and below the peak rate."""
+    check_train(t)
+    check_used(local, t)
+    check_int("steps per epoch (full batches of the training loader)", steps_per_epoch, 1, 10**9)
+    if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
+        raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
+                           f"got {t.warmup_steps}")
+    from contsup.train.schedule import make_schedule  # here: contsup.train imports this module
+
+    schedule = make_schedule(t.schedule, t.lr, t.epochs, steps_per_epoch, t.warmup_epochs, t.warmup_steps,
+                             t.warmup_start_lr)
+    if schedule.warmup_steps > 0 and t.warmup_start_lr > t.lr:  # checked where a run starts: stored runs stay readable
+        raise ContsupError(f"the warm-up would start at {t.warmup_start_lr:g}, {t.warmup_start_lr / t.lr:.3g}x the "
+                           f"peak rate lr {t.lr:g}; pass --warmup-start-lr below it, e.g. {t.lr / 100:.1e}")
 
 
 def check_pipeline(p: Any) -> None:
@@ -95,6 +119,43 @@ def check_local(local: Any) -> None:
     check_local_settings(local)
     if local.recon_dataset is not None and local.recon_dataset not in DATASETS:
         raise ContsupError(f"unknown recon_dataset {local.recon_dataset!r}; valid names: {', '.join(DATASETS)}")
+    check_local_sizes(local)
+
+
+MAX_HEAD_WEIGHTS = 2**31  # the heads' hidden layers: 8 GiB of float32 (the paper's K = 16 heads hold 0.25 M)
+MAX_AUGLOCAL_BLOCKS = 4096  # blocks copied into AugLocal heads over all cuts (the heads preset: 30)
+
+
+def check_local_sizes(local: Any) -> None:
+    """Refuse, from the settings alone and before anything is built, heads too large to build: (K - 1) heads of
+    width W x widen hold about (K - 1) (W widen)^2 weights in their hidden layers; AugLocal copies up to
+    aux_depth later blocks into each of them."""
+    hidden = round(local.width * local.widen)
+    weights = (local.modules - 1) * hidden**2
+    if weights > MAX_HEAD_WEIGHTS:
+        raise ContsupError(f"{local.modules - 1} local heads of width {hidden} would hold about {weights:,} weights "
+                           f"(at most {MAX_HEAD_WEIGHTS:,}); lower --width, --widen or --modules")
+    blocks = (local.modules - 1) * local.aux_depth
+    if "auglocal" in local.head and blocks > MAX_AUGLOCAL_BLOCKS:
+        raise ContsupError(f"{local.modules - 1} AugLocal heads of up to {local.aux_depth} blocks would copy up to "
+                           f"{blocks} blocks (at most {MAX_AUGLOCAL_BLOCKS}); lower --aux-depth or --modules")
+
+
+def check_used(local: Any, t: Any) -> None:
+    """Refuse a setting changed from its default that the chosen network or optimizer never reads (it would be
+    stored as if it had shaped the run). Checked where a run starts, so that stored runs stay readable."""
+    unused = []
+    if "auglocal" not in local.head:
+        unused += [k for k in ("aux_depth", "aux_pyramid") if getattr(local, k) != _default(f"local.{k}")]
+    if local.man_momentum == 0 and local.man_ema_start != _default("local.man_ema_start"):
+        unused.append("man_ema_start (MAN is off: man_momentum = 0)")
+    if t.optimizer != "sgd" and t.momentum != _default("train.momentum"):
+        unused.append(f"momentum (SGD's; {t.optimizer} does not read it)")
+    if (local.modules == 1 or local.context == "R0") and t.context_lr_scale != _default("train.context_lr_scale"):
+        unused.append(f"context_lr_scale (no context encoders at K = {local.modules}, context {local.context})")
+    if unused:
+        raise ContsupError(f"setting(s) {', '.join(unused)} do nothing in this run; drop them, or choose what "
+                           "they shape")
 
 
 def check_run(cfg: Any) -> None:

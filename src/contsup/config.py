@@ -14,6 +14,7 @@ choices); ranges and names (registered heads, context modes, ...) are checked in
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import io
 import json
@@ -120,7 +121,7 @@ class LocalConfig(Section):
     width: int = 128  # hidden width W of the local heads
     widen: float = 1.0  # multiplies the heads' widths
     cut_table: str = "auto"  # auto, equal-units, balanced (rules) or a paper table (equal, balanced-cifar10, ...)
-    cuts: str | None = None  # explicit cuts: unit indices 3,7,11 or stage.block pairs 1.2,2.1 (overrides cut_table)
+    cuts: str | None = None  # explicit cuts: unit indices 3,7,11, stage.block pairs 1.2,2.1; or a cut_table name
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
     recon_patches: int = 1  # HPFF's patched decoders: n x n decoders, one per patch of h_k and the image (1: off)
@@ -155,6 +156,7 @@ class TrainConfig(Section):
     bf16: bool = False  # bf16 autocast (CUDA)
     channels_last: bool = False  # channels_last memory format of the network and batches (CPU and CUDA)
     progress: bool = True  # progress bars (training: last = the last module's loss, local = the heads' mean)
+    step_peak: bool = True  # after training, measure one step's peak memory on a copy (the summary's step peak)
     tensorboard: bool = False  # also log each epoch to <out>/tensorboard (pip install 'contsup[tensorboard]')
 
 
@@ -227,8 +229,10 @@ def build(cls: type, d: Mapping[str, Any], where: str, prefix: str = "") -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(str(k) for k in set(d) - set(known))
     if unknown:
-        raise ContsupError(f"{where}: unknown setting(s) {', '.join(prefix + k for k in unknown)}; "
-                           f"known: {', '.join(prefix + k for k in known)}")
+        close = difflib.get_close_matches(unknown[0], list(known), n=3)
+        hint = f"did you mean {' or '.join(prefix + k for k in close)}?" if close else \
+            f"known: {', '.join(prefix + k for k in known)}"
+        raise ContsupError(f"{where}: unknown setting(s) {', '.join(prefix + k for k in unknown)}; {hint}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in d.items():
@@ -236,6 +240,9 @@ def build(cls: type, d: Mapping[str, Any], where: str, prefix: str = "") -> Any:
         kwargs[name] = build(sub, value, where, f"{prefix}{name}.") if is_dataclass(sub) and not isinstance(
             value, sub) else value
     return cls(**kwargs)
+
+
+SECTIONS = frozenset({"data", "local", "train", "pipeline"})  # RunConfig's tables of settings
 
 
 # -- settings by name ----------------------------------------------------------------------------------------
@@ -267,9 +274,10 @@ def _comments(cls: type) -> dict[str, str]:
     return out
 
 
-# Settings that say where a run reads and writes, on which device and how it is shown, not what it computes:
+# Settings that say where a run reads and writes, on which device and what it shows, not what it computes:
 # they may change on --resume, and run comparisons and sweeps leave them out.
-PLACE = frozenset({"out", "data.root", "data.download", "train.device", "train.progress", "train.tensorboard"})
+PLACE = frozenset({"out", "data.root", "data.download", "train.device", "train.progress", "train.tensorboard",
+                   "train.step_peak"})
 
 
 @cache
@@ -302,14 +310,22 @@ def resolve_name(name: str) -> str:
     for s in table.values():
         if name == s.key or name in s.aliases:
             return s.path
-    raise ContsupError(f"unknown setting {name!r}; known: {', '.join(s.key for s in table.values())}")
+    names = [n for s in table.values() for n in (s.key, *s.aliases, s.path)]
+    close = difflib.get_close_matches(str(name), names, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else "see contsup train --help or --print-config"
+    raise ContsupError(f"unknown setting {name!r}; {hint}")
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     """{"train.lr": 0.1, "dataset": "svhn"} -> {"train": {"lr": 0.1}, "data": {"name": "svhn"}}."""
     out: dict[str, Any] = {}
+    named_by: dict[str, str] = {}
     for name, value in flat.items():
-        *parents, leaf = resolve_name(name).split(".")
+        path = resolve_name(name)
+        if path in named_by:
+            raise ContsupError(f"{named_by[path]!r} and {name!r} both set {path}; give it once")
+        named_by[path] = name
+        *parents, leaf = path.split(".")
         node = out
         for p in parents:
             node = node.setdefault(p, {})
@@ -318,9 +334,10 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every leaf of nested settings."""
+    """(dotted path, value) of every leaf of nested settings; only a section's table is opened (`train.lr`), so
+    any other table is one unknown setting, however deep it nests."""
     for k, v in d.items():
-        if isinstance(v, Mapping) and f"{prefix}{k}" not in settings():
+        if isinstance(v, Mapping) and not prefix and k in SECTIONS:
             yield from flatten(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v

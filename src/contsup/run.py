@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from contsup.checks import check_run
+from contsup.checks import check_run, check_trainer
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
-from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset
+from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, published_sizes
 from contsup.data.specs import DATASETS
 from contsup.data.split import seeded_subset
 from contsup.device import resolve_device
@@ -20,11 +20,10 @@ from contsup.method.recon import parse_recon, recon_off
 from contsup.models import BACKBONES, build_arch
 from contsup.models.reference import REFERENCE, allow, check_allowed, is_reference
 from contsup.train.checkpoint import load_checkpoint
-from contsup.train.optim import make_optimizer
 from contsup.train.runfolder import (
     CHECKPOINT,
+    check_checkpoint_fits,
     check_not_written,
-    check_optimizer,
     check_resume,
     check_run_folder,
     check_weights,
@@ -86,6 +85,29 @@ def check_steps(train_images: int, batch_size: int) -> None:
     if train_images < batch_size:
         raise ContsupError(f"the training set holds {train_images} images, fewer than one batch of {batch_size}: "
                            "no training step would run; lower --batch-size or raise --train-subset")
+
+
+def check_sizes(cfg: RunConfig) -> None:
+    """The dataset as published holds what the settings take from it: the validation split, the training
+    subset, one training batch and the test subset (checked again on the loaded data)."""
+    d, t = cfg.data, cfg.train
+    n_train, n_test = published_sizes(d.name)
+    if d.val_split >= n_train:
+        raise ContsupError(f"val_split={d.val_split} leaves no training images ({d.name} has {n_train})")
+    if d.train_subset > n_train - d.val_split:
+        raise ContsupError(f"train_subset={d.train_subset} exceeds the {n_train - d.val_split} training images "
+                           f"of {d.name}")
+    train_images = d.train_subset or n_train - d.val_split
+    check_steps(train_images, t.batch_size)
+    check_trainer(t, train_images // t.batch_size, cfg.local)  # what the Trainer checks, before any work
+    if t.eval_subset > n_test:
+        raise ContsupError(f"eval_subset={t.eval_subset} exceeds the {n_test} test images of {d.name}")
+
+
+def check_settings(cfg: RunConfig) -> None:
+    """Every setting of a run, and the sizes it takes from its dataset (`--print-config` checks this much)."""
+    check_run(cfg)
+    check_sizes(cfg)
 
 
 def known_run(run: dict[str, Any]) -> bool:
@@ -154,10 +176,12 @@ def describe_run(cfg: RunConfig) -> str:
 
 
 def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, Any] | None]:
-    """Every check that needs no data, before anything is loaded or written (`cfg` passed `check_run`):
-    (the device, on resume the checked checkpoint)."""
+    """Every check that needs no data, before anything is loaded or written: (the device, on resume the
+    checked checkpoint). A run, a pipeline rank and `--dry-run` all pass here."""
+    check_run(cfg)
     check_run_folder(cfg.out, resume)
     device = resolve_device(cfg.train.device)
+    check_sizes(cfg)
     if not resume:
         return device, None
     path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]
@@ -168,8 +192,8 @@ def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, A
 
 def check_fit(cfg: RunConfig, net: LocalNetwork, payload: dict[str, Any]) -> None:
     """The checkpoint's weights and optimizer state fit the built network and the run's optimizer settings."""
-    check_weights(net, payload["model"], cfg.out or "", describe_run(cfg))
-    check_optimizer(payload["optimizer"], net, make_optimizer(net.named_parameters(), cfg.train), cfg.out or "")
+    check_checkpoint_fits(net, payload, cfg.train, cfg.out or "",
+                          f"the network its metadata describes ({describe_run(cfg)})")
 
 
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
@@ -225,7 +249,7 @@ def load_run(checkpoint: str | Path, device: str = "cpu", data_dir: str | None =
     plan = plan_from_checkpoint(payload, checkpoint, cfg)
     with torch.device("meta"):  # the metadata's network, shapes only: checked against the weights before allocating
         check_weights(build_network(cfg, info.channels, info.num_classes, info.size, plan), payload["model"],
-                      checkpoint, describe_run(cfg))
+                      checkpoint, f"the network its metadata describes ({describe_run(cfg)})")
     net = build_network(cfg, info.channels, info.num_classes, info.size, plan)
     net.load_state_dict(payload["model"])
     return cfg, net.to(resolve_device(device)), payload

@@ -78,7 +78,7 @@ def test_analyze_bad_input_one_line_exit_2(runs, tmp_path, capsys, extra, messag
 def test_analyze_a_vit_run(tmp_path):
     """Token features: probes on the mean token, the decoder on the grid of patch tokens, at the run's cuts."""
     flags = ["--arch", "vit-mini-p8", "--modules", "3", "--context", "R1E", "--head", "meantoken",
-             "--optimizer", "adamw", "--lr", "0.001"]
+             "--optimizer", "adamw", "--lr", "0.001", "--warmup-start-lr", "1e-5"]
     assert main([*TRAIN, *flags, "--out", str(tmp_path / "vit")]) == 0
     assert main(["analyze", str(tmp_path / "vit"), *FAST, "--out", str(tmp_path / "an")]) == 0
     rows = read(tmp_path / "an" / "analysis.csv")

@@ -9,7 +9,7 @@ TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", 
          "--lr", "0.05", "--device", "cpu", "--no-progress", "--epochs", "1", "--modules", "2"]
 
 
-@pytest.mark.parametrize("flags,message", [
+BAD_SETTINGS = [
     (["--lr", "nan"], "lr must be a finite number"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--lr", "1e308"], "lr must be a finite number > 0 and <= 1000"),
@@ -35,11 +35,42 @@ TRAIN = ["train", "--data", "synthetic", "--arch", "resnet8", "--train-subset", 
     (["--arch", "resnet9"], "unknown architecture"),
     (["--train-subset", "16"], "no training step would run"),
     (["--batch-size", "128"], "no training step would run"),
-])
+    (["--arch", "resnet1208"], "unknown architecture"),
+    (["--lr", "-0.1"], "lr must be"),
+    (["--eval-subset", "100000"], "eval_subset=100000 exceeds"),
+    (["--val-split", "600"], "leaves no training images"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_SETTINGS)
 def test_bad_setting(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
     assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mode,flags,message", [
+    *(("--dry-run", f, m) for f, m in BAD_SETTINGS),
+    *(("--print-config", f, m) for f, m in BAD_SETTINGS if m != "no channels"),  # the network's: the dry run's
+])
+def test_bad_setting_refused_without_running(mode, flags, message, tmp_path, capsys):
+    """--dry-run and --print-config refuse what the run refuses (its settings and sizes) through the same checks."""
+    out = tmp_path / "run"
+    assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(out), mode])
+    assert not out.exists()
+
+
+def test_dry_run_refuses_a_finished_run_and_resume_of_nothing(tmp_path, capsys):
+    from contsup.cli import main
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    before = snapshot(tmp_path)
+    assert "already holds a run" in cli_error(capsys, [*TRAIN, "--out", str(out), "--dry-run"])
+    assert "is finished" in cli_error(capsys, [*TRAIN, "--out", str(out), "--dry-run", "--resume"])
+    assert "nothing to resume" in cli_error(capsys, [*TRAIN, "--out", str(tmp_path / "new"), "--dry-run",
+                                                     "--resume"])
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -109,3 +140,105 @@ def test_output_named_as_a_file_refused_before_work(argv, tmp_path, capsys):
     line = cli_error(capsys, [places.get(a, a) for a in argv])
     assert "is a file" in line or "not a folder" in line or "is empty" in line or "must name a folder" in line, line
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["file", "runs"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--weight-decay", "1e308"], "weight_decay must be"),
+    (["--cuts", ""], "lists no cut"),
+    (["--cuts", ","], "lists no cut"),
+    (["--cuts", "balanced", "--cut-table", "equal-units"], "name two cut rules"),
+    (["--aux-depth", "3"], "aux_depth do nothing"),
+    (["--aux-depth", "3", "--print-config"], "aux_depth do nothing"),
+    (["--man-ema-start", "random"], "man_ema_start (MAN is off"),
+    (["--optimizer", "adamw", "--momentum", "0.5"], "adamw does not read it"),
+    (["--context", "R0", "--context-lr-scale", "0.5"], "no context encoders"),
+    (["--modules", "600", "--arch", "resnet1202", "--head", "auglocal", "--aux-depth", "64"], "AugLocal heads"),
+    (["--width", "65536"], "would hold about"),
+    (["--warmup-steps", "1000000000", "--schedule", "step"], "warmup_steps must be at most"),
+])
+@pytest.mark.parametrize("mode", [[], ["--dry-run"]])
+def test_settings_unbounded_or_doing_nothing(flags, message, mode, tmp_path, capsys):
+    """Sizes are bounded before anything is built, and a setting the network never reads is refused."""
+    out = tmp_path / "run"
+    assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(out), *mode])
+    assert not out.exists()
+
+
+def test_cuts_take_a_rule_by_name_as_profile_does(capsys):
+    from contsup.cli import main
+
+    argv = [*TRAIN, "--modules", "3", "--dry-run"]
+    assert main([*argv, "--cuts", "balanced"]) == 0
+    by_cuts = capsys.readouterr().out
+    assert main([*argv, "--cut-table", "balanced"]) == 0
+    assert capsys.readouterr().out == by_cuts
+    assert main([*argv, "--cuts", "balanced", "--print-config"]) == 0
+    assert 'cut_table = "balanced"' in capsys.readouterr().out
+    assert "did you mean balanced?" in cli_error(capsys, [*argv, "--cuts", "balance"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lr = 0.1\n[train]\nlr = 0.2\n", "both set train.lr"),
+    ('dataset = "synthetic"\ndata = "synthetic"\n', "both set data.name"),
+    ("lrr = 0.1\n", "did you mean lr"),
+    ("[train]\nlrr = 0.1\n", "did you mean train.lr"),
+    ("seed = 1180591620717411303424\n", "seed must be"),
+    ("a" + ".a" * 3000 + " = 1\n", "unknown setting 'a'"),
+])
+@pytest.mark.parametrize("mode", ["--dry-run", "--print-config"])
+def test_config_files_resolved_silently_or_deeply(text, message, mode, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(text)
+    line = cli_error(capsys, [*TRAIN, "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), mode])
+    assert message in line and len(line) < 400, line
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--threads", "-1"], "--threads must be"),
+    (["--threads", "100000"], "--threads must be"),
+    (["--steps", "1000000000"], "--steps must be"),
+    (["--warmup", "1000000000"], "--warmup must be"),
+])
+def test_profile_bounds(flags, message, tmp_path, capsys):
+    argv = ["profile", "--arch", "resnet8", "-K", "2", "--contexts", "R1E", "--batch-size", "2",
+            "--out", str(tmp_path / "prof"), *flags]
+    assert message in cli_error(capsys, argv)
+    assert not (tmp_path / "prof").exists()
+
+
+def test_data_fetch_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep me")
+    line = cli_error(capsys, ["data", "fetch", "cifar10", "--dir", str(tmp_path / "file" / "cifar")])
+    assert "is a file, not a folder" in line and (tmp_path / "file").read_text() == "keep me"
+
+
+def test_a_lock_that_is_a_fifo(tmp_path, capsys):
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / ".lock")
+    assert "is not a regular file" in cli_error(capsys, [*TRAIN, "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EFBIG"])
+def test_a_full_disk_while_checkpointing_is_one_line(code, tmp_path, capsys, monkeypatch):
+    """The write fails (disk full, a file-size limit): one line, and the run folder keeps its last checkpoint."""
+    import errno
+
+    from contsup.cli import main
+    from contsup.train import checkpoint
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--epochs", "1", "--out", str(out)]) == 0
+    kept = (out / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    import os
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    line = cli_error(capsys, [*TRAIN, "--epochs", "2", "--out", str(out), "--resume"])
+    assert "cannot write to run folder" in line and os.strerror(getattr(errno, code)) in line and "--resume" in line
+    assert (out / "checkpoint.pt").read_bytes() == kept
+    assert [p.name for p in out.iterdir() if "tmp" in p.name] == []

@@ -139,7 +139,11 @@ def test_dry_run_prints_the_recipe_and_a_missing_dataset(capsys, tmp_path):
     assert main(["train", *TINY, "--data", "cifar10", "--data-root", str(tmp_path), "--no-download", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"device: cpu   data: cifar10: MISSING (looked in {tmp_path}); a run stops (download disabled)"
-    assert lines[1].startswith("recipe: 1 epochs over 128 training images, batch 64, lr 0.05, momentum 0.9")
+    assert lines[1].startswith("recipe: 1 epochs over 128 training images, batch 64, SGD (Nesterov momentum 0.9), "
+                               "lr 0.05 from 0.01, weight decay 0.0001")
+    argv = ["train", *TINY, "--optimizer", "adamw", "--lr", "1e-3", "--warmup-start-lr", "1e-5", "--dry-run"]
+    assert main([*argv, "--data", "cifar10", "--data-root", str(tmp_path), "--no-download"]) == 0
+    assert ", batch 64, adamw, lr 0.001 from 1e-05," in capsys.readouterr().out  # no momentum: AdamW has none
 
 
 def test_lean_context_flag():
@@ -148,3 +152,38 @@ def test_lean_context_flag():
     on, off = (config_from_args(p.parse_args(["train", *TINY, *extra])).local.lean_context
                for extra in ([], ["--no-lean-context"]))
     assert on and not off
+
+
+def test_after_the_last_epoch_the_run_says_what_it_does(capsys, tmp_path):
+    """Even without progress bars: the final evaluation and the step-peak measurement are announced, and
+    --no-step-peak skips the measurement (the summary says it was not measured)."""
+    assert main(["train", *TINY, "--modules", "2", "--out", str(tmp_path / "a")]) == 0
+    text = capsys.readouterr().out
+    assert "epoch 1/1 trained; evaluating on the full test set" in text
+    assert "measuring the peak memory of one training step at batch 64" in text
+    assert main(["train", *TINY, "--modules", "2", "--no-step-peak", "--out", str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "measuring the peak memory" not in text and "step peak memory: not measured" in text
+    assert "step_peak_memory_bytes" not in json.loads((tmp_path / "b" / "summary.json").read_text())
+
+
+def test_ctrl_c_says_how_to_continue(capsys, tmp_path, monkeypatch):
+    from contsup.train.trainer import Trainer
+
+    epochs = Trainer.train_epoch
+
+    def interrupted(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return epochs(self)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    capsys.readouterr()
+    assert main(["train", *BASE, "--epochs", "2", "--modules", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"contsup: interrupted; {out} keeps the last finished epoch: continue with the same command and " \
+                  "--resume"
+    monkeypatch.setattr(Trainer, "train_epoch", epochs)
+    assert main(["train", *BASE, "--epochs", "2", "--modules", "2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2

@@ -77,7 +77,7 @@ def test_the_default_device_survives_the_trainer(fake_cuda, monkeypatch, batch):
 def test_the_dry_run_names_the_indexed_device(fake_cuda, capsys):
     from contsup.cli import main
 
-    assert main(["train", "--data", "synthetic", "--device", "auto", "--dry-run"]) == 0
+    assert main(["train", "--data", "synthetic", "--batch-size", "64", "--device", "auto", "--dry-run"]) == 0
     assert "device: cuda:1" in capsys.readouterr().out
 
 

@@ -65,3 +65,20 @@ def test_end_to_end_vit_with_adamw_state(capsys, tmp_path):
     row = next(csv.DictReader(open(out / "profile.csv")))
     params = int(row["params_total"]) * 4
     assert int(row["state_bytes"]) >= 3 * params  # weights and the two moments (plus buffers, step counts)
+
+
+def test_profile_plot_has_plain_tick_labels(capsys, tmp_path, monkeypatch):
+    """The axes read 1, 2, 4 and 38, not 2^0 or 3.8x10^1."""
+    from contsup.profile import runner
+
+    figures = []
+    monkeypatch.setattr(runner, "save_figure", lambda fig, path, dpi=0: figures.append(fig))
+    args = ["profile", "--arch", "resnet20", "-K", "1,2,4", "--contexts", "R1E", "--batch-size", "8",
+            "--input", "3x8x8", "--warmup", "0", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "p")]
+    assert main(args) == 0
+    fig = figures[0]
+    fig.canvas.draw()
+    labels = [t.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+              for t in axis.get_ticklabels() + axis.get_ticklabels(minor=True) if t.get_text()]
+    assert "1" in labels and "4" in labels
+    assert not [t for t in labels if "^" in t or "times" in t or "\u00d7" in t], labels

@@ -26,7 +26,7 @@ from contsup.reproduce.presets import jobs, load_preset, run_folder
 ])
 def test_bad_preset_value(line, message, tmp_path, capsys):
     preset = tmp_path / "bad.toml"
-    preset.write_text(f"{TINY}\n[recipe.bad]\n{line}\n")
+    preset.write_text(f"{TINY}\n[recipe.bad]\nbatch_size = 64\n{line}\n")  # one batch of the 128 images
     before = snapshot(tmp_path)
     assert message in cli_error(capsys, ["reproduce", str(preset), "--recipe", "bad", "--out", str(tmp_path / "out")])
     assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()

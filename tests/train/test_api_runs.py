@@ -93,3 +93,96 @@ def test_reconstruction_through_the_api(tmp_path):
     train = DeviceLoader(data.train, data.info, 32, "cpu", train=True)
     summary = Trainer(net, train, DeviceLoader(data.test, data.info, 128, "cpu"), cfg, tmp_path).fit()
     assert summary["epochs"] == 1 and summary["params"]["decoders"] > 0
+
+
+def small_api(out=None, loader_batch=16, images=32, classes=2, **train):
+    """A K = 2 network of two conv units on random 3 x 8 x 8 images, a Trainer over it with `train` settings."""
+    torch.manual_seed(0)
+    x, y = torch.randn(images, 3, 8, 8), torch.randint(0, classes, (images,))
+    units = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))]
+    net = LocalNetwork(Backbone.from_units(units, 2, x[:1]), LocalConfig(modules=2, context="R1E", head="0c2f"), x[:1])
+    loader = DataLoader(TensorDataset(x, y), batch_size=loader_batch, drop_last=True)
+    cfg = TrainConfig(**{"epochs": 1, "lr": 0.05, "warmup_epochs": 0, "device": "cpu", "progress": False, **train})
+    return Trainer(net, loader, loader, cfg, out)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"momentum": 1.5}, "momentum"),
+    ({"epochs": 0}, "epochs must be"),
+    ({"lr": -1.0}, "lr must be"),
+    ({"warmup_epochs": None, "warmup_steps": 10**9}, "warmup_steps must be at most"),
+    ({"loader_batch": 64}, "steps per epoch"),  # a loader without one full batch
+])
+def test_the_api_refuses_what_the_command_line_refuses(settings, message, tmp_path):
+    with pytest.raises(ContsupError, match=message):
+        small_api(tmp_path / "run", **settings)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_another_networks_checkpoint_is_one_line(tmp_path):
+    api_trainer(tmp_path / "k3").fit()
+    with pytest.raises(ContsupError, match="do not fit this Trainer's network"):
+        small_api(tmp_path / "other").resume(tmp_path / "k3" / "checkpoint.pt")
+
+
+def test_evaluate_refuses_labels_outside_the_classes():
+    from contsup.train import evaluate
+
+    trainer = small_api()
+    x, y = torch.randn(8, 3, 8, 8), torch.tensor([0, 1, 0, 1, 7, 0, -1, 1])
+    with pytest.raises(ContsupError, match="2 of 8 evaluated labels lie outside"):
+        evaluate(trainer.net, [(x, y)])
+    assert evaluate(trainer.net, [(x, y.clamp(0, 1))])["images"] == 8
+
+
+@pytest.mark.parametrize("sample", [torch.zeros(1, 1, 8, 8), torch.zeros(8), torch.zeros(1, 3, 0, 8),
+                                    torch.zeros(1, 3, 8, 8, dtype=torch.int64)])
+def test_a_sample_the_backbone_cannot_take_is_one_line(sample):
+    units = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))]
+    backbone = Backbone.from_units(units, 2, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ContsupError, match="sample"):
+        LocalNetwork(backbone, LocalConfig(modules=2, head="0c2f"), sample)
+
+
+def test_two_trainers_on_one_folder_in_two_threads(tmp_path):
+    """One writer per run folder, also between threads of one process: the second Trainer is refused."""
+    import threading
+
+    from contsup.train.runfolder import hold_run_folder
+
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with hold_run_folder(tmp_path / "run", reentrant=True):  # what Trainer.fit holds while it trains
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(ContsupError, match="being written by another"):
+            small_api(tmp_path / "run").fit()
+    finally:
+        release.set()
+        thread.join()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_warm_up_above_the_peak_is_refused_in_one_line(tmp_path, capsys):
+    """docs/vit.md's AdamW rate 1e-3 with the default warm-up start (0.01): refused, with the fix; no warm-up: fine."""
+    with pytest.raises(ContsupError, match=r"start at 0.01, 10x the peak rate lr 0.001; pass --warmup-start-lr"):
+        small_api(lr=1e-3, warmup_epochs=0.5)
+    small_api(lr=1e-3, warmup_epochs=0)  # no warm-up: its start is never used
+    small_api(lr=1e-3, warmup_epochs=0.5, warmup_start_lr=1e-5)
+
+
+def test_evaluate_counts_the_most_predicted_class():
+    from contsup.train import evaluate
+
+    net = small_api().net
+    with torch.no_grad():  # every image: class 1 of 2
+        [m for m in net.objectives[-1].modules() if isinstance(m, nn.Linear)][-1].bias.copy_(torch.tensor([0.0, 1e4]))
+    x, y = torch.randn(8, 3, 8, 8), torch.tensor([0, 1, 0, 1, 0, 1, 0, 0])
+    result = evaluate(net, [(x, y)])
+    assert result["top_class_share"] == 1.0 and result["error"] == 62.5

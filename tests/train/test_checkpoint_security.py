@@ -196,7 +196,7 @@ CHECKPOINT_CORPUS = [
     ("legacy", "not a contsup checkpoint"), ("fifo", "not a regular file"), ("noise", "not a contsup checkpoint"),
     ("sparse", "sparse, meta"), ("meta", "sparse, meta"), ("complex", "of dtype torch.complex64"),
     ("int64", "of another dtype"), ("float64", "of another dtype"), ("nested", "nested deeper than"),
-    ("wide", "do not fit"),
+    ("wide", "would hold about"),
 ]
 
 
@@ -210,3 +210,37 @@ def test_hostile_checkpoint_corpus(kind, message, tmp_path, capsys, trained):
     resumed = cli_error(capsys, [*TRAIN, "--epochs", "2", "--out", str(run), "--resume"])
     assert message in resumed or (kind == "wide" and "--resume with other settings" in resumed), resumed
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _adamw_steps(p: dict, value: float) -> None:
+    for state in p["optimizer"]["state"].values():
+        state["step"].fill_(value)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p.update(train_time=float("inf")), "not finite"),
+    (lambda p: p.update(train_time=float("nan")), "not finite"),
+    (lambda p: _adamw_steps(p, -5.0), "optimizer state does not fit"),
+    (lambda p: _adamw_steps(p, 2.5), "optimizer state does not fit"),
+])
+def test_resume_reads_back_its_counters(edit, message, tmp_path, capsys):
+    """Counters a checkpoint carries (the training time, AdamW's step count) are checked before they are used."""
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--optimizer", "adamw", "--lr", "0.02", "--epochs", "1", "--out", str(run)]) == 0
+    (run / "summary.json").unlink()
+    edited(run, run / "checkpoint.pt", edit)
+    before = snapshot(tmp_path)
+    line = cli_error(capsys, [*TRAIN, "--optimizer", "adamw", "--lr", "0.02", "--epochs", "2", "--out", str(run),
+                              "--resume"])
+    assert message in line and snapshot(tmp_path) == before
+
+
+def test_stored_runs_with_settings_a_new_run_refuses_stay_readable(tmp_path, capsys, trained):
+    """Refusals of settings that do nothing, or of a warm-up above the peak, apply where a run starts: eval reads
+    a run that stored them."""
+    def edit(p):
+        p["meta"]["run"]["local"].update(aux_depth=3)
+        p["meta"]["run"]["train"].update(warmup_start_lr=1.0, optimizer="sgd", momentum=0.9)
+
+    path = edited(trained, tmp_path / "old.pt", edit)
+    assert main(["eval", str(path), "--device", "cpu"]) == 0

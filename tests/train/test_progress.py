@@ -20,5 +20,30 @@ def test_epoch_line_labels_the_tail_means():
 def test_epoch_line_gives_the_rate_at_both_ends_of_the_epoch():
     row = {"epoch": 1, "lr": 0.01, "lr_end": 0.05, "train_loss": 1.0, "local_losses": [], "train_loss_end": 0.5,
            "local_losses_end": [], "train_error": 30.0, "test_error": 25.0, "images_per_s": 100.0}
-    assert "lr 0.0100->0.0500 " in epoch_line(row, 2)
-    assert "lr 0.0500 " in epoch_line({**row, "lr": 0.05}, 2)  # a constant rate (per-epoch schedule): one value
+    assert "lr 0.01->0.05 " in epoch_line(row, 2)
+    assert "lr 0.05 " in epoch_line({**row, "lr": 0.05}, 2)  # a constant rate (per-epoch schedule): one value
+
+
+def test_epoch_line_shows_small_rates_and_the_peak():
+    row = {"epoch": 1, "lr": 1e-5, "lr_end": 0.0, "train_loss": 1.0, "local_losses": [], "train_loss_end": 0.5,
+           "local_losses_end": [], "train_error": 30.0, "images_per_s": 100.0}
+    assert "lr 1.0e-05->0 (peak 1.0e-03) " in epoch_line(row, 2, 1e-3)
+    assert "lr 0.0125->0.8 (peak 0.8) " in epoch_line({**row, "lr": 0.0125, "lr_end": 0.8}, 2, 0.8)
+
+
+def test_one_local_head_is_singular():
+    assert "mean loss of the local head," in legend(2) and "1 local heads" not in legend(2)
+
+
+def test_a_collapsed_evaluation_is_named():
+    """The user's bottleneck ResNet (89.06 % test error at 60 % training error, one class predicted): a warning
+    naming BatchNorm's running statistics; overfitting (test error well below chance) and a healthy run: none."""
+    from contsup.train.progress import collapse_note
+
+    note = collapse_note(60.0, 89.06, 0.99, 10)
+    assert note.startswith("warning: 99% of the test predictions are one class") and "BatchNorm" in note
+    assert "near chance" in collapse_note(60.0, 89.06, 0.3, 10)
+    assert collapse_note(0.0, 45.0, 0.15, 10) is None  # overfitting a small subset
+    assert collapse_note(20.0, 24.0, 0.11, 10) is None
+    assert collapse_note(85.0, 89.4, 0.2, 10) is None  # nothing learnt yet, on either side
+    assert collapse_note(10.0, 30.0, 0.9, 2) is None  # two classes: a share of 0.9 can be real

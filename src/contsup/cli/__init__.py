@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except ContsupError as err:
         print(f"contsup: error: {one_line(str(err))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("contsup: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a command may say how to continue (train: --resume)
+        print(f"contsup: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return 130
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from contsup.data import DATASETS, dataset_info
+from contsup.data.download import check_data_dir
 from contsup.data.sources import fetch, get_spec, incomplete_copies, locate, split_sizes, verify
 from contsup.data.synthetic import SyntheticOptions
 from contsup.errors import ContsupError
@@ -60,6 +61,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         print("synthetic: generated on the fly, nothing to fetch")
         return 0
     get_spec(args.name)  # unknown name -> ContsupError
+    check_data_dir(args.dir)
     existing = locate(args.name, args.dir)
     folder = existing if existing is not None else fetch(args.name, args.dir)
     notes = verify(args.name, folder) if existing is not None else ["downloaded, md5 verified"]

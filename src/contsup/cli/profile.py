@@ -28,6 +28,7 @@ from contsup.profile.runner import (
 )
 
 MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
+MAX_STEPS = 10_000  # timed or untimed steps per configuration
 
 
 def int_list(text: str) -> list[int]:
@@ -69,6 +70,9 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     """A ProfileConfig from parsed flags."""
     if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
         raise ContsupError("--batch-size and --steps must be positive, --warmup >= 0")
+    check_int("--steps", args.steps, 1, MAX_STEPS)
+    check_int("--warmup", args.warmup, 0, MAX_STEPS)
+    check_int("--threads", args.threads, 0, os.cpu_count() or 1)  # 0: leave torch's; more than the cores: none faster
     check_int("seed", args.seed, 0, MAX_SEED)
     if args.classes < 2:
         raise ContsupError(f"--classes must be >= 2, got {args.classes}")
@@ -104,9 +108,9 @@ def cmd_parallel_model(cfg: ProfileConfig, args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile the configurations, print the table, write CSV/JSON/plot with --out."""
     check_out_dir(args.out, "--out")
+    cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = config_from_args(args)
     if args.parallel_model:
         return cmd_parallel_model(cfg, args)
     check_fits(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import tomllib
@@ -14,14 +15,15 @@ from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
 from contsup.data import dataset_info
 from contsup.data.download import check_data_dir
 from contsup.data.sources import presence
-from contsup.device import resolve_device
 from contsup.distributed.spawn import train_run
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
+from contsup.method.cuts import TABLES
 from contsup.method.heads import HEADS
 from contsup.models import BACKBONES
 from contsup.models.reference import allow, is_reference
-from contsup.run import build_network, evaluate_checkpoint
+from contsup.run import build_network, check_settings, evaluate_checkpoint, prepare_run
+from contsup.train.runfolder import check_not_written
 
 EXAMPLES = """examples:
   contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
@@ -87,6 +89,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = resolve(read_config_file(args.config) if args.config else {}, flags)
     if cfg.out is None:
         cfg.out = f"runs/{cfg.data.name}-{cfg.arch.replace(':', '-')}-K{cfg.local.modules}-{cfg.local.context}"
+    cuts = (cfg.local.cuts or "").strip()
+    if cuts in TABLES:  # `--cuts balanced`, as `contsup profile` takes it: a cut rule by name
+        if cfg.local.cut_table not in ("auto", cuts):
+            raise ContsupError(f"--cuts {cuts} and --cut-table {cfg.local.cut_table} name two cut rules; give one")
+        cfg.local.cut_table, cfg.local.cuts = cuts, None
+    elif close := difflib.get_close_matches(cuts, TABLES, n=1, cutoff=0.8):
+        raise ContsupError(f"unknown cut rule --cuts {cuts}; did you mean {close[0]}?")
     if is_reference(cfg.arch):
         allow(cfg.arch)  # the user named their model's code: a resumed run may rebuild it (every rank too)
     return cfg
@@ -98,8 +107,10 @@ def recipe_line(cfg: RunConfig) -> str:
     warmup = f"{t.warmup_steps} steps" if t.warmup_steps is not None else (
         "default rule" if t.warmup_epochs is None else f"{t.warmup_epochs} epochs")
     subset = f"{cfg.data.train_subset} training images" if cfg.data.train_subset else "all training images"
-    return (f"recipe: {t.epochs} epochs over {subset}, batch {t.batch_size}, lr {t.lr}, momentum {t.momentum}, "
-            f"weight decay {t.weight_decay}, {t.schedule} schedule, warm-up {warmup}, seed {t.seed}")
+    optimizer = f"SGD (Nesterov momentum {t.momentum})" if t.optimizer == "sgd" else t.optimizer
+    return (f"recipe: {t.epochs} epochs over {subset}, batch {t.batch_size}, {optimizer}, lr {t.lr:g} from "
+            f"{t.warmup_start_lr:g}, weight decay {t.weight_decay:g}, {t.schedule} schedule, warm-up {warmup}, "
+            f"seed {t.seed}")
 
 
 def _test_set(summary: dict) -> str:
@@ -120,22 +131,33 @@ def format_summary(summary: dict) -> str:
         "selected on the test set, for comparison only)",
         f"training time: {summary['train_time_s']:.1f} s   {summary['images_per_s']:.0f} images/s   "
         f"device {summary['device']}",
-        *([f"step peak memory: {summary['step_peak_memory_bytes'] / 2**20:.1f} MiB (one training step at the run's "
-            f"batch size, {summary['step_peak_memory_kind']})"] if "step_peak_memory_bytes" in summary else []),
+        f"step peak memory: {summary['step_peak_memory_bytes'] / 2**20:.1f} MiB (one training step at the run's "
+        f"batch size, {summary['step_peak_memory_kind']})" if "step_peak_memory_bytes" in summary else
+        "step peak memory: not measured (a pipeline run, whose ranks each hold part of the step, or --no-step-peak)",
         f"process peak memory: {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']}: "
         "runtime and dataset included)",
         "parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items()),
     ])
 
 
+def continue_hint(out: str | None) -> str:
+    """What an interrupted run left, and how to continue it."""
+    if out is None or not os.path.isfile(os.path.join(out, "checkpoint.pt")):
+        return "no epoch finished, nothing was kept; run the command again"
+    return f"{out} keeps the last finished epoch: continue with the same command and --resume"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a network with local learning (or print its configuration or summary, and exit)."""
     cfg = config_from_args(args)
     if args.print_config:
+        check_settings(cfg)
         print(to_toml(cfg), end="")
         return 0
     if args.dry_run:
-        device = resolve_device(cfg.train.device)  # a device this machine lacks is refused, as in a real run
+        if cfg.out is not None and os.path.isdir(cfg.out):
+            check_not_written(cfg.out)
+        device, _ = prepare_run(cfg, args.resume)  # every check of a real run before its data is loaded
         info = dataset_info(cfg.data.name)
         net = build_network(cfg, info.channels, info.num_classes, info.size)
         print(f"device: {device}   data: {presence(cfg.data.name, cfg.data.root, cfg.data.download)}")
@@ -144,7 +166,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(net.param_counts()))
         return 0
     pipeline = args.pipeline or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    summary = train_run(cfg, resume=args.resume, pipeline=pipeline)
+    try:
+        summary = train_run(cfg, resume=args.resume, pipeline=pipeline)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(continue_hint(cfg.out)) from None
     if summary is None:  # not rank 0
         return 0
     print(format_summary(summary))
@@ -175,7 +200,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--dry-run", action="store_true",
-                   help="check the device and the dataset's presence, print the recipe and the network, exit")
+                   help="run every check of a real run (settings, sizes, device, --out), say whether the dataset "
+                        "is present, print the recipe and the network, exit")
     g.add_argument("--pipeline", action="store_true",
                    help="run as a pipeline rank: torchrun --nproc-per-node N -m contsup train ... --pipeline "
                         "(implied by WORLD_SIZE > 1; --ranks N starts the N ranks on this machine itself)")

@@ -14,7 +14,7 @@ from contsup.errors import ContsupError
 
 __all__ = [
     "DATASETS", "SPECS", "Dataset", "DatasetInfo", "DeviceLoader", "Split", "SyntheticOptions",
-    "dataset_info", "fetch", "load_dataset", "locate",
+    "dataset_info", "fetch", "load_dataset", "locate", "published_sizes",
 ]
 
 
@@ -23,6 +23,15 @@ def dataset_info(name: str, synthetic: SyntheticOptions | None = None) -> Datase
     if name == "synthetic":
         return synthetic_info(synthetic or SyntheticOptions())
     return get_spec(name).info
+
+
+def published_sizes(name: str) -> tuple[int, int]:
+    """The training and test images of `name` as published (the synthetic set's defaults), without loading it."""
+    if name == "synthetic":
+        opts = SyntheticOptions()
+        return opts.train, opts.test
+    spec = get_spec(name)
+    return spec.train_size, spec.test_size
 
 
 def load_dataset(

@@ -46,6 +46,9 @@ def check_data_dir(root: str | Path | None) -> Path | None:
     folder = Path(root).expanduser()
     if os.path.lexists(folder) and not folder.is_dir():
         raise ContsupError(f"dataset folder {folder} is not a folder; --data-dir names the folder holding the files")
+    for parent in folder.parents:
+        if os.path.lexists(parent) and not parent.is_dir():
+            raise ContsupError(f"dataset folder {folder}: {parent} is a file, not a folder; choose another --data-dir")
     return folder
 
 

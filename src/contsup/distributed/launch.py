@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from contsup.checks import check_run
 from contsup.device import activate
 from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage, measure_costs
@@ -154,8 +153,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     """
     rank = os.environ.get("RANK", "?")
     try:
-        check_run(cfg)
-        _, payload = prepare_run(cfg, resume)  # every rank, before joining the group
+        _, payload = prepare_run(cfg, resume)  # every rank, every check, before joining the group
         plan = plan_from_checkpoint(payload, cfg.out or "", cfg) if payload is not None else None
         if cfg.pipeline.parallel == "local":
             trainer, step = build_rank(cfg, plan)

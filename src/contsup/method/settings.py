@@ -38,6 +38,9 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
     if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
         parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
+    if local.cuts is not None and not [c for c in local.cuts.split(",") if c.strip()]:
+        raise ContsupError(f"cuts {local.cuts!r} lists no cut; give unit indices (3,7,11), stage.block pairs "
+                           "(1.2,2.1), module paths or a cut rule (balanced), or leave it out")
     for kind in local.head.split(","):
         HEADS[kind.strip()]  # raises on an unknown head
     if "," in local.head and local.cut_table == "balanced":

@@ -172,16 +172,28 @@ class Backbone(nn.Module):
 
 @torch.no_grad()
 def probe_shapes(units: Sequence[nn.Module], sample: torch.Tensor) -> list[Shape]:
-    """Output shape of every unit for one sample input (run in eval mode, state left untouched)."""
+    """Output shape of every unit for one sample input (run in eval mode, state left untouched).
+
+    A sample the backbone cannot take (another number of channels, a size too small) is one line.
+    """
+    if not isinstance(sample, torch.Tensor) or not sample.is_floating_point() or sample.dim() not in (3, 4) \
+            or 0 in sample.shape:
+        raise ContsupError("the sample must be a float image tensor of shape (C, H, W) or (N, C, H, W), got "
+                           f"{tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__}")
     if sample.dim() == 3:
         sample = sample.unsqueeze(0)
     was_training = [u.training for u in units]
     shapes = []
     x = sample[:1]
     try:
-        for unit in units:
+        for i, unit in enumerate(units):
             unit.eval()
-            x = unit(x)
+            try:
+                x = unit(x)
+            except (RuntimeError, ValueError) as err:
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise ContsupError(f"a sample of shape {tuple(sample.shape[1:])} does not fit the backbone: its unit "
+                                   f"{i} fails on it ({first})") from None
             shapes.append(Shape.of(x))
     finally:
         for unit, mode in zip(units, was_training, strict=True):

@@ -268,7 +268,10 @@ def flat(row: ProfileRow) -> dict[str, Any]:
 
 def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
     """Peak memory and step time against K, one line per context mode (E2E as a marker at K = 1)."""
+    from matplotlib import ticker  # with pyplot: an optional dependency
+
     fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 38, 0.5, 1024: not 3.8x10^1
     for arch in dict.fromkeys(r.arch for r in rows):
         mine = [r for r in rows if r.arch == arch]
         e2e = [r for r in mine if r.context == E2E]
@@ -279,12 +282,17 @@ def plot(rows: Sequence[ProfileRow], path: str | Path, title: str = "") -> None:
             axes[1].plot([r.modules for r in line], [r.step_ms for r in line], "o-", label=label)
     for ax, ylabel in zip(axes, ["peak step memory (MiB)", "median step time (ms)"], strict=True):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(ticker.FixedLocator(sorted({r.modules for r in rows})))  # the profiled K
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.set_xlabel("K (modules; K = 1 is E2E)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # no lines when only E2E was profiled
             ax.legend(fontsize=8)
     axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(plain)
+    axes[0].yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
     if title:
         fig.suptitle(title)
     save_figure(fig, path, dpi=110)

@@ -19,11 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from contsup.checks import check_run
 from contsup.config import RunConfig, fits, flatten, nest, resolve, resolve_name, settings, type_name
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
 from contsup.files import read_text_file
+from contsup.run import check_settings
 
 # Settings that say how a run is shown, where it is written or where its dataset lives: not preset settings
 # (a preset file names no place on disk; the command line's --out and --data-dir do).
@@ -43,12 +43,16 @@ def defaults() -> dict[str, Any]:
 
 def as_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A table of settings named by key or dotted path, keyed by key; unknown names raise ContsupError."""
-    out = {}
+    out: dict[str, Any] = {}
+    named_by: dict[str, str] = {}
     for name, value in table.items():
         try:
             key = settings()[resolve_name(name)].key
         except ContsupError as err:
             raise ContsupError(f"{where}: {err}") from None
+        if key in named_by:
+            raise ContsupError(f"{where}: {named_by[key]!r} and {name!r} both set {key}; give it once")
+        named_by[key] = name
         if key in _NOT_PRESET:
             raise ContsupError(f"{where}: {key} is not a preset setting (places and display come from the "
                                "command line: --out, --data-dir, --progress)")
@@ -276,7 +280,7 @@ def to_config(s: Mapping[str, Any], out: str | Path | None = None, progress: boo
     if s["context"] == E2E:
         over["context"] = "R0"
     cfg = resolve(nest(over))
-    check_run(cfg)
+    check_settings(cfg)  # what a run checks first: the settings and the sizes taken from the dataset
     return cfg
 
 

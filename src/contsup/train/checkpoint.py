@@ -11,7 +11,9 @@ reported instead of evaluated.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import math
 import os
 import re
 import stat
@@ -51,7 +53,15 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write `payload` (with the model's digest) to `path` through a temporary file and an atomic rename."""
     full = {"format": FORMAT, "version": VERSION, **payload, "model_sha256": tensor_digest(payload["model"])}
-    atomic_write(path, lambda tmp: torch.save(full, tmp))
+
+    def write(tmp: str) -> None:
+        try:
+            torch.save(full, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (disk full, ...) as RuntimeError
+            raise OSError(errno.EIO, f"writing the checkpoint failed ({str(err).strip().splitlines()[0][:200]})") \
+                from None
+
+    atomic_write(path, write)
 
 
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -143,8 +153,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ContsupError(f"{path}: malformed checkpoint ('model' must map names to tensors)")
     if tensor_digest(model) != payload["model_sha256"]:
         raise ContsupError(f"{path} is damaged: its weights do not match their sha256 digest")
-    if payload["epoch"] < 0 or payload["images"] < 0 or not payload["train_time"] >= 0:
-        raise ContsupError(f"{path}: malformed checkpoint (negative epoch, image count or time)")
+    if payload["epoch"] < 0 or payload["images"] < 0 or not 0 <= payload["train_time"] < math.inf:
+        raise ContsupError(f"{path}: malformed checkpoint (negative epoch or image count, or a time that is "
+                           "negative or not finite)")
     return _to(payload, torch.device(map_location))
 
 

@@ -13,8 +13,9 @@ def legend(modules: int) -> str:
     """One line naming the progress bar's fields."""
     if modules == 1:
         return "progress bar: loss = the network's training loss on the current batch"
-    return (f"progress bar: last = loss of the last module (the network's output), local = mean loss of the "
-            f"{modules - 1} local heads, both on the current batch")
+    heads = "the local head" if modules == 2 else f"the {modules - 1} local heads"
+    return (f"progress bar: last = loss of the last module (the network's output), local = mean loss of "
+            f"{heads}, both on the current batch")
 
 
 def postfix(losses: list[float], last: bool = True) -> dict[str, str]:
@@ -26,15 +27,21 @@ def postfix(losses: list[float], last: bool = True) -> dict[str, str]:
     return {"last": f"{losses[-1]:.3f}", "local": f"{sum(losses[:-1]) / (len(losses) - 1):.3f}"}
 
 
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """The line printed after each epoch; losses are the means over the epoch's last quarter."""
+def rate(lr: float) -> str:
+    """A learning rate as a user reads it: 0.1, 0.0125, 1.0e-03, 0."""
+    return "0" if lr == 0 else f"{lr:.3g}" if abs(lr) >= 0.01 else f"{lr:.1e}"
+
+
+def epoch_line(row: dict[str, Any], epochs: int, peak: float | None = None) -> str:
+    """The line printed after each epoch (with the schedule's `peak` rate); losses: means over its last quarter."""
     end = [*row["local_losses_end"], row["train_loss_end"]]
     if len(end) == 1:
         losses = f"loss {end[0]:.3f}"
     else:
         losses = f"loss last {end[-1]:.3f} local {sum(end[:-1]) / (len(end) - 1):.3f}"
-    lr, lr_end = f"{row['lr']:.4f}", f"{row.get('lr_end', row['lr']):.4f}"
+    lr, lr_end = rate(row["lr"]), rate(row.get("lr_end", row["lr"]))
     lr = f"lr {lr}" if lr == lr_end else f"lr {lr}->{lr_end}"  # per-step schedule: at the first and last step
+    lr += f" (peak {rate(peak)})" if peak is not None else ""
     parts = [f"epoch {row['epoch']}/{epochs}", lr, f"{losses} (last {TAIL:.0%} of the epoch)",
              f"train error {row['train_error']:.2f}%"]
     if "val_error" in row:
@@ -44,3 +51,17 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         parts.append(f"test error {row['test_error']:.2f}%{on}")
     parts.append(f"{row['images_per_s']:.0f} img/s")
     return "  ".join(parts)
+
+
+def collapse_note(train_error: float, test_error: float, top_share: float, classes: int) -> str | None:
+    """A warning when evaluation collapses against training: the test predictions nearly all one class, or a test
+    error near chance while training learns (not overfitting: that leaves the test error well below chance)."""
+    chance = 100.0 * (1 - 1 / classes)
+    one_class = classes > 2 and top_share >= 0.8
+    if not (one_class or (test_error >= chance - 5 and test_error - train_error >= 20)):
+        return None
+    what = f"{top_share:.0%} of the test predictions are one class" if one_class else \
+        f"the test error is near chance ({chance:.0f}%)"
+    return (f"warning: {what} (test error {test_error:.2f}%, training error {train_error:.2f}%): in a short run, "
+            "BatchNorm's running statistics lag the weights; train for more steps (a smaller batch, more images "
+            "or epochs; docs/method.md, training recipe), and check the test data's labels and normalisation")

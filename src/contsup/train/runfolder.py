@@ -18,24 +18,26 @@ import fcntl
 import json
 import math
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from contsup.config import PLACE
+from contsup.config import PLACE, TrainConfig
 from contsup.errors import ContsupError
 from contsup.files import remove_stale_temps, tmp_suffix
-from contsup.train.optim import param_names, settings_of
+from contsup.train.optim import make_optimizer, param_names, settings_of
 
 CHECKPOINT, METRICS, SUMMARY, SETTINGS = "checkpoint.pt", "metrics.jsonl", "summary.json", "settings.json"
 LOCK = ".lock"
 RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
 # Names contsup writes in a run folder: none of them may be a symbolic link.
 WRITTEN = (*RUN_FILES, SETTINGS, LOCK, "tensorboard")
-_HELD: set[Path] = set()  # run folders whose lock this process holds (`hold_run_folder`)
+_HELD: dict[Path, int] = {}  # run folders whose lock this process holds, and the thread that holds each
 
 
 def _busy(folder: Path, fd: int) -> ContsupError:
@@ -54,7 +56,8 @@ def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator
 
     A second writer gets one line. On leaving, the lock file is removed, and the folder too if this
     call created it and nothing else was written into it (a refused run leaves no trace). `reentrant`:
-    where this process holds the lock already (the command line's run, then its Trainer), do nothing.
+    where this thread holds the lock already (the command line's run, then its Trainer), do nothing; a
+    second Trainer on another thread of this process is refused like another process.
     """
     if out is None:
         yield
@@ -62,7 +65,7 @@ def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator
     folder = Path(out)
     if str(out) == "":
         raise ContsupError("--out is empty; name a run folder")
-    if reentrant and folder.resolve() in _HELD:
+    if reentrant and _HELD.get(folder.resolve()) == threading.get_ident():
         yield
         return
     if os.path.lexists(folder) and not folder.is_dir():
@@ -71,13 +74,15 @@ def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator
     lock = folder / LOCK
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ContsupError(f"{lock} is a symbolic link; contsup writes no run file through a link") from None
         reason = err.strerror or err
         raise ContsupError(f"cannot write to run folder {folder}: {reason}; choose another --out") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ContsupError(f"{lock} is not a regular file; remove it (contsup writes its lock there)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,17 +96,28 @@ def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         held = folder.resolve()
-        _HELD.add(held)
+        _HELD[held] = threading.get_ident()
         try:
             yield
         finally:
-            _HELD.discard(held)
+            _HELD.pop(held, None)
             lock.unlink(missing_ok=True)
             if created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when empty: this call made it and the run was refused
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """A failed write into the run folder (disk full, a file-size limit) as one line saying what the folder keeps."""
+    try:
+        yield
+    except OSError as err:
+        raise ContsupError(f"cannot write to run folder {folder}: {err.strerror or err}; it keeps the last "
+                           "finished epoch's checkpoint: make room, then continue with --resume "
+                           "(Trainer.resume in Python)") from None
 
 
 def check_not_written(folder: str | Path) -> None:
@@ -228,11 +244,19 @@ def check_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], path: st
         parts = [f"{len(v)} {name}, e.g. {v[0]}" for name, v in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes),
                   ("of another dtype", dtypes)) if v]
-        raise ContsupError(f"{path}: its weights do not fit the network its metadata describes ({what}): "
+        raise ContsupError(f"{path}: its weights do not fit {what}: "
                            + "; ".join(parts))
-    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [k for k, t in state.items() if t.is_floating_point() and not t.is_meta  # a meta tensor holds no value
+           and not bool(torch.isfinite(t).all())]
     if bad:
         raise ContsupError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity, e.g. {bad[0]}")
+
+
+def check_checkpoint_fits(net: torch.nn.Module, payload: dict[str, Any], cfg: TrainConfig, path: str | Path,
+                          what: str) -> None:
+    """A checkpoint's weights and optimizer state fit `net` and the optimizer that `cfg` builds for it."""
+    check_weights(net, payload["model"], path, what)
+    check_optimizer(payload["optimizer"], net, make_optimizer(net.named_parameters(), cfg), path)
 
 
 def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.optim.Optimizer,
@@ -265,7 +289,12 @@ def check_optimizer(state: dict[str, Any], net: torch.nn.Module, fresh: torch.op
             for key, t in s.items():
                 shape = () if key == "step" else params[name].shape
                 if not (isinstance(t, torch.Tensor) and t.layout == torch.strided and t.dtype == params[name].dtype
-                        and t.shape == shape and bool(torch.isfinite(t).all())):
+                        and t.shape == shape):
+                    return False
+                if t.is_meta:  # shapes only (a meta tensor holds no value)
+                    continue
+                if not bool(torch.isfinite(t).all()) or (
+                        key == "step" and not (0 <= float(t) <= 2**40 and float(t) == int(t))):  # AdamW's count
                     return False
         return True
 

@@ -18,19 +18,29 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from contsup.checks import check_trainer
 from contsup.config import DataConfig, RunConfig, TrainConfig
 from contsup.device import resolve_device, synchronize, to_host
 from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
 from contsup.memory import PeakMemory
 from contsup.method.local_step import clip_module_grads
-from contsup.method.network import LocalNetwork
+from contsup.method.network import LocalNetwork, num_classes
 from contsup.train.checkpoint import save_checkpoint
 from contsup.train.guard import FiniteWatch, check_row
 from contsup.train.optim import make_optimizer
 from contsup.train.peak import peak_memory, reset_peak, step_peak
-from contsup.train.progress import TAIL, epoch_line, legend, postfix
-from contsup.train.runfolder import CHECKPOINT, METRICS, RUN_FILES, SUMMARY, hold_run_folder, open_run_folder
+from contsup.train.progress import TAIL, collapse_note, epoch_line, legend, postfix
+from contsup.train.runfolder import (
+    CHECKPOINT,
+    METRICS,
+    RUN_FILES,
+    SUMMARY,
+    check_checkpoint_fits,
+    hold_run_folder,
+    open_run_folder,
+    writing,
+)
 from contsup.train.schedule import make_schedule
 from contsup.train.steps import LocalStep, Step
 from contsup.train.tensorboard import TensorBoardLog
@@ -45,7 +55,8 @@ def evaluate_step(step: Step, loader: Iterable, bar: str | None = None) -> dict[
     """
     was_training = step.net.training
     step.net.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=step.device)  # wrong, total, loss sum
+    # wrong, total, loss sum, labels out of range, then the predictions of each class
+    counts = torch.zeros(4 + num_classes(step.net.objectives[-1]), dtype=torch.float64, device=step.device)
     for batch in tqdm(loader, desc=bar, leave=False, disable=bar is None, dynamic_ncols=True):
         logits, y = step.infer(batch)
         if logits is not None:
@@ -66,16 +77,25 @@ def evaluate(net: LocalNetwork, loader: Iterable, bf16: bool = False, channels_l
 
 
 def count_errors(counts: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-    """Add a batch's (wrong, total, summed cross entropy) to `counts`, on the device (no host sync)."""
+    """Add a batch's (wrong, total, summed cross entropy, labels outside the classes) to `counts`, on the device
+    (no host sync: a label outside the classes is counted, and refused after the pass)."""
+    outside = (y < 0) | (y >= logits.shape[1])
     counts[0] += (logits.argmax(1) != y).sum()
     counts[1] += y.numel()
-    counts[2] += F.cross_entropy(logits, y, reduction="sum")
+    counts[2] += F.cross_entropy(logits, y.clamp(0, logits.shape[1] - 1), reduction="sum")
+    counts[3] += outside.sum()
+    predicted = logits.argmax(1)
+    counts[4:].index_add_(0, predicted, torch.ones_like(predicted, dtype=counts.dtype))  # bincount would sync
 
 
 def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
-    """Error (%) and mean loss from summed (wrong, total, loss) counts."""
+    """Error (%) and mean loss from summed (wrong, total, loss, labels outside the classes) counts."""
+    if counts[3] > 0:
+        raise ContsupError(f"{int(counts[3])} of {int(counts[1])} evaluated labels lie outside the network's classes "
+                           "(0 to its number of classes - 1): check the loader's labels")
     total = max(float(counts[1]), 1.0)
-    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total, "images": int(counts[1])}
+    return {"error": 100.0 * float(counts[0]) / total, "loss": float(counts[2]) / total, "images": int(counts[1]),
+            "top_class_share": float(counts[4:].max()) / total if len(counts) > 4 else 0.0}
 
 
 class Trainer:
@@ -114,6 +134,8 @@ class Trainer:
         batch = getattr(train_loader, "batch_size", None)
         if step is None and isinstance(batch, int) and batch != cfg.batch_size:
             cfg = replace(cfg, batch_size=batch)  # the loader's batch is what trains: the step peak and records say it
+        steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
+        check_trainer(cfg, steps, net.config)  # the command line's checks, for the Python API too
         self.cfg = cfg
         pixels = pixels or getattr(train_loader, "denormalize", None)
         if net.needs_pixels and pixels is None and step is None:
@@ -129,7 +151,6 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta if meta is not None else api_meta(self.net, cfg, train_loader)
         self.optimizer = make_optimizer(self.step.named_parameters(), cfg)
-        steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_steps,
                                       cfg.warmup_start_lr)
         self.epoch = 0
@@ -157,6 +178,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by a Trainer (one process or a pipeline)."""
         payload = self.step.read(Path(path))
+        check_checkpoint_fits(self.net, payload, self.cfg, path, "this Trainer's network")
         self.step.restore(payload, self.optimizer)
         self.epoch = payload["epoch"]
         self.history = payload["history"]
@@ -285,6 +307,8 @@ class Trainer:
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if row["epoch"] % self.cfg.eval_every == 0 or row["epoch"] == stop:
+                if row["epoch"] == self.cfg.epochs:
+                    self._say(f"epoch {row['epoch']}/{self.cfg.epochs} trained; evaluating on the full test set")
                 self._evaluate_into(row)
             row["peak_memory_bytes"] = self._peak()
             check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
@@ -295,10 +319,17 @@ class Trainer:
                 board.log(row)
         if board is not None:
             board.close()
-        if self.step_memory is None and isinstance(self.step, LocalStep):
+        if self.step_memory is None and isinstance(self.step, LocalStep) and self.cfg.step_peak:
+            self._say(f"measuring the peak memory of one training step at batch {self.cfg.batch_size} on a copy of "
+                      "the network (--no-step-peak skips it)")
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
                                          self.step.format)
         return self.summary() if self.step.main else None
+
+    def _say(self, line: str) -> None:
+        """A line on what the run does next, on the main process, with or without progress bars."""
+        if self.step.main:
+            tqdm.write(line)
 
     def _check_new_run(self) -> None:
         """Refuse to start a run from epoch 0 in a folder that already holds one (`resume` continues it)."""
@@ -315,6 +346,10 @@ class Trainer:
         subset = self.subset_loader is not None and row["epoch"] < self.cfg.epochs
         test = self.evaluate(self.subset_loader if subset else self.test_loader)
         row["test_error"], row["test_loss"], row["test_images"] = test["error"], test["loss"], test["images"]
+        note = collapse_note(row["train_error"], test["error"], test["top_class_share"],
+                             num_classes(self.net.objectives[-1]))
+        if note is not None:
+            self._say(note)
         if subset:
             row["test_subset"] = True
 
@@ -335,12 +370,13 @@ class Trainer:
         payload = self.state()
         if payload is None:
             return
-        tqdm.write(epoch_line(row, self.cfg.epochs))
+        tqdm.write(epoch_line(row, self.cfg.epochs, self.cfg.lr))
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(self.out_dir / CHECKPOINT, payload)
-            with open(self.out_dir / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            with writing(self.out_dir):
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(self.out_dir / CHECKPOINT, payload)
+                with open(self.out_dir / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
@@ -349,7 +385,8 @@ class Trainer:
         out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, kind, device,
                           self.net.param_counts(), self.step_memory)
         if self.out_dir is not None:
-            write_json(self.out_dir / SUMMARY, {**out, "meta": self.meta})
+            with writing(self.out_dir):
+                write_json(self.out_dir / SUMMARY, {**out, "meta": self.meta})
         return out
 
 
