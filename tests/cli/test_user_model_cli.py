@@ -83,7 +83,7 @@ def test_a_missing_module_or_function_is_one_line(user_code, capsys):
 def test_a_vit_trains_with_the_default_heads(capsys):
     """Token cuts take token heads by default (the class token's), so `--arch vit-*` needs no --head."""
     assert main(["train", "--data", "synthetic", "--arch", "vit-mini", "--modules", "4", "--context", "R1E",
-                 "--dry-run"]) == 0
+                 "--batch-size", "64", "--dry-run"]) == 0
     assert capsys.readouterr().out.count("head clstoken, context from") == 3
 
 

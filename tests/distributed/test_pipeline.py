@@ -98,7 +98,8 @@ def test_replicas_equal_single_process_with_the_whole_batch(ranks, tmp_path):
 
 
 def test_man_across_stages_is_refused_in_one_line(ranks, tmp_path):
-    ranks.start(2, [*BASE, "--modules", "2", "--man-momentum", "0.9", "--pipeline", "--out", str(tmp_path / "pipe")])
+    ranks.start(2, [*BASE, "--modules", "2", "--man-momentum", "0.9", "--batch-size", "32", "--pipeline",
+                    "--out", str(tmp_path / "pipe")])
     for code, _, err in ranks.finish(timeout=90):
         assert code == 2 and "MAN's heads follow the next module's first unit" in err
         assert len(err.strip().splitlines()) == 1

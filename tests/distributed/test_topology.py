@@ -49,7 +49,8 @@ def test_pipeline_outside_torchrun_is_one_clear_error(tmp_path, capsys, monkeypa
 
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
-    args = ["train", "--data", "synthetic", "--arch", "resnet20", "--epochs", "1", "--pipeline", "--out", str(tmp_path)]
+    args = ["train", "--data", "synthetic", "--arch", "resnet20", "--epochs", "1", "--batch-size", "64", "--pipeline",
+            "--out", str(tmp_path)]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs under torchrun" in err[0]
