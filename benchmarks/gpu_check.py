@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,7 +94,7 @@ def epoch(sizes: Sizes, out: Path) -> dict[str, Any]:
                        torch.zeros(1, 3, sizes.image_size, sizes.image_size))
     cfg = TrainConfig(epochs=1, batch_size=sizes.epoch_batch, lr=0.1, progress=False, device=sizes.device,
                       bf16=sizes.bf16, channels_last=True)
-    s = Trainer(net, train, test, cfg, out / "epoch").fit()
+    s = Trainer(net, train, test, cfg, fresh(out / "epoch")).fit()
     assert s is not None and s["final_test_error"] is not None
     return {"arch": sizes.epoch_arch, "images": sizes.train_images, "device": s["device"], "bf16": sizes.bf16,
             "images_per_s": round(s["images_per_s"], 1), "test_error": round(s["final_test_error"], 2),
@@ -169,7 +170,7 @@ def pipeline(sizes: Sizes, out: Path) -> dict[str, Any]:
     """Two ranks of the local pipeline over NCCL (torchrun), one GPU each."""
     if sizes.device == "cpu" or torch.cuda.device_count() < 2:
         raise Skipped(f"needs two GPUs ({torch.cuda.device_count()} here)")
-    run = out / "pipeline"
+    run = fresh(out / "pipeline")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "contsup", "train",
            "--pipeline", "--data", "synthetic", "--arch", "resnet32", "--modules", "16", "--context", "R1E",
            "--epochs", "2", "--batch-size", "128", "--lr", "0.1", "--device", "cuda", "--backend", "nccl",
@@ -181,6 +182,12 @@ def pipeline(sizes: Sizes, out: Path) -> dict[str, Any]:
     s = json.loads((run / "summary.json").read_text())
     return {"images_per_s": round(s["images_per_s"], 1), "test_error": s["final_test_error"],
             "peak_mib": round(s["peak_memory_bytes"] / MIB, 1)}
+
+
+def fresh(folder: Path) -> Path:
+    """A check's own run folder, emptied: each `make gpu-check` measures anew (the script owns --out)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
 
 
 class Skipped(Exception):

@@ -21,6 +21,7 @@ def test_every_check_runs_its_cpu_path(tmp_path):
     assert set(checks["heads"]["numbers"]["last_loss"]) == {*gpu_check.HEAD_SETTINGS,
                                                             *(f"vit {h}" for h in gpu_check.TOKEN_HEADS)}
     assert "| epoch | passed |" in (tmp_path / "summary.md").read_text()
+    assert gpu_check.main(["--cpu", "--out", str(tmp_path), "--only", "epoch"]) == 0  # again, into the same folder
 
 
 def test_an_unknown_check_is_refused(capsys):
