@@ -30,6 +30,7 @@ from contsup.train.runfolder import (
     hold_run_folder,
     open_run_folder,
 )
+from contsup.train.steps import LocalStep
 from contsup.train.trainer import Trainer, evaluate
 
 __all__ = [
@@ -74,10 +75,14 @@ def run_meta(cfg: RunConfig, data: Dataset, net: LocalNetwork) -> dict[str, Any]
 
 
 def make_trainer(cfg: RunConfig, data: Dataset, net: LocalNetwork, device: torch.device) -> Trainer:
-    """A Trainer for a built network and loaded data, on `device`."""
+    """A Trainer for a built network and loaded data, on `device`; a pipeline schedule (`--parallel gpipe` ...)
+    in one process trains each batch as its micro-batches in turn, the schedule's arithmetic (docs/parallel.md)."""
     loaders = make_loaders(cfg, data, device)
+    p, t = cfg.pipeline, cfg.train
+    step = LocalStep(net, device, t.bf16, t.channels_last, micro_batches=p.micro_batches) if p.parallel not in (
+        "local", "ddp") else None
     return Trainer(net, loaders["train"], loaders["test"], cfg.train, cfg.out, val_loader=loaders["val"],
-                   subset_loader=loaders["test_subset"], meta=run_meta(cfg, data, net), device=device)
+                   subset_loader=loaders["test_subset"], meta=run_meta(cfg, data, net), device=device, step=step)
 
 
 def check_steps(train_images: int, batch_size: int) -> None:

@@ -1,5 +1,6 @@
 """The end-to-end baselines on 2 ranks compute what one end-to-end process computes (docs/parallel.md)."""
 
+import json
 import os
 
 import pytest
@@ -9,6 +10,7 @@ import torch.multiprocessing as mp
 from tests.distributed.conftest import free_port
 from tests.distributed.test_pipeline import BASE, assert_same_run, reference
 
+from contsup.cli import main
 from contsup.config import DataConfig, LocalConfig, RunConfig, TrainConfig
 from contsup.distributed.baselines import DDPStep, cross_entropy
 from contsup.run import build_network
@@ -39,6 +41,20 @@ def test_baseline_equals_one_end_to_end_process(ranks, tmp_path, parallel, flags
     # grows through the whole depth (2 steps here; 2.6e-3 after 4); exactness itself is shown in float64 below.
     ddp = "ddp" in parallel
     assert_same_run(tmp_path / "par", tmp_path / "ref", atol=5e-4 if ddp else 1e-5, momentum_atol=5e-3 if ddp else None)
+
+
+@pytest.mark.parametrize("parallel", [["--parallel", "1f1b", "--micro-batches", "4"],
+                                      ["--parallel", "gpipe", "--micro-batches", "2"]])
+def test_schedule_with_batchnorm_equals_one_process_of_micro_batches(ranks, tmp_path, parallel):
+    """With BatchNorm, a schedule's run is one process that trains each batch's micro-batches in turn
+    (`--parallel 1f1b` without ranks): the curve that the time-to-accuracy table uses (docs/parallel.md)."""
+    ranks.start(2, [*E2E, *parallel, "--out", str(tmp_path / "par")])
+    reference([*E2E, *parallel, "--out", str(tmp_path / "ref")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    assert_same_run(tmp_path / "par", tmp_path / "ref", atol=1e-5)
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert "step_peak_memory_bytes" not in summary  # a whole batch's step is not what this run holds
 
 
 def ddp_rank(rank: int, port: int, out: dict) -> None:
@@ -104,3 +120,10 @@ def test_baseline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
     for code, _, err in ranks.finish(timeout=90):
         assert code == 0, err
     assert_same_run(tmp_path / "par", tmp_path / "ref", atol=1e-5)
+
+
+def test_one_process_schedule_is_refused_in_one_line_with_local_modules(tmp_path, capsys):
+    args = [*BASE, "--modules", "2", "--parallel", "1f1b", "--batch-size", "32", "--out", str(tmp_path / "one")]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "trains the network end to end: use --modules 1" in err and len(err.strip().splitlines()) == 1

@@ -63,8 +63,9 @@ def stage_owners(parallel: str, ranks: int) -> list[int]:
     return [s % ranks for s in range(STAGES_PER_RANK[parallel] * ranks)]
 
 
-def check_baseline(cfg: RunConfig, world: int) -> None:
-    """Settings a baseline cannot run with, refused in one line before any process group starts."""
+def check_baseline(cfg: RunConfig, world: int, one_process: bool = False) -> None:
+    """Settings a baseline cannot run with, refused in one line before any process group starts (or, with
+    `one_process`, before one process runs a schedule's micro-batches in turn)."""
     p, t = cfg.pipeline, cfg.train
     name = f"--parallel {p.parallel}"
     if cfg.local.modules != 1:
@@ -79,7 +80,7 @@ def check_baseline(cfg: RunConfig, world: int) -> None:
         if t.batch_size % world:
             raise ContsupError(f"--batch-size {t.batch_size} must divide into the {world} ranks of {name}")
         return
-    if world < 2:
+    if world < 2 and not one_process:
         raise ContsupError(f"{name} needs at least 2 ranks, got {world}")
     if p.micro_batches < 1 or t.batch_size % p.micro_batches:
         raise ContsupError(f"--micro-batches {p.micro_batches} must divide --batch-size {t.batch_size}")

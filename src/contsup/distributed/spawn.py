@@ -42,8 +42,12 @@ def train_run(cfg: RunConfig, resume: bool = False, pipeline: bool = False) -> d
         return spawn_ranks(cfg, resume)
     if cfg.pipeline.threads:
         torch.set_num_threads(cfg.pipeline.threads)
-    if pipeline or distributed or cfg.pipeline.parallel != "local":
+    if pipeline or distributed or cfg.pipeline.parallel == "ddp":
         return run_pipeline(cfg, resume=resume)
+    if cfg.pipeline.parallel != "local":  # a schedule's arithmetic in this process: its micro-batches in turn
+        from contsup.distributed.baselines import check_baseline
+
+        check_baseline(cfg, 1, one_process=True)
     return run_training(cfg, resume=resume)
 
 

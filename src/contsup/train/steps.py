@@ -74,10 +74,13 @@ class LocalStep:
 
     Batches may come from anywhere: each is moved to the device and put in the network's memory format.
     `pixels` maps a normalised batch back to the image in [0, 1] when an objective reads it (reconstruction).
+    With `micro_batches` M > 1 each batch trains as M micro-batches in turn, what torch's pipeline schedules
+    compute on ranks (docs/parallel.md): each micro-batch's own BatchNorm statistics, gradients summed, then
+    divided by M.
     """
 
     def __init__(self, net: LocalNetwork, device: torch.device, bf16: bool = False, channels_last: bool = False,
-                 pixels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 pixels: Callable[[torch.Tensor], torch.Tensor] | None = None, micro_batches: int = 1) -> None:
         self.device = device = activate(device, bf16)
         self.bf16 = bf16
         self.format = memory_format(channels_last)
@@ -86,6 +89,7 @@ class LocalStep:
         self.main = True
         self.amp = autocast(device, bf16)
         self.pixels = pixels if self.net.needs_pixels else None
+        self.micro_batches = micro_batches
 
     def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """Every parameter of the network."""
@@ -95,11 +99,22 @@ class LocalStep:
         return to_format(x.to(self.device, non_blocking=True), self.format), y.to(self.device, non_blocking=True)
 
     def train(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every module's local step on one (x, y) batch."""
+        """Every module's local step on one (x, y) batch (on its micro-batches in turn, when there are several)."""
         x, y = self._to_device(*batch)
+        if self.micro_batches == 1:
+            return (*self._steps(x, y), y)
+        m = self.micro_batches
+        parts = [self._steps(xm, ym) for xm, ym in zip(x.tensor_split(m), y.tensor_split(m), strict=True)]
+        for p in self.net.parameters():  # the batch's mean gradient, scaled as torch's schedules scale it
+            if p.grad is not None:
+                p.grad.div_(m)
+        return torch.stack([losses for losses, _ in parts]).mean(0), torch.cat([out for _, out in parts]), y
+
+    def _steps(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the modules' losses, the logits) of every module's local step on (x, y); gradients accumulate."""
         targets = Targets(y, self.pixels(x) if self.pixels is not None else None)
         logits, losses = modules_step(self.net, self.modules, x, {0: x}, targets, self.amp)
-        return losses, logits, y
+        return losses, logits
 
     def infer(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's inference pass on one (x, y) batch."""

@@ -319,7 +319,8 @@ class Trainer:
                 board.log(row)
         if board is not None:
             board.close()
-        if self.step_memory is None and isinstance(self.step, LocalStep) and self.cfg.step_peak:
+        if (self.step_memory is None and isinstance(self.step, LocalStep) and self.step.micro_batches == 1
+                and self.cfg.step_peak):  # step_peak measures a whole batch's step
             self._say(f"measuring the peak memory of one training step at batch {self.cfg.batch_size} on a copy of "
                       "the network (--no-step-peak skips it)")
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
