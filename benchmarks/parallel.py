@@ -1,23 +1,26 @@
-"""Parallel training: one table and one figure from the run folders of `contsup reproduce parallel`.
+"""Parallel training: time-to-accuracy of every way of training, composed from accuracy curves and a quiet clock.
 
-For every way of training (backbone, K, context and head, how the work is split, processes x threads),
-over its seeds: images/s of training, each rank's peak memory (resident set: runtime and dataset included)
-and idle fraction (1 - busy CPU / wall clock, one thread a rank, start-up included), the final validation
-and test errors, and time-to-accuracy: the training wall time (evaluation left out) until the validation
-error first reaches each target, read at the end of every epoch; a way that never reaches a target shows
-how many of its seeds did. The figure plots the validation error against training wall time.
+Every way of splitting training over ranks computes what one process computes (docs/parallel.md, "How the
+time-to-accuracy is composed"; tests/distributed): so a way's validation error after each epoch comes from
+one-process runs of the same computation (`contsup reproduce parallel`; they may run under any load), and its
+training seconds per epoch from a short run of the way itself on a quiet machine (`contsup reproduce
+parallel_throughput`: 2 epochs, the first holding the start-up costs). The time at the end of epoch e is
+first + (e - 1) * later, with `first` the way's measured first epoch and `later` the mean of its later ones;
+the time to a validation error is that time at the first epoch whose error reaches it, per seed of the curve.
 
-    contsup reproduce parallel --out runs/parallel            # the sweep (hours, on a quiet machine)
-    PYTHONPATH=src python benchmarks/parallel.py --sweep runs/parallel   # table + figure into docs/parallel.md
+    contsup reproduce parallel --out runs/parallel                          # the curves (any load)
+    bash benchmarks/parallel_throughput.sh runs/parallel-throughput         # the clock (quiet machine)
+    PYTHONPATH=src python benchmarks/parallel.py --curves runs/parallel --throughput runs/parallel-throughput \
+        [--check runs/parallel-check/<run>]   # table + figure into docs/parallel.md; --check: composed vs measured
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +28,29 @@ from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "parallel.md"
 TARGETS = "15,12,10"  # validation errors (%) whose time-to-accuracy the table reports
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")  # torch's pipeline schedules: micro-batches
+# Settings that place the work or set its length, not what a step computes: left out when runs are matched.
+PLACEMENT = {"pipeline": ("ranks", "threads", "parallel", "micro_batches", "stage_units", "stage_sizes", "inflight",
+                          "replicas", "timeout_s", "backend"),
+             "train": ("seed", "epochs", "eval_every", "eval_subset", "step_peak", "progress", "tensorboard", "device"),
+             "data": ("root", "download")}
 
 
 def read_run(folder: Path) -> dict[str, Any] | None:
-    """One finished run: its settings, epochs (cumulative training seconds, validation error) and rank usage."""
+    """One finished run: its settings, summary, metrics rows and (on ranks) each rank's usage."""
     summary_path, metrics_path = folder / "summary.json", folder / "metrics.jsonl"
     if not (summary_path.is_file() and metrics_path.is_file()):
         return None
     summary = json.loads(summary_path.read_text())
-    run = summary["meta"]["run"]
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    clock, curve = 0.0, []
-    for row in rows:
-        clock += row["epoch_time"]
-        if "val_error" in row:
-            curve.append((clock, row["val_error"]))
     ranks_path = folder / "ranks.json"
     ranks = json.loads(ranks_path.read_text()) if ranks_path.is_file() else None
-    return {"way": way(run), "seed": run["train"]["seed"], "summary": summary, "curve": curve, "ranks": ranks}
+    return {"folder": folder, "run": summary["meta"]["run"], "summary": summary, "rows": rows, "ranks": ranks}
+
+
+def read_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every finished run in a sweep folder, by folder name."""
+    return [r for f in sorted(folder.iterdir()) if f.is_dir() and (r := read_run(f)) is not None]
 
 
 def way(run: dict[str, Any]) -> str:
@@ -50,9 +58,48 @@ def way(run: dict[str, Any]) -> str:
     local, pipe = run["local"], run["pipeline"]
     method = "E2E" if local["modules"] == 1 else f"K={local['modules']} {local['context']}" + (
         f" {local['head']}" if local["head"] != "1c2f" else "")
-    split = pipe["parallel"] + (f" M={pipe['micro_batches']}" if pipe["parallel"] not in ("local", "ddp") else "")
+    split = pipe["parallel"] + (f" M={pipe['micro_batches']}" if pipe["parallel"] in SCHEDULES else "")
     threads = pipe["threads"] or "default"
     return f"{run['arch']} | {method} | {split} | {pipe['ranks']} x {threads}"
+
+
+@cache
+def has_batchnorm(run_json: str) -> bool:
+    """Whether the run's network holds a BatchNorm layer (built from its settings, on the CPU)."""
+    from torch import nn
+
+    from contsup.config import RunConfig
+    from contsup.data import dataset_info
+    from contsup.run import build_network
+
+    cfg = RunConfig.from_dict(json.loads(run_json))
+    info = dataset_info(cfg.data.name)
+    net = build_network(cfg, info.channels, info.num_classes, info.size)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def computation(run: dict[str, Any]) -> str:
+    """What a run's steps compute, whatever the ranks, threads or epochs: its settings without placement, and
+    the micro-batches whose own BatchNorm statistics a pipeline schedule uses (1 for every other way: the local
+    pipeline computes one local process, DDP one end-to-end process; docs/parallel.md)."""
+    kept = {part: ({k: v for k, v in value.items() if k not in PLACEMENT.get(part, ())} if isinstance(value, dict)
+                   else value) for part, value in run.items() if part != "out"}
+    pipe = run["pipeline"]
+    schedule = pipe["parallel"] in SCHEDULES and pipe["micro_batches"] > 1
+    kept["micro_batches"] = pipe["micro_batches"] if schedule and has_batchnorm(json.dumps(run, sort_keys=True)) else 1
+    return json.dumps(kept, sort_keys=True)
+
+
+def clock(thr: dict[str, Any]) -> tuple[float, float]:
+    """(first epoch's training seconds, mean of the later epochs') of a throughput run (the first alone: both)."""
+    times = [row["epoch_time"] for row in thr["rows"]]
+    return times[0], statistics.mean(times[1:]) if len(times) > 1 else times[0]
+
+
+def composed(curve: dict[str, Any], first: float, later: float) -> list[tuple[float, float]]:
+    """A curve run's (training seconds at the end of epoch e, validation error) on a way's clock:
+    first + (e - 1) * later, for every epoch evaluated on the validation set."""
+    return [(first + (row["epoch"] - 1) * later, row["val_error"]) for row in curve["rows"] if "val_error" in row]
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -69,59 +116,93 @@ def mean_sd(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def table(runs: list[dict[str, Any]], targets: list[float]) -> str:
-    """The markdown table: one row a way, means ± sd over its seeds."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        groups[r["way"]].append(r)
-    head = ("| backbone | method | split | processes x threads | seeds | images/s | peak memory per rank (MiB) "
-            "| idle per rank | val error (%) | test error (%) | "
+def ways(curves: list[dict[str, Any]], throughput: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each throughput run with its clock, the curve runs of its computation (one a seed) and their composed
+    curves, sorted by way."""
+    by_computation: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in curves:
+        by_computation[computation(c["run"])].append(c)
+    out = []
+    for thr in throughput:
+        first, later = clock(thr)
+        matched = sorted(by_computation.get(computation(thr["run"]), []), key=lambda c: c["run"]["train"]["seed"])
+        out.append({"way": way(thr["run"]), "thr": thr, "first": first, "later": later, "curves": matched,
+                    "composed": [composed(c, first, later) for c in matched]})
+    return sorted(out, key=lambda w: w["way"])
+
+
+def usage(thr: dict[str, Any]) -> tuple[str, str]:
+    """(peak memory per rank in MiB, idle share per rank) of a throughput run; one process: its peak, no idle."""
+    if not thr["ranks"]:
+        return f"{thr['summary']['peak_memory_bytes'] / 2**20:.0f}", "—"
+    ranks = thr["ranks"]
+    return (" / ".join(f"{r['peak_rss_bytes'] / 2**20:.0f}" for r in ranks),
+            " / ".join(f"{1 - r['busy_s'] / r['wall_s']:.2f}" for r in ranks))
+
+
+def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
+    """The markdown table: one row a way; errors and times to them over the seeds of its curve."""
+    head = ("| backbone | method | split | processes x threads | images/s | s / epoch, first / later "
+            "| peak memory per rank (MiB) | idle per rank | curve seeds | val error (%) | test error (%) | "
             + " | ".join(f"time to {t:g} % (s)" for t in targets) + " |")
-    lines = [head, "|" + "---|" * (10 + len(targets))]
-    for name, group in sorted(groups.items()):
-        speed = [r["summary"]["images_per_s"] for r in group]
-        with_ranks = [r["ranks"] for r in group if r["ranks"]]
-        if with_ranks:
-            n = len(with_ranks[0])
-            peak = " / ".join(mean_sd([rk[i]["peak_rss_bytes"] / 2**20 for rk in with_ranks], "{:.0f}")
-                              for i in range(n))
-            idle = " / ".join(mean_sd([1 - rk[i]["busy_s"] / rk[i]["wall_s"] for rk in with_ranks], "{:.2f}")
-                              for i in range(n))
-        else:
-            peak = mean_sd([r["summary"]["peak_memory_bytes"] / 2**20 for r in group], "{:.0f}")
-            idle = "—"
-        val = mean_sd([r["summary"]["final_val_error"] for r in group if "final_val_error" in r["summary"]], "{:.2f}")
-        test = mean_sd([r["summary"]["final_test_error"] for r in group], "{:.2f}")
+    lines = [head, "|" + "---|" * (11 + len(targets))]
+    for w in rows:
+        peak, idle = usage(w["thr"])
+        curves = w["curves"]
+        val = mean_sd([c["rows"][-1]["val_error"] for c in curves if "val_error" in c["rows"][-1]], "{:.2f}")
+        test = mean_sd([c["summary"]["final_test_error"] for c in curves], "{:.2f}")
         tta = []
         for t in targets:
-            reached = [s for s in (time_to(r["curve"], t) for r in group) if s is not None]
-            cell = mean_sd(reached, "{:.1f}")
-            tta.append(cell if len(reached) == len(group) else f"{cell} ({len(reached)}/{len(group)} seeds)")
-        lines.append(f"| {name} | {len(group)} | {mean_sd(speed)} | {peak} | {idle} | {val} | {test} | "
-                     + " | ".join(tta) + " |")
+            reached = [s for s in (time_to(c, t) for c in w["composed"]) if s is not None]
+            cell = mean_sd(reached, "{:.0f}")
+            tta.append(cell if len(reached) == len(curves) else f"{cell} ({len(reached)}/{len(curves)} seeds)")
+        lines.append(f"| {w['way']} | {w['thr']['summary']['images_per_s']:.1f} | {w['first']:.1f} / {w['later']:.1f} "
+                     f"| {peak} | {idle} | {len(curves)} | {val} | {test} | " + " | ".join(tta) + " |")
     return "\n".join(lines)
 
 
-def figure(runs: list[dict[str, Any]], path: Path) -> None:
-    """Validation error against training wall time, one line a run, one colour a way, one panel a backbone."""
+def check(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """Real runs of a way against its composed clock and curve: per epoch, the measured and composed training
+    seconds and the measured and curve validation errors (the curve run of the same seed)."""
+    lines = ["| way | seed | epoch | measured s | composed s | measured / composed | measured val error (%) "
+             "| curve val error (%) |", "|---|---|---|---|---|---|---|---|"]
+    by_way = {w["way"]: w for w in rows}
+    for real in runs:
+        name, seed = way(real["run"]), real["run"]["train"]["seed"]
+        w = by_way.get(name)
+        if w is None:
+            raise SystemExit(f"{real['folder']}: no throughput run of its way ({name})")
+        curve = next((c for c in w["curves"] if c["run"]["train"]["seed"] == seed), None)
+        want = {row["epoch"]: row.get("val_error") for row in curve["rows"]} if curve else {}
+        clock_s = 0.0
+        for row in real["rows"]:
+            clock_s += row["epoch_time"]
+            model = w["first"] + (row["epoch"] - 1) * w["later"]
+            got, ref = row.get("val_error"), want.get(row["epoch"])
+            lines.append(f"| {name} | {seed} | {row['epoch']} | {clock_s:.1f} | {model:.1f} | {clock_s / model:.3f} | "
+                         f"{'—' if got is None else f'{got:.2f}'} | {'—' if ref is None else f'{ref:.2f}'} |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Validation error (mean over the curve's seeds) against composed training wall time, one line a way,
+    one panel a backbone."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arches = sorted({r["way"].split(" | ")[0] for r in runs})
-    ways = sorted({r["way"] for r in runs})
-    colours = {w: plt.get_cmap("tab20")(i % 20) for i, w in enumerate(ways)}
-    fig, axes = plt.subplots(1, len(arches), figsize=(6.5 * len(arches), 4.5), squeeze=False)
+    arches = sorted({w["way"].split(" | ")[0] for w in rows})
+    fig, axes = plt.subplots(1, len(arches), figsize=(7 * len(arches), 5), squeeze=False)
     for ax, arch in zip(axes[0], arches, strict=True):
-        shown: set[str] = set()
-        for r in runs:
-            if not r["way"].startswith(arch + " ") or not r["curve"]:
-                continue
-            t, err = zip(*r["curve"], strict=True)
-            label = r["way"].split(" | ", 1)[1] if r["way"] not in shown else None
-            shown.add(r["way"])
-            ax.plot(t, err, marker="o", ms=3, color=colours[r["way"]], label=label, alpha=0.8)
-        ax.set(title=arch, xlabel="training wall time (s)", ylabel="validation error (%)")
+        mine = [w for w in rows if w["way"].startswith(arch + " ") and w["composed"]]
+        for i, w in enumerate(mine):
+            epochs = min(len(c) for c in w["composed"])
+            t = [w["composed"][0][e][0] for e in range(epochs)]
+            err = [statistics.mean(c[e][1] for c in w["composed"]) for e in range(epochs)]
+            style = "-" if " 2 x " in w["way"] else "--"
+            ax.plot(t, err, style, marker="o", ms=3, color=plt.get_cmap("tab20")(i % 20),
+                    label=w["way"].split(" | ", 1)[1])
+        ax.set(title=arch, xlabel="training wall time (s, composed)", ylabel="validation error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -130,31 +211,38 @@ def figure(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    """Read the sweep's run folders, print the table, write it and the figure (into docs/ unless --out)."""
+    """Compose, print the table (and the check), write them and the figure (into docs/ unless --out)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", required=True, help="the folder `contsup reproduce parallel --out` wrote")
+    p.add_argument("--curves", required=True, help="the folder `contsup reproduce parallel --out` wrote")
+    p.add_argument("--throughput", required=True, help="the folder `contsup reproduce parallel_throughput` wrote")
+    p.add_argument("--check", nargs="*", default=[], help="run folders of real, quiet runs of a way to compare")
     p.add_argument("--out", default=None, help="write parallel.md and parallel.png here instead of docs/")
     p.add_argument("--targets", default=TARGETS, help=f"validation errors (%%) to time (default {TARGETS})")
     args = p.parse_args()
-    runs = [r for f in sorted(Path(args.sweep).iterdir()) if f.is_dir() and (r := read_run(f)) is not None]
-    if not runs:
-        raise SystemExit(f"no finished runs in {args.sweep}")
+    curves, throughput = read_runs(Path(args.curves)), read_runs(Path(args.throughput))
+    if not curves or not throughput:
+        raise SystemExit(f"no finished runs in {args.curves if not curves else args.throughput}")
+    rows = ways(curves, throughput)
     doc = Path(args.out) / "parallel.md" if args.out else DOC
     png = doc.with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    text = "\n".join([
-        f"Measured by `PYTHONPATH=src python benchmarks/parallel.py --sweep {args.sweep}` from "
-        f"`contsup reproduce parallel`; {len(runs)} runs, load average when tabulated {load} (the runs' own loads "
-        "are in the sweep's log).",
+    load = Path(args.throughput) / "load.txt"
+    text = [
+        f"Composed by `PYTHONPATH=src python benchmarks/parallel.py --curves {args.curves} --throughput "
+        f"{args.throughput}` from {len(curves)} curve runs (`contsup reproduce parallel`) and {len(throughput)} "
+        "throughput runs (`bash benchmarks/parallel_throughput.sh`; load average "
+        + (load.read_text().strip() if load.is_file() else "not recorded") + ").",
         "",
-        table(runs, [float(t) for t in args.targets.split(",")]),
+        table(rows, [float(t) for t in args.targets.split(",")]),
         "",
-        f"![validation error against training wall time]({png.name})",
-    ])
-    print(text)
-    figure(runs, png)
-    write_region(doc, "parallel-measured", text, title="# Parallel training")
+        f"![validation error against composed training wall time]({png.name})",
+    ]
+    if args.check:
+        text += ["", "Check: real runs against the composed clock and curve.", "",
+                 check([r for f in args.check if (r := read_run(Path(f))) is not None], rows)]
+    print("\n".join(text))
+    figure(rows, png)
+    write_region(doc, "parallel-measured", "\n".join(text), title="# Parallel training")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,20 @@
 #!/usr/bin/env bash
-# docs/parallel.md, "A first quiet measurement": the images/s of each way at P = 2 on this machine, one short
-# epoch each (5,120 Fashion-MNIST images, 40 steps of 128, seed 0). Run it on a quiet machine:
-#   bash benchmarks/parallel_throughput.sh runs/parallel-throughput
-# then read images_per_s from each run's summary.json and each rank's busy/wall/peak from its ranks.json.
+# docs/parallel.md, time-to-accuracy: the clock of every way of training at P = 2 on this machine, measured on a
+# quiet machine (nothing else on the cores). Two epochs of each way (`contsup reproduce parallel_throughput`,
+# seed 0), then one way's real run over the curves' 4 epochs (1F1B, ResNet-32, seed 0) to check the composed
+# clock against a measured one:
+#   bash benchmarks/parallel_throughput.sh runs/parallel-throughput runs/parallel-check
+# The curves come from `contsup reproduce parallel --out runs/parallel` (any load); then
+#   PYTHONPATH=src python benchmarks/parallel.py --curves runs/parallel --throughput runs/parallel-throughput \
+#       --check runs/parallel-check/*
 set -u
 out=${1:-runs/parallel-throughput}
+check=${2:-runs/parallel-check}
 contsup=${CONTSUP:-contsup}
-common=(--data fashion-mnist --arch resnet32 --train-subset 5120 --epochs 1 --batch-size 128 --lr 0.1 --device cpu
-        --no-progress --no-step-peak)
 mkdir -p "$out"
-run() {
-    name=$1; shift
-    echo "$name, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    "$contsup" train "${common[@]}" "$@" --out "$out/$name" > "$out/$name.log" 2>&1 || echo "$name failed: $out/$name.log"
-}
-run local-K16-R1E-2x1 --modules 16 --context R1E --ranks 2 --threads 1
-run one-K16-R1E-1x2 --modules 16 --context R1E --ranks 1 --threads 2
-run local-K2-R0-2x1 --modules 2 --context R0 --ranks 2 --threads 1
-run 1f1b-2x1 --modules 1 --parallel 1f1b --micro-batches 4 --ranks 2 --threads 1
-run gpipe-2x1 --modules 1 --parallel gpipe --micro-batches 4 --ranks 2 --threads 1
-run ddp-2x1 --modules 1 --parallel ddp --ranks 2 --threads 1
-run one-E2E-1x2 --modules 1 --ranks 1 --threads 2
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+before=$(cut -d' ' -f1-3 /proc/loadavg)
+"$contsup" reproduce parallel_throughput --out "$out" 2>&1 | tee -a "$out/sweep.log"
+echo "$before before the first run, $(cut -d' ' -f1-3 /proc/loadavg) after the last" > "$out/load.txt"
+"$contsup" reproduce parallel_throughput --recipe check --only arch=resnet32 --only parallel=1f1b --out "$check" \
+    2>&1 | tee -a "$check.log"
+echo "load average: $(cat "$out/load.txt"); after the check run: $(cut -d' ' -f1-3 /proc/loadavg)"

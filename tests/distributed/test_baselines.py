@@ -44,7 +44,9 @@ def test_baseline_equals_one_end_to_end_process(ranks, tmp_path, parallel, flags
 
 
 @pytest.mark.parametrize("parallel", [["--parallel", "1f1b", "--micro-batches", "4"],
-                                      ["--parallel", "gpipe", "--micro-batches", "2"]])
+                                      ["--parallel", "gpipe", "--micro-batches", "2"],
+                                      ["--parallel", "interleaved", "--micro-batches", "2"],
+                                      ["--parallel", "zbv", "--micro-batches", "4"]])
 def test_schedule_with_batchnorm_equals_one_process_of_micro_batches(ranks, tmp_path, parallel):
     """With BatchNorm, a schedule's run is one process that trains each batch's micro-batches in turn
     (`--parallel 1f1b` without ranks): the curve that the time-to-accuracy table uses (docs/parallel.md)."""
