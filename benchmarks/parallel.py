@@ -154,7 +154,7 @@ def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
         tta = []
         for t in targets:
             reached = [s for s in (time_to(c, t) for c in w["composed"]) if s is not None]
-            cell = mean_sd(reached, "{:.0f}")
+            cell = mean_sd(reached, "{:.1f}")
             tta.append(cell if len(reached) == len(curves) else f"{cell} ({len(reached)}/{len(curves)} seeds)")
         lines.append(f"| {w['way']} | {w['thr']['summary']['images_per_s']:.1f} | {w['first']:.1f} / {w['later']:.1f} "
                      f"| {peak} | {idle} | {len(curves)} | {val} | {test} | " + " | ".join(tta) + " |")

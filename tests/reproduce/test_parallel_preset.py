@@ -87,9 +87,9 @@ def test_time_to_accuracy_is_the_curve_on_the_way_s_clock(tmp_path, bench):
     assert [len(rows["resnet8 | K=2 R1E | local | 2 x 1"]["composed"])] == [1]
     text = bench.table(list(rows.values()), [15.0, 12.0, 10.0])
     line = next(x for x in text.splitlines() if x.startswith("| resnet8 | E2E | local | 1 x 2 |"))
-    assert line.split(" | ")[-3:] == ["18 ± 0", "22 ± 6", "26 ± 0 |"]  # 12 %: 26 (seed 0) and 18 (seed 1)
+    assert line.split(" | ")[-3:] == ["18.0 ± 0.0", "22.0 ± 5.7", "26.0 ± 0.0 |"]  # 12 %: 26 (seed 0) and 18 (seed 1)
     line = next(x for x in text.splitlines() if x.startswith("| resnet8 | E2E | 1f1b M=2 | 2 x 1 |"))
-    assert line.split(" | ")[-3:] == ["30", "30", "— (0/1 seeds) |"]
+    assert line.split(" | ")[-3:] == ["30.0", "30.0", "— (0/1 seeds) |"]
     assert "| 1 / 2 | 0.25 / 0.25 | 1 |" in line  # each rank's peak and idle from ranks.json; one curve seed
 
     fake_run(tmp_path / "real", config(threads=2, seed=1), [11, 9, 8], [21, 11, 8])

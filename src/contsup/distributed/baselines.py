@@ -41,7 +41,7 @@ from contsup.distributed.launch import env_rank, pick_device
 from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage
 from contsup.distributed.syncbn import convert_sync_batchnorm
-from contsup.distributed.topology import Topology, from_sizes, partition
+from contsup.distributed.topology import STAGES_PER_RANK, Topology, from_sizes, partition, stage_owners
 from contsup.errors import ContsupError
 from contsup.method.local_step import autocast
 from contsup.method.losses import float32_loss
@@ -53,14 +53,6 @@ from contsup.train.trainer import Trainer
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved": ScheduleInterleaved1F1B,
              "zbv": ScheduleZBVZeroBubble}
-STAGES_PER_RANK = {"gpipe": 1, "1f1b": 1, "interleaved": 2, "zbv": 2}
-
-
-def stage_owners(parallel: str, ranks: int) -> list[int]:
-    """The rank holding each stage: one a rank, looped (interleaved: s mod P) or V-shaped (zbv: 0..P-1, P-1..0)."""
-    if parallel == "zbv":
-        return [*range(ranks), *reversed(range(ranks))]
-    return [s % ranks for s in range(STAGES_PER_RANK[parallel] * ranks)]
 
 
 def check_baseline(cfg: RunConfig, world: int, one_process: bool = False) -> None:

@@ -11,6 +11,12 @@ bytes are taken to grow linearly with the batch. Stages are contiguous runs of u
   balanced, the bubble is (P - 1) / (M + P - 1) of the step. GPipe keeps all M micro-batches' saved tensors,
   1F1B at most P - p on stage p (p from 0). Communication is taken to overlap computation except on the fill
   and drain path.
+- Interleaved 1F1B and ZB-V (two stages a rank, looped or V-shaped; end to end): torch's own order of each
+  rank's actions (forward F, backward B, or ZB-V's input-gradient I and weight-gradient W) replayed with
+  the calibrated times: an action starts when its rank is free and its inputs are there (the previous
+  stage's F, the next stage's B or I, plus a crossing c between ranks). Balanced, Interleaved 1F1B's bubble
+  is (P - 1) / (2M + P - 1) (Narayanan et al. 2021); ZB-V fills it with W. The peak saved tensors of a rank
+  are counted along its order: a stage's F saves them, its B (or W) frees them.
 - the local pipeline: no backward crosses a rank, so once full a step takes the slowest stage's local steps on
   the whole batch, max_p max(L_p, c_p); the fill costs P - 1 steps once an epoch (left out of the rate). A rank
   holds one module's saved tensors at a time and at most `inflight` messages each way.
@@ -29,13 +35,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
 from contsup.distributed.stage import boundary_sources
-from contsup.distributed.topology import partition
+from contsup.distributed.topology import partition, stage_owners
 from contsup.method.local_step import autocast, module_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
@@ -58,6 +65,7 @@ class Calibration:
     module_params: list[float]  # parameter bytes of each module (head, decoder and incoming encoders included)
     bandwidth: float  # bytes per second between two ranks
     state_buffers: int = 1  # optimizer buffers per parameter (SGD momentum: 1; AdamW: 2)
+    unit_bwd_input: list[float] | None = None  # seconds per image of each unit's input gradient (None: half)
 
 
 @dataclass
@@ -108,6 +116,101 @@ def pipeline(cal: Calibration, schedule: str, stages: int, batch: int, micro_bat
     return Prediction(schedule, stages, batch / step, idle, max(memory))
 
 
+Action = tuple[str, int, int]  # (F, B, I or W; stage; micro-batch)
+
+
+def rank_order(schedule: str, rank: int, ranks: int, micro_batches: int) -> list[Action]:
+    """A rank's actions in the order torch's schedule runs them: GPipe all forwards then all backwards; 1F1B
+    P - 1 - rank forwards, then one forward one backward; Interleaved 1F1B and ZB-V as torch orders them."""
+    m = micro_batches
+    if schedule == "gpipe":
+        return [("F", rank, i) for i in range(m)] + [("B", rank, i) for i in range(m)]
+    if schedule == "1f1b":
+        warm = min(m, ranks - 1 - rank)
+        steady = [a for i in range(m - warm) for a in (("F", rank, warm + i), ("B", rank, i))]
+        return [("F", rank, i) for i in range(warm)] + steady + [("B", rank, i) for i in range(m - warm, m)]
+    from torch.distributed.pipelining import schedules  # torch's own orders (private, pinned by the tests)
+
+    rounds = max(1, m // ranks)
+    state = SimpleNamespace(pp_group_size=ranks, n_local_stages=2, num_stages=2 * ranks, _n_microbatches=m,
+                            number_of_rounds=rounds, microbatches_per_round=m // rounds)
+    cls = schedules.ScheduleZBVZeroBubble if schedule == "zbv" else schedules.ScheduleInterleaved1F1B
+    ops = cls._calculate_single_rank_operations(state, rank)  # type: ignore[arg-type]
+    return [(op.computation_type.value, op.stage_index, op.microbatch_index) for op in ops if op is not None]
+
+
+def _inputs(action: Action, last: int) -> list[tuple[str, int, int]]:
+    """What an action waits for: the previous stage's forward; its own forward and the next stage's input
+    gradient ("G": a B or an I); its own I."""
+    kind, s, m = action
+    if kind == "F":
+        return [("F", s - 1, m)] if s > 0 else []
+    if kind == "W":
+        return [("I", s, m)]
+    return [("F", s, m)] + ([("G", s + 1, m)] if s < last else [])
+
+
+def replay(orders: list[list[Action]], seconds: Callable[[str, int], float], owners: list[int],
+           crossing: float) -> tuple[float, list[float]]:
+    """(the step's seconds, each rank's busy seconds): every rank runs its actions in order, each starting when
+    the rank is free and its inputs are done (plus `crossing` when they come from another rank)."""
+    done: dict[tuple[str, int, int], float] = {}
+    clock, busy, pos = [0.0] * len(orders), [0.0] * len(orders), [0] * len(orders)
+    last, moved = len(owners) - 1, True
+    while moved:
+        moved = False
+        for r, order in enumerate(orders):
+            while pos[r] < len(order):
+                needs = _inputs(order[pos[r]], last)
+                if any(n not in done for n in needs):
+                    break
+                kind, s, m = order[pos[r]]
+                start = max([clock[r]] + [done[n] + (crossing if owners[n[1]] != r else 0.0) for n in needs])
+                t = seconds(kind, s)
+                clock[r], busy[r], pos[r], moved = start + t, busy[r] + t, pos[r] + 1, True
+                done[(kind, s, m)] = clock[r]
+                if kind in ("B", "I"):
+                    done[("G", s, m)] = clock[r]
+    if any(p < len(o) for p, o in zip(pos, orders, strict=True)):
+        raise RuntimeError("the schedule's actions wait on each other")  # a wrong order, not a user error
+    return max(clock), busy
+
+
+def peak_stash(order: list[Action], saved: Callable[[int], float]) -> float:
+    """Most saved-tensor bytes a rank holds at once along its order: F saves its stage's, B or W frees them."""
+    live = peak = 0.0
+    for kind, s, _ in order:
+        live += saved(s) if kind == "F" else -saved(s) if kind in ("B", "W") else 0.0
+        peak = max(peak, live)
+    return peak
+
+
+def looped_pipeline(cal: Calibration, schedule: str, ranks: int, batch: int, micro_batches: int) -> Prediction:
+    """Interleaved 1F1B or ZB-V over `ranks` ranks of two stages each (contiguous runs of units), replayed."""
+    cost = [f + b for f, b in zip(cal.unit_fwd, cal.unit_bwd, strict=True)]
+    ranges = partition(cost, 2 * ranks)
+    owners = stage_owners(schedule, ranks)
+    mb = batch / micro_batches
+    bwd_in = cal.unit_bwd_input or [b / 2 for b in cal.unit_bwd]
+    per = {"F": cal.unit_fwd, "B": cal.unit_bwd, "I": bwd_in, "W": [b - i for b, i in zip(cal.unit_bwd, bwd_in,
+                                                                                             strict=True)]}
+
+    def seconds(kind: str, s: int) -> float:
+        return mb * sum(per[kind][i] for i in ranges[s])
+
+    orders = [rank_order(schedule, r, ranks, micro_batches) for r in range(ranks)]
+    crossing = max((cal.unit_out[r.stop - 1] * mb / cal.bandwidth for r in ranges[:-1]), default=0.0)
+    step, busy = replay(orders, seconds, owners, crossing)
+    memory = []
+    for r, order in enumerate(orders):
+        mine = [s for s, o in enumerate(owners) if o == r]
+        params = sum(cal.unit_params[i] for s in mine for i in ranges[s])
+        stash = peak_stash(order, lambda s: mb * sum(cal.unit_saved[i] for i in ranges[s]))
+        messages = sum(2 * mb * cal.unit_out[ranges[s].start - 1] for s in mine if s > 0 and owners[s - 1] != r)
+        memory.append(model_state(params, cal.state_buffers) + stash + messages)
+    return Prediction(schedule, ranks, batch / step, [1 - b / step for b in busy], max(memory))
+
+
 def local_pipeline(cal: Calibration, stages: int, batch: int, inflight: int = 2) -> Prediction:
     """contsup's pipeline of local modules over `stages` contiguous runs of modules, once full."""
     ranges = partition(cal.module_step, stages)
@@ -135,9 +238,12 @@ def data_parallel(cal: Calibration, ranks: int, batch: int) -> Prediction:
 
 
 def predict(cal: Calibration, stages: int, batch: int, micro_batches: int, inflight: int = 2) -> list[Prediction]:
-    """Every schedule at `stages` ranks: GPipe, 1F1B, the local pipeline and DDP."""
+    """Every schedule at `stages` ranks: GPipe, 1F1B, Interleaved 1F1B and ZB-V (when the units make two stages
+    a rank), the local pipeline and DDP."""
+    looped = [looped_pipeline(cal, s, stages, batch, micro_batches) for s in ("interleaved", "zbv")
+              if 2 * stages <= len(cal.unit_fwd) and micro_batches >= stages]
     return [pipeline(cal, "gpipe", stages, batch, micro_batches), pipeline(cal, "1f1b", stages, batch, micro_batches),
-            local_pipeline(cal, stages, batch, inflight), data_parallel(cal, stages, batch)]
+            *looped, local_pipeline(cal, stages, batch, inflight), data_parallel(cal, stages, batch)]
 
 
 # -- calibration ------------------------------------------------------------------------------------
@@ -189,10 +295,20 @@ def _module_step(net: LocalNetwork, k: int, h: torch.Tensor, sources: dict[int, 
     return module_step(net, k, net.module_input(k, h, dict(sources)), targets, amp)
 
 
-def calibrate_units(e2e: LocalNetwork, x: torch.Tensor, repeats: int = 3) -> dict[str, list[float]]:
-    """Per unit of an end-to-end network (K = 1): forward and backward seconds, saved and output bytes, per image."""
+def _input_gradient(forward: Callable[[], torch.Tensor], inp: torch.Tensor) -> None:
+    """A forward, then the gradient of its output with respect to `inp` only (no weight gradients)."""
+    out = forward()
+    torch.autograd.grad(out, inp, torch.ones_like(out))
+
+
+def calibrate_units(e2e: LocalNetwork, x: torch.Tensor, repeats: int = 3,
+                    split_backward: bool = False) -> dict[str, list[float]]:
+    """Per unit of an end-to-end network (K = 1): forward and backward seconds, saved and output bytes, per image;
+    with `split_backward`, also the seconds of the backward's input-gradient part (`unit_bwd_input`)."""
     units, n = list(e2e.blocks[0]), x.shape[0]
     out: dict[str, list[float]] = {"unit_fwd": [], "unit_bwd": [], "unit_saved": [], "unit_out": [], "unit_params": []}
+    if split_backward:
+        out["unit_bwd_input"] = []
     h = x
     for i, unit in enumerate(units):
         forward = partial(_unit_forward, unit, e2e.classifier if i == len(units) - 1 else None,
@@ -205,6 +321,11 @@ def calibrate_units(e2e: LocalNetwork, x: torch.Tensor, repeats: int = 3) -> dic
         out["unit_saved"].append(saved / n)
         out["unit_out"].append(y.numel() * y.element_size() / n)
         out["unit_params"].append(float(nbytes(unit) + (nbytes(e2e.classifier) if i == len(units) - 1 else 0)))
+        if split_backward:  # every unit's input taken as needing a gradient (the first's too: ZB-V's I of stage 0)
+            inp = h.detach().requires_grad_()
+            grad = best_time(partial(_input_gradient, partial(_unit_forward, unit, e2e.classifier if i == len(units)
+                                                             - 1 else None, inp), inp), repeats)
+            out["unit_bwd_input"].append(min(max(grad - fwd, 0.0) / n, out["unit_bwd"][-1]))
         with torch.no_grad():
             h = unit(h)
     return out
@@ -267,7 +388,8 @@ def calibrate(net: LocalNetwork, e2e: LocalNetwork, batch: int, optimizer: str =
     y = torch.randint(0, 2, (batch,), generator=gen)
     net.train()
     e2e.train()
-    return Calibration(batch, **calibrate_units(e2e, x, repeats), **calibrate_modules(net, x, y, repeats),
+    return Calibration(batch, **calibrate_units(e2e, x, repeats, split_backward=True),
+                       **calibrate_modules(net, x, y, repeats),
                        bandwidth=loopback_bandwidth(), state_buffers=STATE_BUFFERS[optimizer])
 
 
@@ -286,7 +408,7 @@ def format_predictions(cal: Calibration, stages: list[int], batch: int, micro_ba
         by = {r.schedule: r for r in rows}
         ratio = by["local"].images_per_s / by["1f1b"].images_per_s
         for r in rows:
-            lines.append(f"| {p} | {m if r.schedule in ('gpipe', '1f1b') else '—'} | {r.schedule} | "
+            lines.append(f"| {p} | {m if r.schedule not in ('local', 'ddp') else '—'} | {r.schedule} | "
                          f"{r.images_per_s:.1f} | {r.bubble:.2f} | {r.memory_bytes / 2**20:.1f} | "
                          f"{f'{ratio:.2f}' if r.schedule == 'local' else ''} |")
     return "\n".join(lines)

@@ -7,6 +7,15 @@ from dataclasses import dataclass
 
 from contsup.errors import ContsupError
 
+STAGES_PER_RANK = {"gpipe": 1, "1f1b": 1, "interleaved": 2, "zbv": 2}  # torch's schedules (docs/parallel.md)
+
+
+def stage_owners(parallel: str, ranks: int) -> list[int]:
+    """The rank holding each stage: one a rank, looped (interleaved: s mod P) or V-shaped (zbv: 0..P-1, P-1..0)."""
+    if parallel == "zbv":
+        return [*range(ranks), *reversed(range(ranks))]
+    return [s % ranks for s in range(STAGES_PER_RANK[parallel] * ranks)]
+
 
 @dataclass(frozen=True)
 class Topology:
