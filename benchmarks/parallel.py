@@ -131,23 +131,26 @@ def ways(curves: list[dict[str, Any]], throughput: list[dict[str, Any]]) -> list
     return sorted(out, key=lambda w: w["way"])
 
 
-def usage(thr: dict[str, Any]) -> tuple[str, str]:
-    """(peak memory per rank in MiB, idle share per rank) of a throughput run; one process: its peak, no idle."""
-    if not thr["ranks"]:
-        return f"{thr['summary']['peak_memory_bytes'] / 2**20:.0f}", "—"
-    ranks = thr["ranks"]
-    return (" / ".join(f"{r['peak_rss_bytes'] / 2**20:.0f}" for r in ranks),
+def usage(thr: dict[str, Any]) -> tuple[str, str, str]:
+    """(step peak per rank, process peak per rank, both in MiB; idle share per rank) of a throughput run; one
+    process: its step peak and process peak, no idle. A dash where the step peak was not measured."""
+    ranks, summary = thr["ranks"], thr["summary"]
+    if not ranks:
+        step = summary.get("step_peak_memory_bytes")
+        return ("—" if step is None else f"{step / 2**20:.1f}", f"{summary['peak_memory_bytes'] / 2**20:.0f}", "—")
+    return (" / ".join("—" if "step_peak_bytes" not in r else f"{r['step_peak_bytes'] / 2**20:.1f}" for r in ranks),
+            " / ".join(f"{r['peak_rss_bytes'] / 2**20:.0f}" for r in ranks),
             " / ".join(f"{1 - r['busy_s'] / r['wall_s']:.2f}" for r in ranks))
 
 
 def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
     """The markdown table: one row a way; errors and times to them over the seeds of its curve."""
     head = ("| backbone | method | split | processes x threads | images/s | s / epoch, first / later "
-            "| peak memory per rank (MiB) | idle per rank | curve seeds | val error (%) | test error (%) | "
-            + " | ".join(f"time to {t:g} % (s)" for t in targets) + " |")
-    lines = [head, "|" + "---|" * (11 + len(targets))]
+            "| step peak per rank (MiB) | process peak per rank (MiB) | idle per rank | curve seeds | val error (%) "
+            "| test error (%) | " + " | ".join(f"time to {t:g} % (s)" for t in targets) + " |")
+    lines = [head, "|" + "---|" * (12 + len(targets))]
     for w in rows:
-        peak, idle = usage(w["thr"])
+        step, peak, idle = usage(w["thr"])
         curves = w["curves"]
         val = mean_sd([c["rows"][-1]["val_error"] for c in curves if "val_error" in c["rows"][-1]], "{:.2f}")
         test = mean_sd([c["summary"]["final_test_error"] for c in curves], "{:.2f}")
@@ -157,7 +160,7 @@ def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
             cell = mean_sd(reached, "{:.1f}")
             tta.append(cell if len(reached) == len(curves) else f"{cell} ({len(reached)}/{len(curves)} seeds)")
         lines.append(f"| {w['way']} | {w['thr']['summary']['images_per_s']:.1f} | {w['first']:.1f} / {w['later']:.1f} "
-                     f"| {peak} | {idle} | {len(curves)} | {val} | {test} | " + " | ".join(tta) + " |")
+                     f"| {step} | {peak} | {idle} | {len(curves)} | {val} | {test} | " + " | ".join(tta) + " |")
     return "\n".join(lines)
 
 

@@ -41,6 +41,8 @@ def test_baseline_equals_one_end_to_end_process(ranks, tmp_path, parallel, flags
     # grows through the whole depth (2 steps here; 2.6e-3 after 4); exactness itself is shown in float64 below.
     ddp = "ddp" in parallel
     assert_same_run(tmp_path / "par", tmp_path / "ref", atol=5e-4 if ddp else 1e-5, momentum_atol=5e-3 if ddp else None)
+    peaks = json.loads((tmp_path / "par" / "summary.json").read_text())["rank_step_peak_memory_bytes"]
+    assert len(peaks) == 2 and min(peaks) > 0  # each rank's allocator peak in one more step, after the epochs
 
 
 @pytest.mark.parametrize("parallel", [["--parallel", "1f1b", "--micro-batches", "4"],

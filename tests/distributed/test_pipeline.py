@@ -78,6 +78,8 @@ def test_pipeline_equals_single_process(ranks, tmp_path, world, flags, pipe_flag
     assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5)
     # The merged checkpoint is an ordinary one: single-process `contsup eval` loads it.
     summary = json.loads((tmp_path / "pipe" / "summary.json").read_text())
+    peaks = summary["rank_step_peak_memory_bytes"]  # each rank's allocator peak in one more step, after the epochs
+    assert len(peaks) == world and min(peaks) > 0 and summary["step_peak_memory_bytes"] == max(peaks)
     user_code = next((f for f in flags if ":" in f), None)  # the user's model is imported only when named
     result = evaluate_checkpoint(tmp_path / "pipe" / "checkpoint.pt", device="cpu", batch_size=100, arch=user_code)
     assert result["test_error"] == pytest.approx(summary["final_test_error"])

@@ -90,7 +90,7 @@ def test_time_to_accuracy_is_the_curve_on_the_way_s_clock(tmp_path, bench):
     assert line.split(" | ")[-3:] == ["18.0 ± 0.0", "22.0 ± 5.7", "26.0 ± 0.0 |"]  # 12 %: 26 (seed 0) and 18 (seed 1)
     line = next(x for x in text.splitlines() if x.startswith("| resnet8 | E2E | 1f1b M=2 | 2 x 1 |"))
     assert line.split(" | ")[-3:] == ["30.0", "30.0", "— (0/1 seeds) |"]
-    assert "| 1 / 2 | 0.25 / 0.25 | 1 |" in line  # each rank's peak and idle from ranks.json; one curve seed
+    assert "| — / — | 1 / 2 | 0.25 / 0.25 | 1 |" in line  # each rank's peaks and idle (ranks.json); one curve seed
 
     fake_run(tmp_path / "real", config(threads=2, seed=1), [11, 9, 8], [21, 11, 8])
     checked = bench.check([bench.read_run(tmp_path / "real")], list(rows.values())).splitlines()
@@ -109,7 +109,6 @@ val_split = 32
 batch_size = 16
 lr = 0.05
 micro_batches = 2
-step_peak = false
 [[grid]]
 context = ["E2E"]
 parallel = ["1f1b"]
@@ -132,6 +131,9 @@ def test_tiny_sweeps_give_the_table_and_the_figure(tmp_path):
         preset.write_text(TINY.format(ranks=ranks, epochs=epochs))
         report = run_sweep(jobs(load_preset(preset), "cpu", tmp_path / name), log=lambda line: None)
         assert not report.failed and len(report.trained) == 2
+    clock = next(f for f in (tmp_path / "clock").iterdir() if "1f1b" in f.name)
+    ranks = json.loads((clock / "ranks.json").read_text())  # the way on ranks: each rank's step peak beside its RSS
+    assert [r["rank"] for r in ranks] == [0, 1] and all(0 < r["step_peak_bytes"] < r["peak_rss_bytes"] for r in ranks)
     script = [sys.executable, str(ROOT / "benchmarks" / "parallel.py"), "--curves", str(tmp_path / "curves"),
               "--throughput", str(tmp_path / "clock"), "--out", str(tmp_path / "doc"), "--targets", "100,1"]
     out = subprocess.run(script, capture_output=True, text=True, check=True,
@@ -141,6 +143,6 @@ def test_tiny_sweeps_give_the_table_and_the_figure(tmp_path):
     assert "| E2E | 1f1b M=2 | 2 x 1 |" in out and "| K=2 R1E | local | 1 x 1 |" in out
     for row in rows:  # each way found its one-seed curve; every run reaches 100 % at its first epoch's end
         cells = row.strip(" |").split(" | ")
-        assert cells[8] == "1" and float(cells[-2]) > 0 and cells[-1] == "— (0/1 seeds)"
+        assert cells[9] == "1" and float(cells[-2]) > 0 and cells[-1] == "— (0/1 seeds)"
     assert (tmp_path / "doc" / "parallel.png").stat().st_size > 0
     assert "parallel-measured:begin" in (tmp_path / "doc" / "parallel.md").read_text()

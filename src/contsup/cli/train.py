@@ -122,6 +122,12 @@ def _test_set(summary: dict) -> str:
     return f" on the full test set ({n} images)" if full else f" on {n} seeded test images"
 
 
+def _per_rank(summary: dict) -> str:
+    """`; per rank a / b MiB` for a run on ranks, else nothing."""
+    ranks = summary.get("rank_step_peak_memory_bytes")
+    return "; per rank " + " / ".join(f"{b / 2**20:.1f}" for b in ranks) + " MiB" if ranks else ""
+
+
 def format_summary(summary: dict) -> str:
     """The closing lines of a training run."""
     p = summary["params"]
@@ -132,8 +138,8 @@ def format_summary(summary: dict) -> str:
         f"training time: {summary['train_time_s']:.1f} s   {summary['images_per_s']:.0f} images/s   "
         f"device {summary['device']}",
         f"step peak memory: {summary['step_peak_memory_bytes'] / 2**20:.1f} MiB (one training step at the run's "
-        f"batch size, {summary['step_peak_memory_kind']})" if "step_peak_memory_bytes" in summary else
-        "step peak memory: not measured (a pipeline run, whose ranks each hold part of the step, or --no-step-peak)",
+        f"batch size, {summary['step_peak_memory_kind']})" + _per_rank(summary) if "step_peak_memory_bytes" in summary
+        else "step peak memory: not measured (--no-step-peak, or micro-batches in one process)",
         f"process peak memory: {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']}: "
         "runtime and dataset included)",
         "parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items()),

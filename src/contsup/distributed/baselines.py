@@ -243,6 +243,10 @@ class ScheduleStep(PipelineStep):
     def end_phase(self) -> None:
         """Nothing outstanding: every send of a step completes within it."""
 
+    def _one_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """This rank's stages of one schedule step on (x, y) (`PipelineStep.step_peak`)."""
+        self.train((x if self.first else None, y))
+
 
 class E2E(nn.Module):
     """The end-to-end network as one module (what DDP wraps): (loss, logits) of a batch."""
@@ -313,6 +317,10 @@ class DDPStep(PipelineStep):
 
     def end_phase(self) -> None:
         """Nothing outstanding."""
+
+    def _one_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """This rank's share of one step on (x, y) (`PipelineStep.step_peak`)."""
+        self.train((x, y))
 
 
 def build_baseline(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, PipelineStep]:

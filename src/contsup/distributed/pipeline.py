@@ -29,8 +29,9 @@ from contsup.device import activate, to_host_tree
 from contsup.distributed.comm import END, EVAL, TRAIN, Link, Message
 from contsup.distributed.stage import Stage
 from contsup.distributed.topology import Topology
+from contsup.memory import PeakMemory, measure_peak
 from contsup.method.local_step import autocast, modules_step
-from contsup.method.network import LocalNetwork
+from contsup.method.network import LocalNetwork, num_classes
 from contsup.method.objective import Targets
 from contsup.models.chain import memory_format, to_format
 from contsup.train.checkpoint import load_checkpoint
@@ -110,6 +111,35 @@ class PipelineStep:
                 h = self.net.classifier(h)
         self._send(Message(EVAL, h, sources, msg.y))
         return h if self.topo.last else None, msg.y
+
+    def step_peak(self, batch_size: int) -> PeakMemory:
+        """Peak tensor memory this rank allocates in one more training step, on a seeded random batch after the
+        epochs, measured as one process's step is (`contsup.train.peak.step_peak`): every rank at once, its
+        messages included. The gradients are dropped and the BatchNorm buffers and random generators restored."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(self.net.source_shapes[0].batch(batch_size), generator=g).to(self.device)
+        y = torch.randint(0, num_classes(self.net.classifier), (batch_size,), generator=g).to(self.device)
+        buffers = {k: v.clone() for k, v in self.net.named_buffers()}
+        self.net.train()
+        with torch.random.fork_rng(devices=[]):
+            _, peak = measure_peak(lambda: self._one_step(to_format(x, self.format), y), self.device)
+        with torch.no_grad():
+            for k, v in self.net.named_buffers():
+                v.copy_(buffers[k])
+        for param in self.net.parameters():
+            param.grad = None
+        return peak
+
+    def _one_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """This rank's share of one training step on (x, y), as the epochs run it."""
+        if self.topo.first:
+            x, y = (torch.tensor_split(t, self.topo.replicas)[self.topo.replica] for t in (x, y))
+            pixels = torch.rand_like(x) if self.net.needs_pixels else None
+            self.train(Message(TRAIN, x, {0: x}, y, pixels))
+        else:
+            for msg in Inbox(self):
+                self.train(msg)
+        self.end_phase()
 
     def _all_reduce_grads(self) -> None:
         """Average gradients over this stage's replicas (one flat all-reduce)."""

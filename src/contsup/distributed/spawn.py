@@ -96,5 +96,8 @@ def spawn_ranks(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     failed = [u["rank"] for u in usage if u["exit"] != 0]
     if failed:
         raise ContsupError(f"rank(s) {', '.join(map(str, failed))} of {world} failed; their lines are above")
+    summary = read_json(Path(cfg.out) / SUMMARY, "run summary")
+    for u, peak in zip(usage, summary.get("rank_step_peak_memory_bytes", []), strict=False):
+        u["step_peak_bytes"] = peak  # the rank's own tensor allocations in one step (`PipelineStep.step_peak`)
     write_json(Path(cfg.out) / RANKS_FILE, usage)
-    return read_json(Path(cfg.out) / SUMMARY, "run summary")
+    return summary

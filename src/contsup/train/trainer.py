@@ -155,6 +155,7 @@ class Trainer:
                                       cfg.warmup_start_lr)
         self.epoch = 0
         self.step_memory: PeakMemory | None = None
+        self.rank_step_peaks: list[int] | None = None  # ranks of a pipeline or baseline: each one's step peak
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
         self.images = 0
@@ -325,7 +326,20 @@ class Trainer:
                       "the network (--no-step-peak skips it)")
             self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
                                          self.step.format)
+        elif self.rank_step_peaks is None and hasattr(self.step, "step_peak") and self.cfg.step_peak:
+            self._say(f"measuring each rank's peak memory in one more training step at batch {self.cfg.batch_size} "
+                      "(--no-step-peak skips it)")
+            self._measure_rank_peaks()
         return self.summary() if self.step.main else None
+
+    def _measure_rank_peaks(self) -> None:
+        """Every rank's step peak (`PipelineStep.step_peak`), gathered on every rank (one all-reduce)."""
+        peak = self.step.step_peak(self.cfg.batch_size)  # type: ignore[attr-defined]
+        world = self.step.topo.world  # type: ignore[attr-defined]
+        mine = torch.zeros(world, dtype=torch.float64)
+        mine[self.step.topo.rank] = peak.peak_bytes  # type: ignore[attr-defined]
+        self.rank_step_peaks = [int(v) for v in self.step.reduce(mine).tolist()]
+        self.step_memory = PeakMemory(max(self.rank_step_peaks), peak.method + ", largest rank")
 
     def _say(self, line: str) -> None:
         """A line on what the run does next, on the main process, with or without progress bars."""
@@ -385,6 +399,8 @@ class Trainer:
         device, kind = self.step.describe()
         out = run_summary(self.history, self.epoch, self.train_time, self.images, peak, kind, device,
                           self.net.param_counts(), self.step_memory)
+        if self.rank_step_peaks is not None:
+            out["rank_step_peak_memory_bytes"] = self.rank_step_peaks
         if self.out_dir is not None:
             with writing(self.out_dir):
                 write_json(self.out_dir / SUMMARY, {**out, "meta": self.meta})
