@@ -131,3 +131,20 @@ def test_one_process_schedule_is_refused_in_one_line_with_local_modules(tmp_path
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert "trains the network end to end: use --modules 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rank_step_peak_leaves_the_network_as_it_was():
+    """The extra step that measures a rank's step peak drops its gradients and restores BatchNorm's buffers."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        net = build_network(TINY, 3, 10, 32).train()
+        step = DDPStep(net, torch.device("cpu"), dist.group.WORLD)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        peak = step.step_peak(8)
+    finally:
+        dist.destroy_process_group()
+    assert peak.peak_bytes > 0 and "allocator" in peak.method
+    assert all(p.grad is None for p in net.parameters())
+    for key, want in before.items():  # running statistics and batch counts included
+        assert torch.equal(net.state_dict()[key], want), key

@@ -135,14 +135,18 @@ def test_tiny_sweeps_give_the_table_and_the_figure(tmp_path):
     ranks = json.loads((clock / "ranks.json").read_text())  # the way on ranks: each rank's step peak beside its RSS
     assert [r["rank"] for r in ranks] == [0, 1] and all(0 < r["step_peak_bytes"] < r["peak_rss_bytes"] for r in ranks)
     script = [sys.executable, str(ROOT / "benchmarks" / "parallel.py"), "--curves", str(tmp_path / "curves"),
-              "--throughput", str(tmp_path / "clock"), "--out", str(tmp_path / "doc"), "--targets", "100,1"]
+              "--throughput", str(tmp_path / "clock"), "--out", str(tmp_path / "doc"), "--targets", "100,1",
+              "--check", str(clock)]  # a real run checked against its own clock: composed = measured
     out = subprocess.run(script, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""}).stdout
-    rows = [line for line in out.splitlines() if line.startswith("| resnet8")]
+    table, check = out.split("Check:")
+    rows = [line for line in table.splitlines() if line.startswith("| resnet8")]
     assert len(rows) == 2
     assert "| E2E | 1f1b M=2 | 2 x 1 |" in out and "| K=2 R1E | local | 1 x 1 |" in out
     for row in rows:  # each way found its one-seed curve; every run reaches 100 % at its first epoch's end
         cells = row.strip(" |").split(" | ")
         assert cells[9] == "1" and float(cells[-2]) > 0 and cells[-1] == "— (0/1 seeds)"
+    checked = [line.split(" | ") for line in check.splitlines() if line.startswith("| resnet8")]
+    assert [(c[5], c[8]) for c in checked] == [("1", "1.000"), ("2", "1.000")]  # epoch, measured / composed
     assert (tmp_path / "doc" / "parallel.png").stat().st_size > 0
     assert "parallel-measured:begin" in (tmp_path / "doc" / "parallel.md").read_text()
