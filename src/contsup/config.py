@@ -125,7 +125,8 @@ class LocalConfig(Section):
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
     recon_patches: int = 1  # HPFF's patched decoders: n x n decoders, one per patch of h_k and the image (1: off)
-    recon_schedule: Literal["cut", "stage"] = "cut"  # recon weights by cut index (InfoPro's code) or by stage (MAN's)
+    recon_schedule: Literal["cut", "stage", "hpff"] = "cut"  # recon weights by cut k/(K-2), by stage, or k/(K-1)
+    cascade: float = 0.0  # HPFF's cascade: weight wy of each second path through the module before (0: off)
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
     checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)

@@ -61,7 +61,7 @@ def test_the_proof_fails_on_a_gradient_across_a_cut(monkeypatch):
     from contsup.method.context.supply import CutContext
 
     step = sys.modules["contsup.method.local_step"]  # the package's `local_step` names the function
-    def leaky(net, k, s, targets, amp):
+    def leaky(net, k, s, targets, amp, second=None):
         out = net.blocks[k](s)
         loss, prediction = net.objectives[k](out, targets)
         loss.backward(retain_graph=True)

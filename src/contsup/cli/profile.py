@@ -84,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         device=args.device, channels_last=args.channels_last, seed=args.seed,
         checkpoint_segments=segments_list(args.checkpoint_segments), optimizer=args.optimizer,
         local={"image_encoder": args.image_encoder, "lean_context": args.lean_context, "aux_depth": args.aux_depth,
-               "man_momentum": args.man_momentum, "head_patches": args.head_patches},
+               "man_momentum": args.man_momentum, "head_patches": args.head_patches, "cascade": args.cascade},
     )
 
 
@@ -93,6 +93,8 @@ def cmd_parallel_model(cfg: ProfileConfig, args: argparse.Namespace) -> int:
     stages = int_list(args.stages)
     if not stages or min(stages) < 1 or args.micro_batches < 0:
         raise ContsupError("--stages takes positive counts, e.g. 2,4,8,16; --micro-batches >= 0")
+    if args.cascade:
+        raise ContsupError("--parallel-model times isolated modules on stages; HPFF's cascade runs in one process")
     k, context = cfg.modules[-1], cfg.contexts[0]
     device = torch.device("cpu")
     cal = calibrate(build(cfg, k, context, device), build(cfg, 1, "E2E", device), cfg.batch_size, cfg.optimizer,
@@ -152,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--man-momentum", type=float, default=0.0,
                    help="MAN: momentum of the EMA copy of the next unit in front of each head (0: off)")
     p.add_argument("--head-patches", type=int, default=1, help="PFF: the head averages over n x n patches")
+    p.add_argument("--cascade", type=float, default=0.0,
+                   help="HPFF's cascade: weight wy of each module's second path through the module before (0: off; "
+                        "K = 1 rows stay end-to-end)")
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")

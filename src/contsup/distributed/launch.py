@@ -110,6 +110,9 @@ def build_rank(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, Pipel
     if cfg.local.man_momentum > 0 and topo.stages > 1:
         raise ContsupError("MAN's heads follow the next module's first unit, which another stage trains: run MAN "
                            "with one stage (--replicas = the number of ranks) or in one process")
+    if cfg.local.cascade and topo.stages > 1:
+        raise ContsupError("HPFF's cascade runs module k - 1 again in module k's step, across the stages' cut: run "
+                           "it with one stage (--replicas = the number of ranks) or in one process")
     if cfg.train.batch_size % topo.replicas:
         raise ContsupError(f"--batch-size {cfg.train.batch_size} must divide into {topo.replicas} replicas")
     dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world,

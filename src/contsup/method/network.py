@@ -10,10 +10,15 @@ Indices are 0-based throughout the package:
   optimizer groups and the pipeline stages all take ownership from there;
 - `last_use[j]` is the last cut that reads s_j (-1: none), so s_j can be dropped once module
   `last_use[j] + 1` has its input.
+
+HPFF's cascade (`cascade` = wy > 0; docs/heads.md) is the one setting under which a gradient crosses a cut:
+module k >= 1 also runs on `second_input`, module k-1 run again from its detached input, and that loss
+(weighted wy, the own path's wx = 1 - wy) trains module k-1's units too; module 0 has no head of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +31,7 @@ from contsup.method.cuts.balance import memory_model
 from contsup.method.cuts.rules import parse_cut_list, resolve_cuts, validate_cuts
 from contsup.method.heads import HeadSite, head_kinds, layout_kind
 from contsup.method.losses import LOSSES
-from contsup.method.objective import ClassifierObjective, Objective, local_objective
+from contsup.method.objective import ClassifierObjective, Objective, TaskObjective, local_objective
 from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.method.settings import check_local
 from contsup.models.chain import Backbone, Shape, class_token_mixed, has_class_token, probe_shapes
@@ -65,6 +70,15 @@ def explicit_cuts(backbone: Backbone, text: str | None) -> list[int] | list[tupl
     return parse_cut_list(text)
 
 
+def objective_parts(objective: nn.Module) -> list[nn.Module]:
+    """An objective's heads, decoders and losses (a cascade's two objectives taken apart; a task objective
+    inside a reconstruction objective counts as a head, as it holds one)."""
+    if isinstance(objective, Objective) and not isinstance(objective, TaskObjective):
+        return [p for child in objective.children()
+                for p in (objective_parts(child) if isinstance(child, Objective) else [child])]
+    return [objective]
+
+
 class LocalNetwork(nn.Module):
     """K gradient-isolated modules; `forward` is the plain inference pass h -> h^c -> ... -> logits.
 
@@ -83,6 +97,8 @@ class LocalNetwork(nn.Module):
         if isinstance(backbone, TracedBackbone):
             backbone.check_modules(config.modules)
         self.config = config
+        # HPFF's cascade: (wx, wy), the weights of each module's own path and of its second path; None: off
+        self.cascade = (1.0 - config.cascade, config.cascade) if config.cascade else None
         self.mode: ContextMode = parse_mode(config.context, config.modules)
         units = list(backbone.units)
         self._units = tuple(units)  # a tuple: not registered twice (the blocks own the units)
@@ -177,6 +193,15 @@ class LocalNetwork(nn.Module):
         for j in [j for j in sources if self.last_use[j] < k]:
             del sources[j]
 
+    def second_input(self, k: int, s_prev: torch.Tensor, sources: Sources) -> Callable[[], torch.Tensor]:
+        """HPFF's cascade: a function giving module k's second input, module k-1 run again from its detached
+        input `s_prev` and cut k-1's context added to its output without detaching it, so module k's second
+        loss reaches module k-1's units. Call it before `module_input(k, ...)` drops the sources cut k-1 reads
+        (it keeps them); the second path then runs after module k's own backward, one window at a time."""
+        ctx, block = self.context[k - 1], self.blocks[k - 1]
+        kept = {j: sources[j] for j in [*ctx.source_ids, *([0] if ctx.image is not None else [])]}
+        return lambda: ctx(block(s_prev.detach()), kept, keep_graph=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every module in turn, context supplied at each cut, then the classifier."""
         h, sources = x, {0: x}
@@ -197,7 +222,7 @@ class LocalNetwork(nn.Module):
 
     def group_modules(self, group: str) -> list[nn.Module]:
         """The sub-modules of a parameter group: backbone (units + classifier), heads, decoders or context."""
-        local = [child for o in self.objectives[:-1] for child in o.children()]
+        local = [part for o in self.objectives[:-1] for part in objective_parts(o)]
         return {
             "backbone": [*self.blocks, self.classifier],
             "heads": [m for m in local if not isinstance(m, Decoder)],
@@ -220,7 +245,8 @@ class LocalNetwork(nn.Module):
         lines = [
             f"{self.backbone_name}: {len(names)} units, K={self.num_modules} modules, "
             f"context {self.mode.name}, head {c.head}, loss {c.loss}"
-            + (f", reconstruction {self.plan.recon.text()}" if self.plan.recon is not None else ""),
+            + (f", reconstruction {self.plan.recon.text()}" if self.plan.recon is not None else "")
+            + (f", HPFF's cascade (wy {c.cascade:g})" if c.cascade else ""),
         ]
         start = 0
         for k, block in enumerate(self.blocks):

@@ -34,6 +34,12 @@ class Objective(nn.Module):
     """What trains one module: `forward(h, targets)` -> (loss, prediction)."""
 
     needs_pixels = False  # whether `targets.pixels` must be given
+    trains = True  # whether its loss trains anything (the step runs the module without a graph otherwise)
+
+    def second_path(self, z: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """HPFF's cascade: the loss of the module's second path, which also ran the module before (the last
+        module's classifier: its own loss again; docs/heads.md)."""
+        return self(z, targets)[0]
 
 
 class TaskObjective(Objective):
@@ -93,9 +99,49 @@ class ReconObjective(Objective):
         return self.lambda_x * self.decoder.loss(h, targets.pixels) + self.lambda_y * task, out
 
 
+class NoObjective(Objective):
+    """Module 0 under HPFF's cascade: no head of its own; module 1's second path trains it."""
+
+    trains = False
+
+    def forward(self, h: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a zero loss that trains nothing, h)."""
+        return h.new_zeros((), dtype=torch.float32), h
+
+
+class CascadeObjective(Objective):
+    """HPFF's cascade at cut k (docs/heads.md): `own` reads module k's output from its detached input (HPFF's
+    `net_classifier`), `second` reads it from module k-1's detached input (`aux_classifier`, `aux_decoder`)."""
+
+    def __init__(self, own: TaskObjective, second: Objective) -> None:
+        super().__init__()
+        self.own = own
+        self.second = second
+        self.needs_pixels = second.needs_pixels
+
+    def forward(self, h: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the own head's loss, its output)."""
+        return self.own(h, targets)
+
+    def second_path(self, z: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """The second path's loss: the task head (and the reconstruction term) on z."""
+        return self.second(z, targets)[0]
+
+
 def local_objective(site: HeadSite, kind: str, loss: LocalLoss, recon: ReconWeights | None) -> Objective:
     """Cut k's objective: its head (`local_head`) with the local loss, plus the reconstruction term with `recon`
-    (weighted by `recon_schedule`; decoding MAN's copies' output when the head is behind them)."""
+    (weighted by `recon_schedule`; decoding MAN's copies' output when the head is behind them). Under HPFF's
+    cascade: none at cut 0, and at the other cuts a second head for the own path beside that objective."""
+    if site.settings.cascade:
+        if site.index == 0:
+            return NoObjective()
+        own = TaskObjective(local_head(site, kind), loss)
+        return CascadeObjective(own, isolated_objective(site, kind, loss, recon))
+    return isolated_objective(site, kind, loss, recon)
+
+
+def isolated_objective(site: HeadSite, kind: str, loss: LocalLoss, recon: ReconWeights | None) -> Objective:
+    """Cut k's head with the local loss, and the reconstruction term with `recon` (`local_objective`)."""
     task = TaskObjective(local_head(site, kind), loss)
     if recon is None:
         return task

@@ -14,20 +14,23 @@ from contsup.method.losses import float32_loss
 __all__ = ["RECON_PRESETS", "RECON_SCHEDULES", "Decoder", "ReconWeights", "cut_weights", "parse_recon", "recon_ratio"]
 
 
-RECON_SCHEDULES = ("cut", "stage")
+RECON_SCHEDULES = ("cut", "stage", "hpff")
 
 
 def recon_ratio(schedule: str, cut: int, num_cuts: int, stage: int | None = None) -> float:
     """How far cut `cut` (0-based, of `num_cuts` = K - 1) sits from the first weights towards the last.
 
-    `cut` (InfoPro's and HPFF's code): cut / (K - 2), so the last cut takes the last weights. `stage` (MAN's
-    and MAN++'s code): the ResNet stage of the unit after the cut (1, 2 or 3) / (K - 2), and 0 at a cut
-    after the stem (`stage` = 0, MAN++'s). Both are 0 at K = 2.
+    `cut` (InfoPro's code): cut / (K - 2), so the last cut takes the last weights. `stage` (MAN's and MAN++'s
+    code): the ResNet stage of the unit after the cut (1, 2 or 3) / (K - 2), and 0 at a cut after the stem
+    (`stage` = 0, MAN++'s). `hpff` (HPFF's released ResNet-32 run): cut / (K - 1), its code's i / (16 - 2) on
+    its table of 15 modules, so no cut takes the last weights (docs/heads.md). All are 0 at K = 2.
     """
     if num_cuts <= 1:
         return 0.0
     if schedule == "cut":
         return cut / (num_cuts - 1)
+    if schedule == "hpff":
+        return cut / num_cuts
     if schedule == "stage":
         if stage is None:
             raise ContsupError("recon_schedule = stage needs a backbone whose units are named (stage, block), "

@@ -48,5 +48,11 @@ def check_local(local: Any) -> None:
     LOSSES[local.loss]  # raises on an unknown loss
     parse_mode(local.context, local.modules)
     check_int("recon_patches", local.recon_patches, 1, 16)
+    check_float("cascade", local.cascade, 0.0, 1.0, high_open=True)
+    if local.cascade and local.modules < 2:
+        raise ContsupError("HPFF's cascade runs each module's loss through the module before it: it needs K >= 2")
+    if local.cascade and "balanced" in (local.cut_table, local.cuts):
+        raise ContsupError("the balanced cut rule weighs modules trained alone; HPFF's cascade trains two at a "
+                           "time: choose the cuts (equal, equal-units or an explicit list)")
     if local.recon is not None and local.recon.lower() != "paper":  # `paper` needs the network and dataset
         parse_recon(local.recon, "", None, local.modules, False)

@@ -5,7 +5,9 @@ the classifier's and its loss's) on top, and it holds the whole network's parame
 trained ones (all of them at once before the optimizer step), their optimizer state (SGD with momentum: one
 buffer per parameter) and the buffers (BatchNorm running statistics) throughout. Frozen parameters (MAN's
 EMA copies, which follow the next unit by momentum) are held as weights alone: no gradient, no state. The
-bound is the largest module's saved bytes plus all of that. The saved bytes come from the balanced cut
+bound is the largest module's saved bytes plus all of that. Under HPFF's cascade the step holds two
+modules at a time: module k's second path saves module k-1's and module k's activations and its second
+objective's (`cascade_window`). The saved bytes come from the balanced cut
 rule's memory model (contsup.method.cuts.balance.memory_model: per unit and per module end, counted on a
 batch of two and scaled per sample), so bound and cuts share one measurement.
 
@@ -21,10 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from contsup.method.cuts.balance import memory_model
 from contsup.method.network import LocalNetwork
-from contsup.method.objective import Objective
+from contsup.method.objective import Objective, Targets
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,30 @@ def largest_module(unit_bytes: Sequence[float], end_bytes: Sequence[float], cuts
     return k, sizes[k]
 
 
+class SecondPath(Objective):
+    """A cascade objective's second path as an objective, for the memory model to count."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, h: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, None]:
+        """(the second path's loss, no prediction)."""
+        return self.objective.second_path(h, targets), None
+
+
+def cascade_window(unit_bytes: Sequence[float], second_bytes: Sequence[float],
+                   cuts: Sequence[int]) -> tuple[int, float]:
+    """(module k, its window's saved bytes per sample): the k >= 1 whose second path saves the most, module
+    k-1's and module k's units and the second objective at module k's last unit (a module's input is charged
+    to the unit that first saves it, as in `largest_module`)."""
+    bounds = [0, *(c + 1 for c in cuts), len(unit_bytes)]
+    sizes = {k: sum(unit_bytes[bounds[k - 1]:bounds[k + 1]]) + second_bytes[bounds[k + 1] - 1]
+             for k in range(1, len(bounds) - 1)}
+    k = max(sizes, key=sizes.__getitem__)
+    return k, sizes[k]
+
+
 def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) -> LowerBound:
     """The network's lower bound at `batch_size` with `optimizer_buffers` state tensors per parameter."""
     net = copy.deepcopy(net).cpu()  # the model runs copies of its parts on a CPU batch of two
@@ -66,6 +93,14 @@ def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) 
                                                 net.unit_shapes, net.mode, objective, net.config.image_encoder,
                                                 net.config.lean_context, ends=set(cut_of))
     k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
+    if net.cascade is not None:
+        with torch.random.fork_rng(devices=[]):
+            _, second_bytes, _ = memory_model(
+                units, net.classifier, torch.zeros(net.source_shapes[0].batch(1)), net.unit_shapes, net.mode,
+                lambda j: SecondPath(objective(j)), net.config.image_encoder, net.config.lean_context,
+                ends=set(net.cuts[1:]))
+        k2, window = cascade_window(unit_bytes, second_bytes, net.cuts)
+        k, per_sample = (k2, window) if window > per_sample else (k, per_sample)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     trained = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())

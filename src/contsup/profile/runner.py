@@ -99,9 +99,10 @@ def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device,
     """The network for one configuration, on the device."""
     torch.manual_seed(cfg.seed)
     backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes, cfg.input_shape[-1])
+    settings = {k: v for k, v in cfg.local.items() if not (k == "cascade" and modules == 1)}  # K = 1: end to end
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
-        cut_table=cfg.cut_table, checkpoint_segments=segments, **cfg.local,
+        cut_table=cfg.cut_table, checkpoint_segments=segments, **settings,
     )
     return LocalNetwork(backbone, local, torch.zeros(1, *cfg.input_shape)).to(device)
 

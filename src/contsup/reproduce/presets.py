@@ -192,7 +192,7 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any]:
         s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
                  **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder", "aux_depth", "aux_pyramid",
                                       "man_momentum", "man_ema_start", "man_scale", "head_patches", "recon_schedule",
-                                      "recon_patches")})
+                                      "recon_patches", "cascade")})
     return s
 
 
@@ -255,6 +255,8 @@ def run_name(s: Mapping[str, Any]) -> str:
                      + ("-scaled" if s["man_scale"] else ""))
     if s["head_patches"] > 1:
         parts.append(f"pff{s['head_patches']}")
+    if s["cascade"]:
+        parts.append(f"cascade{_num(s['cascade'])}")
     if s["checkpoint_segments"]:
         parts.append(f"ckpt{s['checkpoint_segments']}")
     if s["optimizer"] != d["optimizer"]:
@@ -262,7 +264,7 @@ def run_name(s: Mapping[str, Any]) -> str:
     recon = s["recon"]
     if recon not in (None, "none"):
         parts.append(f"recon-{recon.replace(',', '_')}" + (f"-{s['recon_dataset']}" if s["recon_dataset"] else "")
-                     + ("-by-stage" if s["recon_schedule"] == "stage" else "")
+                     + (f"-by-{s['recon_schedule']}" if s["recon_schedule"] != "cut" else "")
                      + (f"-patches{s['recon_patches']}" if s["recon_patches"] > 1 else ""))
     if s["train_subset"]:
         parts.append(f"n{s['train_subset']}")

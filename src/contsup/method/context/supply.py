@@ -84,9 +84,10 @@ class CutContext(nn.Module):
                 token_encoder(source_shapes[j], target, patch) for j in self.source_ids)
             self.image = token_encoder(source_shapes[0], target, patch) if mode.image else None
 
-    def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j)."""
-        out = h.detach()
+    def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor], keep_graph: bool = False) -> torch.Tensor:
+        """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j); `keep_graph`: h_k
+        itself, not detached (HPFF's cascade's second path, `LocalNetwork.second_input`)."""
+        out = h if keep_graph else h.detach()
         if self.image is not None:
             out = out + self.image(sources[0].detach())
         for j, enc in zip(self.source_ids, self.residual, strict=True):
