@@ -107,6 +107,14 @@ def test_man_across_stages_is_refused_in_one_line(ranks, tmp_path):
         assert len(err.strip().splitlines()) == 1
 
 
+def test_the_cascade_across_stages_is_refused_in_one_line(ranks, tmp_path):
+    ranks.start(2, [*BASE, "--modules", "2", "--cascade", "0.999", "--batch-size", "32", "--pipeline",
+                    "--out", str(tmp_path / "pipe")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 2 and "HPFF's cascade runs module k - 1 again" in err
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_pipeline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
     """Two parameter groups (the encoders at half rate): the merged checkpoint resumes as a pipeline and in
     one process, both equal to the uninterrupted single-process run."""

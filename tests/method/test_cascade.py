@@ -208,3 +208,11 @@ def test_refusals():
     x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
     with pytest.raises(ContsupError, match="one process"):  # a pipeline stage that starts after module 0
         modules_step(net, range(1, 3), net.blocks[0](x).detach(), {0: x}, Targets(y))
+
+
+def test_the_hpff_preset_names_the_cascade_in_its_run_folders(tmp_path):
+    from contsup.reproduce.presets import jobs, load_preset
+
+    names = sorted(j.name for j in jobs(load_preset("hpff"), "cpu", tmp_path, seeds=[0]))
+    assert names == ["resnet32-fashion-mnist-K16-R0-2c2f-cascade0.999-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0",
+                     "resnet32-fashion-mnist-K16-R0-2c2f-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0"]
