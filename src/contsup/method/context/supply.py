@@ -87,7 +87,8 @@ class CutContext(nn.Module):
     def forward(self, h: torch.Tensor, sources: Mapping[int, torch.Tensor], keep_graph: bool = False) -> torch.Tensor:
         """h_k^c = h_k.detach() + sum of the encoded, detached context (sources indexed by j); `keep_graph`: h_k
         itself, not detached (HPFF's cascade's second path, `LocalNetwork.second_input`)."""
-        out = h if keep_graph else h.detach()
+        # keep_graph: a view, a node of its own, so module tracking (FLOP counts) ends this module's backward at h
+        out = h.view_as(h) if keep_graph else h.detach()
         if self.image is not None:
             out = out + self.image(sources[0].detach())
         for j, enc in zip(self.source_ids, self.residual, strict=True):
