@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from contsup.method.network import LocalNetwork
+from contsup.method.objective import Objective, TaskObjective
 
 GROUPS = ("backbone", "heads", "decoders", "context")
 
@@ -27,11 +29,18 @@ def group_names(net: LocalNetwork) -> dict[str, str]:
     """
     names: dict[str, str] = {type(b).__name__: "backbone" for b in net.blocks}
     names.update({type(c).__name__: "context" for c in net.context})
-    for obj in net.objectives:
+    decoders = net.group_modules("decoders")
+
+    def add(obj: nn.Module, prefix: str) -> None:  # a cascade's objectives are taken apart, as in the groups
         for attr, child in obj.named_children():
-            group = "backbone" if child is net.classifier else "decoders" if child in net.group_modules("decoders") \
-                else "heads"
-            names[f"{type(obj).__name__}.{attr}"] = group
+            if isinstance(child, Objective) and not isinstance(child, TaskObjective):
+                add(child, f"{prefix}.{attr}")
+            else:
+                names[f"{prefix}.{attr}"] = "backbone" if child is net.classifier else \
+                    "decoders" if child in decoders else "heads"
+
+    for obj in net.objectives:
+        add(obj, type(obj).__name__)
     return names
 
 
