@@ -216,3 +216,13 @@ def test_the_hpff_preset_names_the_cascade_in_its_run_folders(tmp_path):
     names = sorted(j.name for j in jobs(load_preset("hpff"), "cpu", tmp_path, seeds=[0]))
     assert names == ["resnet32-fashion-mnist-K16-R0-2c2f-cascade0.999-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0",
                      "resnet32-fashion-mnist-K16-R0-2c2f-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0"]
+
+
+def test_flop_groups_of_the_second_path():
+    """Module k-1's recomputation is backbone work, the second path's decoder decoders' (no context at R0)."""
+    from contsup.profile.flops import count_flops
+
+    net = tiny_net(3, "R0", cascade=WY, recon="5,0.5,0,0", recon_schedule="hpff")
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    flops = count_flops(net, lambda: local_step(net, x, y, torch.sigmoid(x)))[1]
+    assert flops["context"] == 0 and flops["decoders"] > 0 and flops["heads"] > 0
