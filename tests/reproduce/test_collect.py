@@ -121,6 +121,12 @@ def test_runs_that_differ_only_in_head_settings_are_not_averaged_together(finish
     assert "| man_momentum | head_patches |" in header
 
 
+def test_the_cascade_and_its_isolated_control_are_not_averaged_together(finished):
+    rows = [dict(r) for r in collect_rows(finished) if r["context"] == "R0"]
+    aggs = aggregate([dict(rows[0], cascade=0.999), dict(rows[0], cascade=0.0)])
+    assert len(aggs) == 2 and all(a["n"] == 1 for a in aggs)
+
+
 def test_a_sweep_split_over_machines_keeps_the_earlier_collects_rows(finished, tmp_path):
     """Run folders of the first part are gone (another machine); the earlier CSV's numbers stay, typed."""
     import shutil

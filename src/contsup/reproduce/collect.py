@@ -17,7 +17,7 @@ from contsup.train.runfolder import SUMMARY
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
 KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "aux_depth", "man_momentum", "head_patches",
-               "cut_table", "recon", "checkpoint_segments", "optimizer"]
+               "cascade", "cut_table", "recon", "checkpoint_segments", "optimizer"]
 # The budget every run of a sweep shares, written next to its table.
 BUDGET = ["dataset", "train_subset", "val_split", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
           "warmup_steps", "local_init", "context_scale", "context_lr_scale", "clip_grad"]
