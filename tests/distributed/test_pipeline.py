@@ -115,6 +115,17 @@ def test_the_cascade_across_stages_is_refused_in_one_line(ranks, tmp_path):
         assert len(err.strip().splitlines()) == 1
 
 
+def test_the_cascade_on_replicas_of_one_stage_equals_one_process(ranks, tmp_path):
+    """HPFF's cascade needs every module in one process: two replicas of one stage run it, as one process does."""
+    flags = [*BASE, "--train-subset", "32", "--modules", "3", "--context", "R1E", "--batch-size", "32",
+             "--cascade", "0.999"]
+    ranks.start(2, [*flags, "--replicas", "2", "--pipeline", "--out", str(tmp_path / "pipe")])
+    reference([*flags, "--out", str(tmp_path / "ref")])
+    for code, _, err in ranks.finish(timeout=90):
+        assert code == 0, err
+    assert_same_run(tmp_path / "pipe", tmp_path / "ref", atol=1e-5, momentum_atol=5e-4)
+
+
 def test_pipeline_resumes_from_its_merged_checkpoint(ranks, tmp_path):
     """Two parameter groups (the encoders at half rate): the merged checkpoint resumes as a pipeline and in
     one process, both equal to the uninterrupted single-process run."""
