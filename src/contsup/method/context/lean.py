@@ -108,15 +108,19 @@ class _LeanEncode(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         enc = ctx.enc
         amp = torch.autocast(*ctx.autocast) if ctx.autocast is not None else contextlib.nullcontext()
-        with torch.enable_grad(), amp:  # the forward's autocast state
+        with amp:  # the forward's autocast state
             xs = x.detach().requires_grad_(ctx.needs_input_grad[1])
             ps = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[2:], strict=True)]
-            h = _front(enc, xs, ps, None)
-            mid = h.detach().requires_grad_(h.requires_grad) if h.grad_fn is not None else h
-            for chunk in _chunks(enc, mid):
-                torch.autograd.backward(_last(enc, mid, ps, chunk, None), grad[:, chunk])
-            if mid is not h and mid.grad is not None:
-                torch.autograd.backward(h, mid.grad)
+            front = (len(enc.layers()) > 1 or enc.pool_first) and (xs.requires_grad or any(
+                p.requires_grad for p in ps[:-4]))  # earlier layers (or the pool) that a gradient goes through
+            with torch.no_grad():  # the last layer's input, without the earlier layers' saved tensors
+                mid = _front(enc, xs, ps, None).requires_grad_() if front else _front(enc, xs, ps, None)
+            with torch.enable_grad():
+                for chunk in _chunks(enc, mid):
+                    torch.autograd.backward(_last(enc, mid, ps, chunk, None), grad[:, chunk])
+                if front:  # then the earlier layers, recomputed now that the chunks' tensors are freed
+                    grad_mid, mid = mid.grad, None
+                    torch.autograd.backward(_front(enc, xs, ps, None), grad_mid)
         return None, xs.grad, *(p.grad for p in ps)
 
 
