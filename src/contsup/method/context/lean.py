@@ -9,7 +9,10 @@ and back-propagates through them at once, after the module's own activations are
 
 The last layer runs in chunks of its output channels, so that no full-resolution intermediate is
 larger than `max_elements` per sample. BatchNorm normalises each channel over the whole batch, so a
-channel chunk has exactly the whole-batch statistics.
+channel chunk has exactly the whole-batch statistics. In backward the earlier layers run twice: without
+autograd for the last layer's input, then, once the chunks are back-propagated, with it for their own
+gradients, so that their saved tensors and the chunks' are never alive together (with one unit a module,
+the image encoder's backward otherwise sets the step's peak: docs/benchmarks.md).
 
 Local heads are not made lean: a head's backward runs, and frees its saved activations, before the
 backward of its module's units, which is where a local step's memory peaks (docs/method.md, the engine).
