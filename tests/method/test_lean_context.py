@@ -95,3 +95,18 @@ def test_other_batchnorms_run_straightforward():
     assert type(enc(x).grad_fn).__name__ == "_LeanEncodeBackward"
     enc.net[1] = OtherBN(20)
     assert type(enc(x).grad_fn).__name__ != "_LeanEncodeBackward"
+
+
+def test_lean_backward_holds_the_earlier_layers_apart_from_the_chunks():
+    """The image encoder's backward: the last layer's input (12 channels, 0.75 of the output map) and one chunk's
+    working set (conv and BN outputs, the ReLU's and BN's input gradients and BN backward's temporary: 5 maps on
+    CPU) at once, 5.75 maps; the earlier layer's saved conv output alive beside them (the one-pass recompute)
+    would add 0.75."""
+    from contsup.memory import measure_peak
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(3, Shape((16, 16, 16)), lean=True, max_elements=16 * 16 * 16).train()
+    out = enc(torch.randn(8, 3, 16, 16))
+    grad = torch.randn_like(out)
+    _, peak = measure_peak(lambda: out.backward(grad), torch.device("cpu"))
+    assert peak.peak_bytes <= 6 * grad.numel() * grad.element_size()
