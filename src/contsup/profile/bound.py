@@ -5,11 +5,17 @@ the classifier's and its loss's) on top, and it holds the whole network's parame
 trained ones (all of them at once before the optimizer step), their optimizer state (SGD with momentum: one
 buffer per parameter) and the buffers (BatchNorm running statistics) throughout. Frozen parameters (MAN's
 EMA copies, which follow the next unit by momentum) are held as weights alone: no gradient, no state. The
-bound is the largest module's saved bytes plus all of that. Under HPFF's cascade the step holds two
-modules at a time: module k's second path saves module k-1's and module k's activations and its second
-objective's (`cascade_window`). The saved bytes come from the balanced cut
-rule's memory model (contsup.method.cuts.balance.memory_model: per unit and per module end, counted on a
-batch of two and scaled per sample), so bound and cuts share one measurement.
+bound is the largest module's saved bytes plus all of that.
+
+A module's saved bytes, counted with saved-tensor hooks on a batch of two (per sample, scaled to the batch):
+its units run on a fresh input (so its input s_k counts when its first unit saves it, as a convolution
+does), its head at its end from the balanced cut rule's memory model (contsup.method.cuts.balance.memory_model,
+so bound and cuts share that measurement), and for k > 0 cut k-1's encoders in front of it: what they save,
+the earlier module inputs s_j they read among it (R1's s_{k-1}, which a lean encoder keeps for its weight
+gradient), and the sources the network holds for later cuts. The batch x is left out there (it lives before
+the step); module 0 counts it where unit 0 saves it, as the memory model does. Under HPFF's cascade the step
+holds two modules at a time: module k's second path saves module k-1's and module k's activations and its
+second objective's (`cascade_window`, on the memory model's chain count).
 
 `contsup profile` reports a step's peak above what lived before it (`peak_bytes`, gradients included)
 and the state between steps (`state_bytes`: parameters, buffers, optimizer state): their sum is what
@@ -19,13 +25,14 @@ compares with `LowerBound.total`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from contsup.method.cuts.balance import memory_model
+from contsup.memory import SavedTensorCounter
+from contsup.method.cuts.balance import BATCH, memory_model
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Objective, Targets
 
@@ -35,7 +42,7 @@ class LowerBound:
     """The ideal step peak in bytes, by part; `module` is the module whose activations set it."""
 
     module: int
-    activations: int  # the largest module's units' and its head's saved bytes at the batch size
+    activations: int  # the largest module's saved bytes (`module_bytes`) at the batch size
     params: int  # every parameter's weights, frozen ones included
     grads: int  # the trained parameters' gradients
     optimizer: int
@@ -47,12 +54,40 @@ class LowerBound:
         return self.activations + self.params + self.grads + self.optimizer + self.buffers
 
 
-def largest_module(unit_bytes: Sequence[float], end_bytes: Sequence[float], cuts: Sequence[int]) -> tuple[int, float]:
-    """(module, its saved bytes per sample): the module whose units plus head (at its last unit) save the most."""
-    bounds = [0, *(c + 1 for c in cuts), len(unit_bytes)]
-    sizes = [sum(unit_bytes[a:b]) + end_bytes[b - 1] for a, b in zip(bounds, bounds[1:], strict=False)]
+def largest_module(sizes: Sequence[float]) -> tuple[int, float]:
+    """(module, its saved bytes per sample) for the module that saves the most."""
     k = max(range(len(sizes)), key=sizes.__getitem__)
     return k, sizes[k]
+
+
+def _saved(net: nn.Module, run: Callable[[], object], *ignore: torch.Tensor) -> float:
+    """Per-sample bytes saved for backward while `run()` runs (`net`'s parameters and `ignore` left out)."""
+    counter = SavedTensorCounter(exclude=net)
+    counter.ignore(*ignore)
+    with counter():
+        out = run()
+    del out
+    return counter.total / BATCH
+
+
+def module_bytes(net: LocalNetwork, end_bytes: Sequence[float]) -> list[float]:
+    """Each module's saved bytes per sample (module docstring): its units on a fresh input, its head, its encoders."""
+    sizes = []
+    for k, block in enumerate(net.blocks):
+        units = nn.Sequential(*block).train()  # plain: the bound is the step without recomputation
+        first = sum(len(b) for b in net.blocks[:k])
+        s = torch.randn(net.source_shapes[k].batch(BATCH))
+        size = _saved(net, lambda u=units, s=s: u(s))  # s_k counts where a unit saves it (x at k = 0 too)
+        if k > 0:
+            ctx = net.context[k - 1].train()
+            h, x = torch.randn(s.shape), torch.randn(net.source_shapes[0].batch(BATCH))
+            sources = {j: torch.randn(net.source_shapes[j].batch(BATCH)) for j in range(1, k)}
+            sources[0] = x
+            held = [t for j, t in sources.items() if j > 0 and net.last_use[j] >= k]  # in the network's dict
+            size += sum(t.numel() * t.element_size() for t in held) / BATCH
+            size += _saved(net, lambda c=ctx, h=h, src=sources: c(h, src), h, x, *held)
+        sizes.append(size + end_bytes[first + len(block) - 1])
+    return sizes
 
 
 class SecondPath(Objective):
@@ -71,7 +106,7 @@ def cascade_window(unit_bytes: Sequence[float], second_bytes: Sequence[float],
                    cuts: Sequence[int]) -> tuple[int, float]:
     """(module k, its window's saved bytes per sample): the k >= 1 whose second path saves the most, module
     k-1's and module k's units and the second objective at module k's last unit (a module's input is charged
-    to the unit that first saves it, as in `largest_module`)."""
+    to the unit that first saves it, as the chain does)."""
     bounds = [0, *(c + 1 for c in cuts), len(unit_bytes)]
     sizes = {k: sum(unit_bytes[bounds[k - 1]:bounds[k + 1]]) + second_bytes[bounds[k + 1] - 1]
              for k in range(1, len(bounds) - 1)}
@@ -92,7 +127,7 @@ def lower_bound(net: LocalNetwork, batch_size: int, optimizer_buffers: int = 1) 
         unit_bytes, end_bytes, _ = memory_model(units, net.classifier, torch.zeros(net.source_shapes[0].batch(1)),
                                                 net.unit_shapes, net.mode, objective, net.config.image_encoder,
                                                 net.config.lean_context, ends=set(cut_of))
-    k, per_sample = largest_module(unit_bytes, end_bytes, net.cuts)
+        k, per_sample = largest_module(module_bytes(net, end_bytes))
     if net.cascade is not None:
         with torch.random.fork_rng(devices=[]):
             _, second_bytes, _ = memory_model(
