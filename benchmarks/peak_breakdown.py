@@ -26,11 +26,13 @@ import os
 
 import torch
 from torch._C._profiler import _EventType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.profiler._memory_profiler import OpTree
 
 from contsup.config import TrainConfig
-from contsup.method.local_step import local_step
+from contsup.method.local_step import local_step, modules_step
+from contsup.method.network import LocalNetwork
+from contsup.method.objective import Targets
 from contsup.profile.bound import lower_bound
 from contsup.profile.runner import E2E, ProfileConfig, build
 from contsup.train.optim import make_optimizer
@@ -39,11 +41,15 @@ MIB = 2**20
 BACKWARD = "autograd::engine::evaluate_function"
 
 
-def live_at_peak(events: list[tuple[int, int, int, list[str]]]) -> tuple[int, dict[int, tuple[int, list[str]]]]:
-    """(peak bytes above the start, the allocations alive then: address -> (bytes, allocating op chain))."""
-    live: dict[int, tuple[int, list[str]]] = {}
+Live = dict[int, tuple[int, list[str]]]  # address -> (bytes, allocating op chain, innermost first)
+
+
+def live_at_peak(events: list[tuple[int, int, int, list[str]]]) -> tuple[int, Live, list[str]]:
+    """(peak bytes above the start, the allocations alive then, the op chain of the allocation that reached it)."""
+    live: Live = {}
     current = peak = 0
-    at_peak: dict[int, tuple[int, list[str]]] = {}
+    at_peak: Live = {}
+    where: list[str] = []
     for _, ptr, size, chain in sorted(events, key=lambda e: e[0]):
         if size > 0:
             live[ptr] = (size, chain)
@@ -51,8 +57,16 @@ def live_at_peak(events: list[tuple[int, int, int, list[str]]]) -> tuple[int, di
         elif ptr in live:  # frees of blocks allocated before the step are not counted (as in contsup profile)
             current -= live.pop(ptr)[0]
         if current > peak:
-            peak, at_peak = current, dict(live)
-    return peak, at_peak
+            peak, at_peak, where = current, dict(live), chain
+    return peak, at_peak, where
+
+
+def labelled_step(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> None:
+    """`local_step`, each module's step inside a profiler range named "module k" (the same computation)."""
+    held, sources = [x], {0: x}  # the list lets modules_step free module k-1's output, as in local_step
+    for k in range(net.num_modules):
+        with record_function(f"module {k}"):
+            held.append(modules_step(net, range(k, k + 1), held.pop(), sources, Targets(y))[0])
 
 
 def main() -> None:
@@ -83,7 +97,7 @@ def main() -> None:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
-        local_step(net, x, y)
+        labelled_step(net, x, y)
     grads = {p.grad.untyped_storage().data_ptr() for p in net.parameters() if p.grad is not None}
     events = []
     for event in OpTree(prof.profiler.kineto_results).dfs():  # type: ignore[arg-type]
@@ -93,7 +107,7 @@ def main() -> None:
                 chain.append(parent.name)
                 parent = parent.parent
             events.append((event.start_time_ns, event.typed[1].ptr, event.typed[1].alloc_size, chain))
-    peak, live = live_at_peak(events)
+    peak, live, where = live_at_peak(events)
     groups: dict[str, collections.Counter] = {g: collections.Counter() for g in ("forward", "backward", "grads")}
     counts: collections.Counter = collections.Counter()
     for ptr, (size, chain) in live.items():
@@ -108,6 +122,8 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.2f}")
     print(f"step peak {peak / MIB:.1f} MiB above the step's start; the bound's activations "
           f"(module {bound.module} and its head, saved for backward) {bound.activations / MIB:.1f} MiB")
+    print("the peak falls in: " + " < ".join(c for c in where if c.startswith(("module ", BACKWARD)) or
+                                                 c.startswith("aten::"))[:300])
     for group, ops in groups.items():
         print(f"  {group:9s} {sum(ops.values()) / MIB:8.1f} MiB")
         for op, size in ops.most_common(args.top):
