@@ -4,7 +4,7 @@ The bound (`contsup.profile.bound`) depends on the network alone, not on a measu
 changes, the stored peaks, states and step times stay valid and only `bound_bytes` is recomputed, from the
 command each folder's profile.json records. Prints each row's old and new bound and (peak + state) / bound.
 
-    PYTHONPATH=src python benchmarks/rebound.py docs/results/profile/head-1c2f docs/results/profile/vit-small-balanced
+    PYTHONPATH=src python benchmarks/rebound.py docs/results/profile    # every profile.json below it
 """
 
 from __future__ import annotations
@@ -53,11 +53,12 @@ def rebound(folder: Path) -> None:
 
 
 def main() -> None:
-    """Recompute the bounds of the folders named on the command line."""
+    """Recompute the bounds of every profile.json (and its profile.csv) below the folders named."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="folders holding profile.json and profile.csv")
-    for folder in parser.parse_args().folders:
-        rebound(folder)
+    parser.add_argument("folders", nargs="+", type=Path, help="folders searched for profile.json")
+    for top in parser.parse_args().folders:
+        for path in sorted(top.rglob("profile.json")):
+            rebound(path.parent)
 
 
 if __name__ == "__main__":
