@@ -69,6 +69,21 @@ def labelled_step(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> None:
             held.append(modules_step(net, range(k, k + 1), held.pop(), sources, Targets(y))[0])
 
 
+def step_events(net: LocalNetwork, x: torch.Tensor, y: torch.Tensor) -> list[tuple[int, int, int, list[str]]]:
+    """Run `labelled_step` under the profiler: its CPU allocations and frees as (time, address, bytes, op chain)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
+        labelled_step(net, x, y)
+    events = []
+    for event in OpTree(prof.profiler.kineto_results).dfs():  # type: ignore[arg-type]
+        if event.typed[0] == _EventType.Allocation:
+            chain, parent = [], event.parent
+            while parent is not None:
+                chain.append(parent.name)
+                parent = parent.parent
+            events.append((event.start_time_ns, event.typed[1].ptr, event.typed[1].alloc_size, chain))
+    return events
+
+
 def main() -> None:
     """Measure one step and print what its peak holds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,18 +111,8 @@ def main() -> None:
     local_step(net, x, y)  # warm-up: the optimizer's momentum exists from here on, as in a training run
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
-        labelled_step(net, x, y)
+    peak, live, where = live_at_peak(step_events(net, x, y))
     grads = {p.grad.untyped_storage().data_ptr() for p in net.parameters() if p.grad is not None}
-    events = []
-    for event in OpTree(prof.profiler.kineto_results).dfs():  # type: ignore[arg-type]
-        if event.typed[0] == _EventType.Allocation:
-            chain, parent = [], event.parent
-            while parent is not None:
-                chain.append(parent.name)
-                parent = parent.parent
-            events.append((event.start_time_ns, event.typed[1].ptr, event.typed[1].alloc_size, chain))
-    peak, live, where = live_at_peak(events)
     groups: dict[str, collections.Counter] = {g: collections.Counter() for g in ("forward", "backward", "grads")}
     counts: collections.Counter = collections.Counter()
     for ptr, (size, chain) in live.items():
