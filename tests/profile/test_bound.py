@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -103,7 +105,7 @@ def test_token_backbones_with_image_context_have_a_memory_model():
     assert start_bytes[0] == 0 and all(b > 0 for b in start_bytes[1:])  # the token encoders in front
     assert net.cuts == balanced_cuts(unit_bytes, 3, end_bytes, start_bytes)
     bounds = [0, *(c + 1 for c in net.cuts), len(units)]
-    sizes = module_bytes(net, end_bytes)
+    sizes = module_bytes(copy.deepcopy(net), end_bytes)
     for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
         units_and_head = sum(unit_bytes[a:b]) + end_bytes[b - 1]  # a block's LayerNorm keeps its input in both
         # module 1's encoders read x alone (held before the step); module 2's also s_1, which they keep

@@ -71,7 +71,10 @@ def _saved(net: nn.Module, run: Callable[[], object], *ignore: torch.Tensor) -> 
 
 
 def module_bytes(net: LocalNetwork, end_bytes: Sequence[float]) -> list[float]:
-    """Each module's saved bytes per sample (module docstring): its units on a fresh input, its head, its encoders."""
+    """Each module's saved bytes per sample (module docstring): its units on a fresh input, its head, its encoders.
+
+    Runs `net`'s parts in training mode on a batch of two (their BatchNorm buffers move: give it a copy).
+    """
     sizes = []
     for k, block in enumerate(net.blocks):
         units = nn.Sequential(*block).train()  # plain: the bound is the step without recomputation
