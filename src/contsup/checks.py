@@ -15,6 +15,7 @@ from contsup.config import check_types, settings
 from contsup.data.specs import DATASETS
 from contsup.device import check_device_name
 from contsup.errors import ContsupError, check_float, check_int, check_type
+from contsup.method.recon import recon_off
 from contsup.method.settings import check_local as check_local_settings
 from contsup.models import BACKBONES
 from contsup.models.reference import check_reference, is_reference
@@ -141,21 +142,54 @@ def check_local_sizes(local: Any) -> None:
                            f"{blocks} blocks (at most {MAX_AUGLOCAL_BLOCKS}); lower --aux-depth or --modules")
 
 
+# What an end-to-end network (K = 1: one module, no cut) never reads: its heads, context and cuts.
+IDLE_AT_K1 = ("local.head", "local.loss", "local.width", "local.widen", "local.aux_depth", "local.aux_pyramid",
+              "local.man_momentum", "local.man_ema_start", "local.man_scale", "local.head_patches", "local.cut_table",
+              "local.cuts", "local.recon", "local.recon_dataset", "local.recon_patches", "local.recon_schedule",
+              "local.image_encoder", "local.lean_context", "local.local_init", "local.context_scale", "local.cascade",
+              "train.context_lr_scale")
+
+
+def idle_settings(local: Any, t: Any) -> dict[str, str]:
+    """The settings (dotted paths) that a run of these settings never reads, each with the reason."""
+    idle: dict[str, str] = {}
+
+    def mark(paths: Any, why: str) -> None:
+        for path in paths:
+            idle.setdefault(path, why)
+
+    if local.modules == 1:
+        mark(IDLE_AT_K1, "end-to-end at K = 1: no local head, context or cut")
+    if "auglocal" not in local.head:
+        mark(("local.aux_depth", "local.aux_pyramid"), f"no AugLocal head: head {local.head}")
+    if local.man_momentum == 0:
+        mark(("local.man_ema_start", "local.man_scale"), "MAN is off: man_momentum = 0")
+    if recon_off(local.recon):
+        mark(("local.recon_dataset", "local.recon_schedule", "local.recon_patches"), "no reconstruction: recon none")
+    elif local.recon.lower() != "paper":
+        mark(("local.recon_dataset",), "recon gives its own weights; recon_dataset picks the paper's")
+    if t.optimizer != "sgd":
+        mark(("train.momentum",), f"SGD's; {t.optimizer} does not read it")
+    if local.context == "R0":
+        mark(("train.context_lr_scale",), "no context encoders: context R0")
+    if t.eval_every >= t.epochs:  # the subset serves the epochs before the last, evaluated every eval_every
+        mark(("train.eval_subset",), f"the last epoch is the only one evaluated, on the full test set: epochs "
+                                     f"{t.epochs}, eval_every {t.eval_every}")
+    return idle
+
+
 def check_used(local: Any, t: Any) -> None:
     """Refuse a setting changed from its default that the chosen network or optimizer never reads (it would be
     stored as if it had shaped the run). Checked where a run starts, so that stored runs stay readable."""
-    unused = []
-    if "auglocal" not in local.head:
-        unused += [k for k in ("aux_depth", "aux_pyramid") if getattr(local, k) != _default(f"local.{k}")]
-    if local.man_momentum == 0 and local.man_ema_start != _default("local.man_ema_start"):
-        unused.append("man_ema_start (MAN is off: man_momentum = 0)")
-    if t.optimizer != "sgd" and t.momentum != _default("train.momentum"):
-        unused.append(f"momentum (SGD's; {t.optimizer} does not read it)")
-    if (local.modules == 1 or local.context == "R0") and t.context_lr_scale != _default("train.context_lr_scale"):
-        unused.append(f"context_lr_scale (no context encoders at K = {local.modules}, context {local.context})")
+    sections = {"local": local, "train": t}
+    unused: dict[str, list[str]] = {}
+    for path, why in idle_settings(local, t).items():
+        section, name = path.split(".")
+        if getattr(sections[section], name) != _default(path):
+            unused.setdefault(why, []).append(name)
     if unused:
-        raise ContsupError(f"setting(s) {', '.join(unused)} do nothing in this run; drop them, or choose what "
-                           "they shape")
+        named = "; ".join(f"{', '.join(names)} ({why})" for why, names in unused.items())
+        raise ContsupError(f"setting(s) {named} do nothing in this run; drop them, or choose what they shape")
 
 
 def check_run(cfg: Any) -> None:

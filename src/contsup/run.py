@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from contsup.checks import check_run, check_trainer
+from contsup.checks import check_run, check_trainer, idle_settings
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, published_sizes
 from contsup.data.specs import DATASETS
@@ -104,9 +104,9 @@ def check_sizes(cfg: RunConfig) -> None:
                            f"of {d.name}")
     train_images = d.train_subset or n_train - d.val_split
     check_steps(train_images, t.batch_size)
-    check_trainer(t, train_images // t.batch_size, cfg.local)  # what the Trainer checks, before any work
     if t.eval_subset > n_test:
         raise ContsupError(f"eval_subset={t.eval_subset} exceeds the {n_test} test images of {d.name}")
+    check_trainer(t, train_images // t.batch_size, cfg.local)  # what the Trainer checks, before any work
 
 
 def check_settings(cfg: RunConfig) -> None:
@@ -191,7 +191,9 @@ def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, A
         return device, None
     path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]
     payload = load_checkpoint(path)
-    check_resume(path, payload, run_from_checkpoint(payload, path).to_dict(), cfg.to_dict(), cfg.train.epochs)
+    stored = run_from_checkpoint(payload, path)
+    idle = set(idle_settings(stored.local, stored.train)) & set(idle_settings(cfg.local, cfg.train))
+    check_resume(path, payload, stored.to_dict(), cfg.to_dict(), cfg.train.epochs, idle)
     return device, payload
 
 

@@ -122,3 +122,21 @@ def test_unknown_top_level_table_raises(tmp_path):
     bad.write_text('[recipes.cpu]\nepochs = 1\n[recipe.cpu]\nepochs = 1\n')
     with pytest.raises(ContsupError, match="recipes"):
         load_preset(bad)
+
+
+def test_rows_hold_no_setting_their_network_never_reads():
+    """E2E rows drop the head, context and cut settings a recipe gives every row (K = 1 reads none: the paper
+    recipe's local_init), recon_dataset is kept only beside recon = paper (memory_balanced's cpu recipe), and every
+    row passes the run's check of settings that do nothing."""
+    from contsup.checks import check_used
+    from contsup.reproduce.presets import to_config
+
+    rows = {(name, recipe): expand(load_preset(name), recipe) for name in ("memory_balanced", "protocol")
+            for recipe in ("cpu", "paper")}
+    for name, settings in rows.items():
+        for s in settings:
+            cfg = to_config(s)
+            check_used(cfg.local, cfg.train)
+            if s["context"] == "E2E":
+                assert (s["local_init"], s["cut_table"], s["recon"]) == ("torch", "auto", None), (name, s)
+            assert s["recon_dataset"] is None or s["recon"] == "paper", (name, s)

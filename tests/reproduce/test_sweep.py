@@ -115,3 +115,24 @@ def test_a_sweeps_run_ends_with_its_parent(sig, tmp_path):
     parent.wait(timeout=60)
     with hold_run_folder(lock.parent):  # a rerun would find the folder free (no orphan holds it)
         pass
+
+
+def test_an_older_sweeps_e2e_row_still_resumes(tmp_path):
+    """Sweeps before E2E rows were cleaned stored a recipe's head settings in them (local_init = kaiming, which
+    K = 1 never reads): such a folder is this job's, and it resumes."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.replace("[recipe.long]\n", '[recipe.long]\nlocal_init = "kaiming"\n'))
+    job = jobs(load_preset(path), "long", tmp_path / "sweep")[0]
+    assert job.settings["context"] == "E2E" and job.settings["local_init"] == "torch"
+    folder = tmp_path / "sweep" / job.name
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({**job.settings, "local_init": "kaiming"}))
+    trainer = make_trainer(job.config, load_data(job.config), build_network(job.config, 3, 10, 32),
+                           torch.device("cpu"))
+    trainer.fit(until=1)
+    payload = torch.load(folder / "checkpoint.pt", weights_only=True)
+    payload["meta"]["run"]["local"]["local_init"] = "kaiming"  # as the older sweep stored it
+    torch.save(payload, folder / "checkpoint.pt")
+    assert job_state(job) == "resume"
+    assert run_sweep([job], isolate=False, log=quiet).resumed == [job.name]
+    assert [json.loads(r)["epoch"] for r in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -112,6 +112,7 @@ def small_api(out=None, loader_batch=16, images=32, classes=2, **train):
     ({"lr": -1.0}, "lr must be"),
     ({"warmup_epochs": None, "warmup_steps": 10**9}, "warmup_steps must be at most"),
     ({"loader_batch": 64}, "steps per epoch"),  # a loader without one full batch
+    ({"eval_subset": 4}, r"eval_subset \(the last epoch is the only one evaluated"),  # 1 epoch: never used
 ])
 def test_the_api_refuses_what_the_command_line_refuses(settings, message, tmp_path):
     with pytest.raises(ContsupError, match=message):
@@ -186,3 +187,11 @@ def test_evaluate_counts_the_most_predicted_class():
     x, y = torch.randn(8, 3, 8, 8), torch.tensor([0, 1, 0, 1, 0, 1, 0, 0])
     result = evaluate(net, [(x, y)])
     assert result["top_class_share"] == 1.0 and result["error"] == 62.5
+
+
+def test_a_cut_rule_given_as_cuts_names_the_setting_that_takes_it():
+    """The command line's --cuts balanced sets cut_table; LocalConfig(cuts="balanced") says so in one line."""
+    units = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))]
+    backbone = Backbone.from_units(units, 2, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ContsupError, match=r"cut_table takes: LocalConfig\(cut_table='balanced'\)"):
+        LocalNetwork(backbone, LocalConfig(modules=2, head="0c2f", cuts=" balanced"), torch.zeros(1, 3, 8, 8))

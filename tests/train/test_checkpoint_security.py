@@ -244,3 +244,22 @@ def test_stored_runs_with_settings_a_new_run_refuses_stay_readable(tmp_path, cap
 
     path = edited(trained, tmp_path / "old.pt", edit)
     assert main(["eval", str(path), "--device", "cpu"]) == 0
+
+
+def test_stored_settings_that_do_nothing_resume_without_them(tmp_path, capsys):
+    """A K = 1 run that stored head settings it never read (before they were refused) resumes by the command
+    without them; naming them again is refused with the way out."""
+    run = tmp_path / "run"
+    e2e = [*TRAIN, "--modules", "1", "--out", str(run)]
+    assert main([*e2e, "--epochs", "1"]) == 0
+    (run / "summary.json").unlink()
+
+    def edit(p):
+        p["meta"]["run"]["local"].update(head="0c1f", local_init="kaiming", recon_dataset="cifar10")
+
+    edited(run, run / "checkpoint.pt", edit)
+    assert "head, recon_dataset, local_init (end-to-end at K = 1" in cli_error(
+        capsys, [*e2e, "--epochs", "2", "--resume", "--head", "0c1f", "--local-init", "kaiming",
+                 "--recon-dataset", "cifar10"])
+    assert main([*e2e, "--epochs", "2", "--resume"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2

@@ -23,7 +23,7 @@ from contsup.method.heads import HEADS
 from contsup.models import BACKBONES
 from contsup.models.reference import allow, is_reference
 from contsup.run import build_network, check_settings, evaluate_checkpoint, prepare_run
-from contsup.train.runfolder import check_not_written
+from contsup.train.runfolder import check_not_written, continue_hint
 
 EXAMPLES = """examples:
   contsup train --data cifar10 --modules 16 --context R1E --out runs/k16   # the paper's recipe
@@ -144,13 +144,6 @@ def format_summary(summary: dict) -> str:
         "runtime and dataset included)",
         "parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items()),
     ])
-
-
-def continue_hint(out: str | None) -> str:
-    """What an interrupted run left, and how to continue it."""
-    if out is None or not os.path.isfile(os.path.join(out, "checkpoint.pt")):
-        return "no epoch finished, nothing was kept; run the command again"
-    return f"{out} keeps the last finished epoch: continue with the same command and --resume"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

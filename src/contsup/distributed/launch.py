@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
+import threading
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -40,7 +42,7 @@ from contsup.run import (
     prepare_run,
     run_meta,
 )
-from contsup.train.runfolder import CHECKPOINT, open_run_folder
+from contsup.train.runfolder import CHECKPOINT, WRITES, continue_hint, open_run_folder
 from contsup.train.trainer import Trainer
 
 
@@ -155,6 +157,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     process with a non-zero status (2 for a user error, 1 otherwise) without waiting on peers.
     """
     rank = os.environ.get("RANK", "?")
+    previous = stop_on_interrupt(rank, cfg.out)
     try:
         _, payload = prepare_run(cfg, resume)  # every rank, every check, before joining the group
         plan = plan_from_checkpoint(payload, cfg.out or "", cfg) if payload is not None else None
@@ -183,7 +186,27 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _leave(f"contsup: error: rank {rank}: pipeline stopped, a peer failed or timed out "
                f"({type(err).__name__}: {first[:300]})", 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return None
+
+
+def stop_on_interrupt(rank: str, out: str | None) -> Any:
+    """Make Ctrl-C end this rank at once with status 130 and one line (rank 0's says how to continue), after any
+    write into the run folder in progress; every rank of a terminal's run gets it, and a peer blocked on this one
+    is released by its exit. Returns the previous handler (None off the main thread, where none is set)."""
+    def leave(signum: int, frame: Any) -> None:
+        if WRITES["open"]:  # a checkpoint being written: `writing` raises the signal again when it is done
+            WRITES["interrupted"] = 1
+            return
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one line, however many times it is pressed
+        _leave(f"contsup: interrupted: rank {rank} stopped" + (f"; {continue_hint(out)}" if rank in ("0", "?")
+                                                                else ""), 130)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, leave)
 
 
 def _leave(message: str, code: int) -> None:

@@ -28,6 +28,7 @@ from contsup.run import run_training
 from contsup.train.runfolder import SUMMARY
 
 RANKS_FILE = "ranks.json"
+INTERRUPT_GRACE_S = 30.0  # after Ctrl-C, how long the ranks may take to finish a checkpoint and stop
 
 
 def train_run(cfg: RunConfig, resume: bool = False, pipeline: bool = False) -> dict[str, Any] | None:
@@ -64,6 +65,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def _wait(procs: list[subprocess.Popen], seconds: float) -> None:
+    """Wait up to `seconds` in all for the processes to end."""
+    end = time.monotonic() + seconds
+    for p in procs:
+        try:
+            p.wait(max(end - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            return
+
+
 def spawn_ranks(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     """Start `cfg.pipeline.ranks` ranks of `cfg` and wait for them; rank 0's summary (and `ranks.json`)."""
     if cfg.out is None:
@@ -88,6 +99,12 @@ def spawn_ranks(cfg: RunConfig, resume: bool) -> dict[str, Any]:
             usage.append({"rank": len(usage), "exit": p.returncode, "wall_s": time.perf_counter() - start,
                           "busy_s": ru.ru_utime + ru.ru_stime, "threads": threads,
                           "peak_rss_bytes": ru.ru_maxrss * (1 if sys.platform == "darwin" else 1024)})
+    except KeyboardInterrupt:  # Ctrl-C: each rank stops with its line (a terminal sent it to them too; else here)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        _wait(procs, INTERRUPT_GRACE_S)
+        raise
     finally:
         for p in procs:
             if p.poll() is None:

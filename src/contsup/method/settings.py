@@ -36,6 +36,10 @@ def check_local(local: Any) -> None:
         raise ContsupError(f"width x widen must be at most 65536, got {local.width} x {local.widen:g}")
     if local.cut_table not in TABLES:
         raise ContsupError(f"unknown cut table {local.cut_table!r}; choose from {', '.join(TABLES)}")
+    if local.cuts is not None and local.cuts.strip() in TABLES:  # the command line moves it (--cuts balanced)
+        rule = local.cuts.strip()
+        raise ContsupError(f"cuts {local.cuts!r} names a cut rule, which cut_table takes: LocalConfig(cut_table="
+                           f"{rule!r}) (the command line's --cuts {rule} sets it)")
     if local.cuts is not None and not all(MODULE_PATH.fullmatch(c.strip()) for c in local.cuts.split(",")):
         parse_cut_list(local.cuts)  # not module paths (a traced model's cuts): indices or stage.block pairs
     if local.cuts is not None and not [c for c in local.cuts.split(",") if c.strip()]:

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from contsup.checks import IDLE_AT_K1
 from contsup.config import RunConfig, fits, flatten, nest, resolve, resolve_name, settings, type_name
 from contsup.data.specs import DATASETS
 from contsup.errors import ContsupError
@@ -184,15 +185,15 @@ def _matches(settings: Mapping[str, Any], only: Mapping[str, list[str]]) -> bool
     return all(str(settings[k]).lower() in {v.lower() for v in values} for k, values in only.items())
 
 
-def normalize(settings: dict[str, Any]) -> dict[str, Any]:
-    """Canonical settings: E2E is one module with no cuts, local heads, context or reconstruction."""
-    s = dict(settings)
+def normalize(row: dict[str, Any]) -> dict[str, Any]:
+    """Canonical settings: E2E is one module with every setting a network of one module never reads at its default
+    (`contsup.checks.IDLE_AT_K1`), and recon_dataset is set only where recon takes the paper's weights."""
+    s = dict(row)
+    d = defaults()
     if str(s["context"]).upper() == E2E:
-        d = defaults()
-        s.update(context=E2E, modules=1, cut_table="auto", cuts=None, recon=None, recon_dataset=None,
-                 **{k: d[k] for k in ("head", "loss", "width", "widen", "image_encoder", "aux_depth", "aux_pyramid",
-                                      "man_momentum", "man_ema_start", "man_scale", "head_patches", "recon_schedule",
-                                      "recon_patches", "cascade")})
+        s.update(context=E2E, modules=1, **{key: d[key] for key in (settings()[p].key for p in IDLE_AT_K1)})
+    if str(s["recon"]).lower() != "paper":  # a recipe's recon_dataset for the rows with the paper's weights
+        s["recon_dataset"] = None
     return s
 
 

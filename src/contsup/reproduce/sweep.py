@@ -20,7 +20,7 @@ from contsup.config import PLACE, settings
 from contsup.distributed.spawn import train_run
 from contsup.errors import ContsupError
 from contsup.files import read_json, write_json
-from contsup.reproduce.presets import Job, defaults
+from contsup.reproduce.presets import Job, defaults, normalize
 from contsup.reproduce.records import read_summary
 from contsup.run import RunConfig
 from contsup.train.runfolder import CHECKPOINT, SETTINGS, SUMMARY
@@ -40,8 +40,9 @@ class SweepReport:
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings as stored in JSON, defaults filled in (so settings added later match old runs), place left out."""
-    full = {**defaults(), **settings}
+    """Settings as stored in JSON, defaults filled in (so settings added later match old runs), canonical (an
+    older sweep's E2E row may hold settings it never read), place left out."""
+    full = normalize({**defaults(), **settings})
     if full["recon"] == "none":  # how sweeps before the one configuration schema stored "no reconstruction"
         full["recon"] = None
     return json.loads(json.dumps({k: v for k, v in full.items() if k not in _PLACE}))

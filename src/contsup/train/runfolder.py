@@ -18,10 +18,11 @@ import fcntl
 import json
 import math
 import os
+import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +110,32 @@ def hold_run_folder(out: str | Path | None, reentrant: bool = False) -> Iterator
         os.close(fd)
 
 
+# Writes into a run folder in progress in this process; a pipeline rank's Ctrl-C waits for them (`interrupted`).
+WRITES = {"open": 0, "interrupted": 0}
+
+
 @contextlib.contextmanager
 def writing(folder: Path) -> Iterator[None]:
-    """A failed write into the run folder (disk full, a file-size limit) as one line saying what the folder keeps."""
+    """A failed write into the run folder (disk full, a file-size limit) as one line saying what the folder keeps;
+    an interrupt deferred while it wrote is raised again when it ends."""
+    WRITES["open"] += 1
     try:
         yield
     except OSError as err:
         raise ContsupError(f"cannot write to run folder {folder}: {err.strerror or err}; it keeps the last "
                            "finished epoch's checkpoint: make room, then continue with --resume "
                            "(Trainer.resume in Python)") from None
+    finally:
+        WRITES["open"] -= 1
+        if not WRITES["open"] and WRITES["interrupted"]:
+            signal.raise_signal(signal.SIGINT)
+
+
+def continue_hint(out: str | Path | None) -> str:
+    """What an interrupted run left, and how to continue it."""
+    if out is None or not os.path.isfile(os.path.join(out, CHECKPOINT)):
+        return "no epoch finished, nothing was kept; run the command again"
+    return f"{out} keeps the last finished epoch: continue with the same command and --resume"
 
 
 def check_not_written(folder: str | Path) -> None:
@@ -193,22 +211,24 @@ def _flat(run: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out))
 
 
-def changed_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`name old -> new` for every setting (place and epochs aside) that differs between two run configs."""
+def changed_settings(stored: dict[str, Any], now: dict[str, Any], idle: Iterable[str] = ()) -> list[str]:
+    """`name old -> new` for every setting (place, epochs and the `idle` ones, which neither run reads aside) that
+    differs between two run configs."""
     old, new = _flat(stored), _flat(now)
-    skip = set(PLACE) | {"train.epochs"}
+    skip = set(PLACE) | {"train.epochs"} | set(idle)
     return [f"{k.split('.')[-1]} {old.get(k)!r} -> {new.get(k)!r}"
             for k in sorted(set(old) | set(new)) if k not in skip and old.get(k) != new.get(k)]
 
 
 def check_resume(path: Path, payload: dict[str, Any], stored: dict[str, Any], now: dict[str, Any],
-                 epochs: int) -> None:
-    """Refuse a resume that would change what the run computes, or continue a finished run.
+                 epochs: int, idle: Iterable[str] = ()) -> None:
+    """Refuse a resume that would change what the run computes (settings in `idle` compute nothing), or continue
+    a finished run.
 
     A run that trained all its epochs but has no summary.json (killed between its last checkpoint and
     its summary) passes: resuming it trains nothing and writes the summary from the checkpoint.
     """
-    changed = changed_settings(stored, now)
+    changed = changed_settings(stored, now, idle)
     if changed:
         raise ContsupError(f"--resume with other settings than the run in {path.parent}: {'; '.join(changed)}; "
                            "pass the run's settings, or choose another --out")
