@@ -22,6 +22,7 @@ from contsup.models.reference import check_reference, is_reference
 
 MAX_DEPTH = 1202  # deepest ResNet that contsup builds (He et al.'s largest CIFAR ResNet)
 MAX_SEED = 2**32 - 1
+MAX_PROCESSES = 1024  # ranks started on one machine, and threads of each
 ARCH_PATTERN = re.compile(r"resnet(\d+)")
 
 
@@ -72,12 +73,12 @@ def _default(path: str) -> Any:
     return settings()[path].default
 
 
-def check_trainer(t: Any, steps_per_epoch: Any, local: Any) -> None:
+def check_trainer(t: Any, steps_per_epoch: Any, local: Any, p: Any = None) -> None:
     """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`), every setting
-    used (`check_used`, with the network's `local` settings), epochs of at least one step (a loader without a
-    full batch trains nothing), the warm-up within the run and below the peak rate."""
+    used (`check_used`, with the network's `local` settings and a run's pipeline settings `p`), epochs of at least
+    one step (a loader without a full batch trains nothing), the warm-up within the run and below the peak rate."""
     check_train(t)
-    check_used(local, t)
+    check_used(local, t, p)
     check_int("steps per epoch (full batches of the training loader)", steps_per_epoch, 1, 10**9)
     if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
         raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
@@ -101,6 +102,11 @@ def check_pipeline(p: Any) -> None:
         for size in p.stage_sizes:
             check_int("stage_sizes entries", size, 1, 10_000)
     check_int("inflight", p.inflight, 1, 1024)
+    check_int("ranks", p.ranks, 1, MAX_PROCESSES)  # each a process of this machine
+    check_int("threads", p.threads, 0, MAX_PROCESSES)  # torch's threads of each process (libgomp allocates per thread)
+    check_int("micro_batches", p.micro_batches, 1, 2**24)
+    for units in p.stage_units or []:
+        check_int("stage_units entries", units, 1, 100_000)
     check_float("dist_timeout", p.timeout_s, 0.0, 7 * 24 * 3600.0, low_open=True)
 
 
@@ -127,15 +133,24 @@ MAX_HEAD_WEIGHTS = 2**31  # the heads' hidden layers: 8 GiB of float32 (the pape
 MAX_AUGLOCAL_BLOCKS = 4096  # blocks copied into AugLocal heads over all cuts (the heads preset: 30)
 
 
+HEAD_CONVS = re.compile(r"([0-2])c[1-3]f")  # a conv head's name: its count of 3 x 3 conv layers first
+PAPER_CHANNELS = 64  # the widest feature map of the paper's ResNets (docs/method.md): a conv head's C at widen 1
+
+
 def check_local_sizes(local: Any) -> None:
     """Refuse, from the settings alone and before anything is built, heads too large to build: (K - 1) heads of
-    width W x widen hold about (K - 1) (W widen)^2 weights in their hidden layers; AugLocal copies up to
-    aux_depth later blocks into each of them."""
+    width W x widen hold about (K - 1) (W widen)^2 weights in their hidden layers, and a head of a 3 x 3 conv
+    layers about 9 a (64 widen)^2 more on the paper's 64 channels; AugLocal copies up to aux_depth later blocks
+    into each of them."""
     hidden = round(local.width * local.widen)
-    weights = (local.modules - 1) * hidden**2
+    convs = max((int(m.group(1)) for kind in local.head.split(",") if (m := HEAD_CONVS.fullmatch(kind.strip()))),
+                default=0)
+    weights = (local.modules - 1) * (hidden**2 + 9 * convs * round(PAPER_CHANNELS * local.widen) ** 2)
     if weights > MAX_HEAD_WEIGHTS:
-        raise ContsupError(f"{local.modules - 1} local heads of width {hidden} would hold about {weights:,} weights "
-                           f"(at most {MAX_HEAD_WEIGHTS:,}); lower --width, --widen or --modules")
+        raise ContsupError(f"{local.modules - 1} local heads of width {hidden}"
+                           + (f" and {convs} conv layers of {round(PAPER_CHANNELS * local.widen)} channels" if convs
+                              else "") + f" would hold about {weights:,} weights (at most {MAX_HEAD_WEIGHTS:,}); "
+                           "lower --width, --widen or --modules")
     blocks = (local.modules - 1) * local.aux_depth
     if "auglocal" in local.head and blocks > MAX_AUGLOCAL_BLOCKS:
         raise ContsupError(f"{local.modules - 1} AugLocal heads of up to {local.aux_depth} blocks would copy up to "
@@ -150,8 +165,9 @@ IDLE_AT_K1 = ("local.head", "local.loss", "local.width", "local.widen", "local.a
               "train.context_lr_scale")
 
 
-def idle_settings(local: Any, t: Any) -> dict[str, str]:
-    """The settings (dotted paths) that a run of these settings never reads, each with the reason."""
+def idle_settings(local: Any, t: Any, p: Any = None) -> dict[str, str]:
+    """The settings (dotted paths) that a run of these settings (and pipeline settings `p`) never reads, each with
+    the reason."""
     idle: dict[str, str] = {}
 
     def mark(paths: Any, why: str) -> None:
@@ -172,18 +188,22 @@ def idle_settings(local: Any, t: Any) -> dict[str, str]:
         mark(("train.momentum",), f"SGD's; {t.optimizer} does not read it")
     if local.context == "R0":
         mark(("train.context_lr_scale",), "no context encoders: context R0")
+    if p is not None and p.parallel in ("local", "ddp"):  # DDP refuses stage_units itself: it has no stages
+        mark(("pipeline.micro_batches", *(("pipeline.stage_units",) if p.parallel == "local" else ())),
+             f"the schedules' (gpipe, 1f1b, interleaved, zbv); parallel {p.parallel} does not read it")
     if t.eval_every >= t.epochs:  # the subset serves the epochs before the last, evaluated every eval_every
         mark(("train.eval_subset",), f"the last epoch is the only one evaluated, on the full test set: epochs "
                                      f"{t.epochs}, eval_every {t.eval_every}")
     return idle
 
 
-def check_used(local: Any, t: Any) -> None:
-    """Refuse a setting changed from its default that the chosen network or optimizer never reads (it would be
-    stored as if it had shaped the run). Checked where a run starts, so that stored runs stay readable."""
-    sections = {"local": local, "train": t}
+def check_used(local: Any, t: Any, p: Any = None) -> None:
+    """Refuse a setting changed from its default that the chosen network, optimizer or (with `p`) way of running
+    never reads (it would be stored as if it had shaped the run). Checked where a run starts, so that stored runs
+    stay readable."""
+    sections = {"local": local, "train": t, "pipeline": p}
     unused: dict[str, list[str]] = {}
-    for path, why in idle_settings(local, t).items():
+    for path, why in idle_settings(local, t, p).items():
         section, name = path.split(".")
         if getattr(sections[section], name) != _default(path):
             unused.setdefault(why, []).append(name)

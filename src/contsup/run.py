@@ -54,8 +54,15 @@ def build_network(cfg: RunConfig, channels: int, num_classes: int, size: int, pl
     `cfg` must have passed `check_run`; `plan` (from a checkpoint) fixes the cuts and reconstruction weights.
     """
     torch.manual_seed(cfg.train.seed)
-    backbone = build_arch(cfg.arch, channels, num_classes, size)
-    return LocalNetwork(backbone, cfg.local, torch.zeros(1, channels, size, size), plan, cfg.data.name)
+    try:
+        backbone = build_arch(cfg.arch, channels, num_classes, size)
+        return LocalNetwork(backbone, cfg.local, torch.zeros(1, channels, size, size), plan, cfg.data.name)
+    except (MemoryError, RuntimeError) as err:  # the allocator's refusal (CPU: RuntimeError; CUDA's is one too)
+        if not isinstance(err, MemoryError) and "allocate" not in str(err):
+            raise
+        raise ContsupError(f"this machine's memory cannot hold the network ({describe_run(cfg)}, width "
+                           f"{cfg.local.width} x widen {cfg.local.widen:g}): lower --widen, --width, --modules or "
+                           "--aux-depth") from None
 
 
 def make_loaders(cfg: RunConfig, data: Dataset, device: torch.device) -> dict[str, DeviceLoader | None]:
@@ -106,7 +113,7 @@ def check_sizes(cfg: RunConfig) -> None:
     check_steps(train_images, t.batch_size)
     if t.eval_subset > n_test:
         raise ContsupError(f"eval_subset={t.eval_subset} exceeds the {n_test} test images of {d.name}")
-    check_trainer(t, train_images // t.batch_size, cfg.local)  # what the Trainer checks, before any work
+    check_trainer(t, train_images // t.batch_size, cfg.local, cfg.pipeline)  # the Trainer's checks, before any work
 
 
 def check_settings(cfg: RunConfig) -> None:
@@ -192,7 +199,8 @@ def prepare_run(cfg: RunConfig, resume: bool) -> tuple[torch.device, dict[str, A
     path = Path(cfg.out) / CHECKPOINT  # type: ignore[arg-type]
     payload = load_checkpoint(path)
     stored = run_from_checkpoint(payload, path)
-    idle = set(idle_settings(stored.local, stored.train)) & set(idle_settings(cfg.local, cfg.train))
+    idle = set(idle_settings(stored.local, stored.train, stored.pipeline)) & set(
+        idle_settings(cfg.local, cfg.train, cfg.pipeline))
     check_resume(path, payload, stored.to_dict(), cfg.to_dict(), cfg.train.epochs, idle)
     return device, payload
 

@@ -161,6 +161,11 @@ def test_output_named_as_a_file_refused_before_work(argv, tmp_path, capsys):
     (["--context", "R0", "--context-lr-scale", "0.5"], "no context encoders"),
     (["--modules", "600", "--arch", "resnet1202", "--head", "auglocal", "--aux-depth", "64"], "AugLocal heads"),
     (["--width", "65536"], "would hold about"),
+    (["--head", "2c2f", "--widen", "64", "--width", "2", "--modules", "16"], "2 conv layers of 4096 channels would"),
+    (["--ranks", "1000000000"], "ranks must be an integer >= 1 and <= 1024"),
+    (["--threads", "1000000000"], "threads must be an integer >= 0 and <= 1024"),
+    (["--micro-batches", "1000000000"], "micro_batches must be"),
+    (["--micro-batches", "2"], "micro_batches (the schedules' (gpipe, 1f1b, interleaved, zbv); parallel local"),
     (["--warmup-steps", "1000000000", "--schedule", "step"], "warmup_steps must be at most"),
 ])
 @pytest.mark.parametrize("mode", [[], ["--dry-run"]])
@@ -249,3 +254,17 @@ def test_a_full_disk_while_checkpointing_is_one_line(code, tmp_path, capsys, mon
     assert "cannot write to run folder" in line and os.strerror(getattr(errno, code)) in line and "--resume" in line
     assert (out / "checkpoint.pt").read_bytes() == kept
     assert [p.name for p in out.iterdir() if "tmp" in p.name] == []
+
+
+@pytest.mark.parametrize("mode", [[], ["--dry-run"]])
+def test_a_network_the_memory_cannot_hold_is_one_line(mode, tmp_path, capsys, monkeypatch):
+    """Within the bounds, a network may still not fit this machine: the allocator's refusal is one line."""
+    from contsup import run
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 603979776 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(run, "LocalNetwork", refuse)
+    line = cli_error(capsys, [*TRAIN, "--out", str(tmp_path / "run"), *mode])
+    assert "this machine's memory cannot hold the network (resnet8, K=2" in line and "lower --widen" in line, line

@@ -77,6 +77,11 @@ def test_corrupt_sweep_files(name, text, message, tmp_path, capsys):
     (lambda t: t.replace('device = "cpu"', 'device = "cpu"\ndata.root = "x"', 1), "data_root is not a preset"),
     (lambda t: t.replace("seed = [0]", f"seed = {list(range(100))}\nlr = {[0.1] * 100}\nwidth = {[8] * 100}"),
      "2000000 configurations, more than the 10000"),
+    (lambda t: t.replace('arch = "resnet8"', 'arch = "resnet1202"\nhead = "auglocal"\naux_depth = 64')
+     .replace("modules = [2]", "modules = [600]"), "599 AugLocal heads of up to 64 blocks"),  # a 400-byte preset
+    (lambda t: t.replace("modules = [2]", "modules = [2]\nman_scale = [true]"), "man_scale (MAN is off"),
+    (lambda t: t.replace("context = [\"E2E\", \"R1E\"]", "context = [\"R1E\"]\nmodules = [1]\nhead = [\"0c1f\"]")
+     .replace("modules = [2]\n", ""), "head (end-to-end at K = 1"),
     (lambda t: t + "\0", "binary file"),
     (lambda t: t.encode("utf-8").replace(b"tiny", b"tin\xff"), "not UTF-8"),
 ])

@@ -187,6 +187,9 @@ def _write(kind: str, trained: Path, path: Path) -> None:
             "float64": lambda p: _retyped(p, torch.float64),
             "nested": lambda p: p["meta"]["run"].update(note=_nested(200)),
             "wide": lambda p: p["meta"]["run"]["local"].update(width=65_536),
+            "auglocal": lambda p: p["meta"]["run"].update(arch="resnet1202") or p["meta"]["run"]["local"].update(
+                modules=600, head="auglocal", aux_depth=64),
+            "convs": lambda p: p["meta"]["run"]["local"].update(modules=16, head="2c2f", widen=64.0, width=2),
         }
         edited(trained, path, edits[kind])
 
@@ -196,7 +199,8 @@ CHECKPOINT_CORPUS = [
     ("legacy", "not a contsup checkpoint"), ("fifo", "not a regular file"), ("noise", "not a contsup checkpoint"),
     ("sparse", "sparse, meta"), ("meta", "sparse, meta"), ("complex", "of dtype torch.complex64"),
     ("int64", "of another dtype"), ("float64", "of another dtype"), ("nested", "nested deeper than"),
-    ("wide", "would hold about"),
+    ("wide", "would hold about"), ("auglocal", "599 AugLocal heads of up to 64 blocks"),
+    ("convs", "2 conv layers of 4096 channels would hold about"),
 ]
 
 
@@ -208,7 +212,8 @@ def test_hostile_checkpoint_corpus(kind, message, tmp_path, capsys, trained):
     before = snapshot(tmp_path)
     assert message in cli_error(capsys, ["eval", str(run / "checkpoint.pt"), "--device", "cpu"])
     resumed = cli_error(capsys, [*TRAIN, "--epochs", "2", "--out", str(run), "--resume"])
-    assert message in resumed or (kind == "wide" and "--resume with other settings" in resumed), resumed
+    sized = kind in ("wide", "auglocal", "convs")  # --resume compares the settings first
+    assert message in resumed or (sized and "--resume with other settings" in resumed), resumed
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

@@ -187,13 +187,16 @@ def _matches(settings: Mapping[str, Any], only: Mapping[str, list[str]]) -> bool
 
 def normalize(row: dict[str, Any]) -> dict[str, Any]:
     """Canonical settings: E2E is one module with every setting a network of one module never reads at its default
-    (`contsup.checks.IDLE_AT_K1`), and recon_dataset is set only where recon takes the paper's weights."""
+    (`contsup.checks.IDLE_AT_K1`), recon_dataset is set only where recon takes the paper's weights, micro_batches
+    only for torch's pipeline schedules."""
     s = dict(row)
     d = defaults()
     if str(s["context"]).upper() == E2E:
         s.update(context=E2E, modules=1, **{key: d[key] for key in (settings()[p].key for p in IDLE_AT_K1)})
     if str(s["recon"]).lower() != "paper":  # a recipe's recon_dataset for the rows with the paper's weights
         s["recon_dataset"] = None
+    if s["parallel"] in ("local", "ddp"):  # a base's micro_batches for the rows of torch's pipeline schedules
+        s["micro_batches"] = d["micro_batches"]
     return s
 
 
