@@ -24,7 +24,7 @@ import torch
 from contsup.config import RunConfig, to_toml
 from contsup.errors import ContsupError
 from contsup.files import read_json, write_json
-from contsup.run import run_training
+from contsup.run import check_settings, run_training
 from contsup.train.runfolder import SUMMARY
 
 RANKS_FILE = "ranks.json"
@@ -38,6 +38,7 @@ def train_run(cfg: RunConfig, resume: bool = False, pipeline: bool = False) -> d
     """
     from contsup.distributed.launch import run_pipeline  # not at import: the launcher imports the CLI's pieces
 
+    check_settings(cfg)  # before any rank is started or thread count set: each would refuse it anyway
     distributed = "WORLD_SIZE" in os.environ
     if cfg.pipeline.ranks > 1 and not distributed:
         return spawn_ranks(cfg, resume)
