@@ -162,8 +162,6 @@ def test_output_named_as_a_file_refused_before_work(argv, tmp_path, capsys):
     (["--modules", "600", "--arch", "resnet1202", "--head", "auglocal", "--aux-depth", "64"], "AugLocal heads"),
     (["--width", "65536"], "would hold about"),
     (["--head", "2c2f", "--widen", "64", "--width", "2", "--modules", "16"], "2 conv layers of 4096 channels would"),
-    (["--ranks", "1000000000"], "ranks must be an integer >= 1 and <= 1024"),
-    (["--threads", "1000000000"], "threads must be an integer >= 0 and <= 1024"),
     (["--micro-batches", "1000000000"], "micro_batches must be"),
     (["--micro-batches", "2"], "micro_batches (the schedules' (gpipe, 1f1b, interleaved, zbv); parallel local"),
     (["--warmup-steps", "1000000000", "--schedule", "step"], "warmup_steps must be at most"),
@@ -268,3 +266,22 @@ def test_a_network_the_memory_cannot_hold_is_one_line(mode, tmp_path, capsys, mo
     monkeypatch.setattr(run, "LocalNetwork", refuse)
     line = cli_error(capsys, [*TRAIN, "--out", str(tmp_path / "run"), *mode])
     assert "this machine's memory cannot hold the network (resnet8, K=2" in line and "lower --widen" in line, line
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ranks", "1000000000"], "ranks must be an integer >= 1 and <= 1024"),
+    (["--threads", "1000000000"], "threads must be an integer >= 0 and <= 1024"),
+    (["--ranks", "2", "--lr", "-1"], "lr must be"),
+])
+def test_ranks_and_threads_bounded_before_any_is_started(flags, message, tmp_path, capsys, monkeypatch):
+    """No process is started and no thread count set for a run that would be refused (without the bound, 10^9
+    ranks were started, each to refuse the run; here starting one fails the test instead)."""
+    from contsup.distributed import spawn
+
+    def never(*args, **kwargs):
+        raise AssertionError("started before the settings were checked")
+
+    monkeypatch.setattr(spawn.subprocess, "Popen", never)
+    monkeypatch.setattr(spawn.torch, "set_num_threads", never)
+    assert message in cli_error(capsys, [*TRAIN, *flags, "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
