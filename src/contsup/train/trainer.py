@@ -381,17 +381,17 @@ class Trainer:
         return float(self.step.reduce(torch.tensor([peak_memory(self.device)[0]], dtype=torch.float64), "max"))
 
     def _save(self, row: dict[str, Any]) -> None:
-        """The epoch's log line, checkpoint and metrics row (main process)."""
+        """The epoch's checkpoint and metrics row, then its log line: a line shown is an epoch kept (main process)."""
         payload = self.state()
         if payload is None:
             return
-        tqdm.write(epoch_line(row, self.cfg.epochs, self.cfg.lr))
         if self.out_dir is not None:
             with writing(self.out_dir):
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(self.out_dir / CHECKPOINT, payload)
                 with open(self.out_dir / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
+        tqdm.write(epoch_line(row, self.cfg.epochs, self.cfg.lr))
 
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
