@@ -86,7 +86,7 @@ def main() -> None:
     data = load_data(cfg)
     net = build_network(cfg, data.info.channels, data.info.num_classes, data.info.size)
     pin_weights(net)
-    trainer = make_trainer(cfg, data, net, torch.device("cpu"))
+    trainer = make_trainer(cfg, data, net)
     trainer.fit()
     net = trainer.net
     print(f"params {sum(p.numel() for p in net.parameters())}  digest {digest(net.state_dict(), net.num_modules - 1)}  "

@@ -82,8 +82,7 @@ def main() -> None:
     data = load_data(cfg)
     net = build_network(cfg, data.info.channels, data.info.num_classes, data.info.size)
     loaders = make_loaders(cfg, data, torch.device("cpu"))
-    loader = loaders["train"]
-    assert loader is not None
+    loader = loaders.train
     opt = make_optimizer(net.parameters(), train, net.context.parameters())
     sched = make_schedule(train.schedule, train.lr, train.epochs, len(loader), None, train.warmup_steps)
     row: dict[str, Any] = {}
@@ -125,8 +124,8 @@ def main() -> None:
     if log:
         log.close()
     summarize(rows, a, time.perf_counter() - start)
-    if loaders["val"] is not None:
-        print(f"final validation error {evaluate(net, loaders['val'])['error']:.2f}% "
+    if loaders.val is not None:
+        print(f"final validation error {evaluate(net, loaders.val)['error']:.2f}% "
               f"({len(data.val)} held-out training images)")
 
 

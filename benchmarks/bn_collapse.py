@@ -84,7 +84,7 @@ def main() -> None:
         net = contsup.LocalNetwork(backbone(), contsup.LocalConfig(modules=modules, context=context), sample)
         cfg = contsup.TrainConfig(epochs=args.epochs, lr=args.lr, device="cpu", progress=False, step_peak=False)
         train = DeviceLoader(data.train, data.info, args.batch, "cpu", train=True)
-        trainer = contsup.Trainer(net, train, test, cfg)
+        trainer = contsup.Trainer(contsup.LocalStep.of(net, cfg), contsup.Loaders(train, test), cfg)
         trainer.fit()
         running, share = errors(net, test, batch_stats=False)
         batch, batch_share = errors(net, test, batch_stats=True)

@@ -42,7 +42,7 @@ from contsup.profile.runner import ProfileConfig, machine, run_profile
 from contsup.tables import markdown_table
 from contsup.train.optim import make_optimizer
 from contsup.train.steps import LocalStep
-from contsup.train.trainer import Trainer
+from contsup.train.trainer import Loaders, Trainer
 
 MIB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def epoch(sizes: Sizes, out: Path) -> dict[str, Any]:
                        torch.zeros(1, 3, sizes.image_size, sizes.image_size))
     cfg = TrainConfig(epochs=1, batch_size=sizes.epoch_batch, lr=0.1, progress=False, device=sizes.device,
                       bf16=sizes.bf16, channels_last=True)
-    s = Trainer(net, train, test, cfg, fresh(out / "epoch")).fit()
+    s = Trainer(LocalStep.of(net, cfg), Loaders(train, test), cfg, fresh(out / "epoch")).fit()
     assert s is not None and s["final_test_error"] is not None
     return {"arch": sizes.epoch_arch, "images": sizes.train_images, "device": s["device"], "bf16": sizes.bf16,
             "images_per_s": round(s["images_per_s"], 1), "test_error": round(s["final_test_error"], 2),

@@ -21,7 +21,7 @@ def test_user_model_and_dataloader(tmp_path):
     backbone = contsup.Backbone.from_units(units, num_classes=2, sample=x[:1])
     net = contsup.LocalNetwork(backbone, contsup.LocalConfig(modules=3, context="R1E", head="0c2f"), x[:1])
     cfg = contsup.TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
-    summary = contsup.Trainer(net, loader, held_out, cfg, tmp_path).fit()
+    summary = contsup.Trainer(contsup.LocalStep.of(net, cfg), contsup.Loaders(loader, held_out), cfg, tmp_path).fit()
     assert summary["epochs"] == 3 and (tmp_path / "checkpoint.pt").exists()
     assert summary["final_test_error"] < 50 and summary["final_test_images"] == 64
     assert summary["final_test_error"] == contsup.evaluate(net, held_out)["error"]

@@ -31,7 +31,7 @@ from contsup.train.runfolder import (
     open_run_folder,
 )
 from contsup.train.steps import LocalStep
-from contsup.train.trainer import Trainer, evaluate
+from contsup.train.trainer import Loaders, Trainer, evaluate, run_record
 
 __all__ = [
     "DataConfig", "LocalConfig", "PipelineConfig", "RunConfig", "TrainConfig", "build_network", "evaluate_checkpoint",
@@ -65,31 +65,26 @@ def build_network(cfg: RunConfig, channels: int, num_classes: int, size: int, pl
                            "--aux-depth") from None
 
 
-def make_loaders(cfg: RunConfig, data: Dataset, device: torch.device) -> dict[str, DeviceLoader | None]:
+def make_loaders(cfg: RunConfig, data: Dataset, device: torch.device) -> Loaders:
     """Training (augmented, shuffled), validation, test and test-subset (`eval_subset`) loaders on the device."""
     bs, seed, subset = cfg.train.batch_size, cfg.train.seed, cfg.train.eval_subset
-    return {
-        "train": DeviceLoader(data.train, data.info, bs, device, train=True, seed=seed),
-        "val": DeviceLoader(data.val, data.info, bs, device) if data.val is not None else None,
-        "test": DeviceLoader(data.test, data.info, bs, device),
-        "test_subset": DeviceLoader(seeded_subset(data.test, subset, seed), data.info, bs, device) if subset else None,
-    }
+    return Loaders(
+        train=DeviceLoader(data.train, data.info, bs, device, train=True, seed=seed),
+        test=DeviceLoader(data.test, data.info, bs, device),
+        val=DeviceLoader(data.val, data.info, bs, device) if data.val is not None else None,
+        test_subset=DeviceLoader(seeded_subset(data.test, subset, seed), data.info, bs, device) if subset else None,
+    )
 
 
-def run_meta(cfg: RunConfig, data: Dataset, net: LocalNetwork) -> dict[str, Any]:
-    """What a checkpoint records about its run: the settings, the dataset's description and the resolved plan."""
-    return {"run": cfg.to_dict(), "dataset": asdict(data.info), "plan": net.plan.to_dict()}
-
-
-def make_trainer(cfg: RunConfig, data: Dataset, net: LocalNetwork, device: torch.device) -> Trainer:
-    """A Trainer for a built network and loaded data, on `device`; a pipeline schedule (`--parallel gpipe` ...)
-    in one process trains each batch as its micro-batches in turn, the schedule's arithmetic (docs/parallel.md)."""
-    loaders = make_loaders(cfg, data, device)
-    p, t = cfg.pipeline, cfg.train
-    step = LocalStep(net, device, t.bf16, t.channels_last, micro_batches=p.micro_batches) if p.parallel not in (
-        "local", "ddp") else None
-    return Trainer(net, loaders["train"], loaders["test"], cfg.train, cfg.out, val_loader=loaders["val"],
-                   subset_loader=loaders["test_subset"], meta=run_meta(cfg, data, net), device=device, step=step)
+def make_trainer(cfg: RunConfig, data: Dataset, net: LocalNetwork) -> Trainer:
+    """The Trainer of a built network and loaded data, every module in this process (on `cfg.train.device`); a
+    pipeline schedule (`--parallel gpipe` ...) in one process trains each batch as its micro-batches in turn, the
+    schedule's arithmetic (docs/parallel.md)."""
+    loaders = make_loaders(cfg, data, resolve_device(cfg.train.device))
+    p = cfg.pipeline
+    micro_batches = p.micro_batches if p.parallel not in ("local", "ddp") else 1
+    step = LocalStep.of(net, cfg.train, loaders.train.denormalize, micro_batches)
+    return Trainer(step, loaders, cfg.train, cfg.out, record=run_record(cfg, data.info, net))
 
 
 def check_steps(train_images: int, batch_size: int) -> None:
@@ -227,7 +222,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
 def _train_locked(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     """`run_training` with the run folder's lock held."""
-    device, payload = prepare_run(cfg, resume)
+    _, payload = prepare_run(cfg, resume)
     data = load_data(cfg)
     check_steps(len(data.train), cfg.train.batch_size)
     info = data.info
@@ -236,7 +231,7 @@ def _train_locked(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     if payload is not None:
         check_fit(cfg, net, payload)
     # before the folder: a test subset larger than the test set is refused
-    trainer = make_trainer(cfg, data, net, device)
+    trainer = make_trainer(cfg, data, net)
     if cfg.out is not None:
         open_run_folder(cfg.out)
     if resume:

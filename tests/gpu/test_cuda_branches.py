@@ -25,7 +25,7 @@ from contsup.method.local_step import autocast
 from contsup.profile.runner import machine, machine_memory
 from contsup.train.peak import peak_memory, reset_peak
 from contsup.train.steps import LocalStep
-from contsup.train.trainer import Trainer
+from contsup.train.trainer import Loaders, Trainer
 
 CUDA1 = torch.device("cuda", 1)
 
@@ -67,7 +67,8 @@ def test_the_default_device_survives_the_trainer(fake_cuda, monkeypatch, batch):
     """The crash of `contsup train` with `--device auto`/`cuda` before the first batch: a `Trainer` (and its
     `LocalStep`) on `cuda` makes the indexed device current."""
     no_cuda_moves(monkeypatch)
-    trainer = Trainer(tiny_net(2), [batch], [batch], TrainConfig(device="cuda", batch_size=8, progress=False))
+    cfg = TrainConfig(device="cuda", batch_size=8, progress=False)
+    trainer = Trainer(LocalStep.of(tiny_net(2), cfg), Loaders([batch], [batch]), cfg)
     assert trainer.device == CUDA1 and trainer.step.device == CUDA1
     assert ("set_device", CUDA1) in fake_cuda.calls
     step = LocalStep(tiny_net(2), torch.device("cuda"))  # the Python API's bare device
@@ -248,8 +249,8 @@ def test_profile_measures_the_peak_afresh_for_every_row(monkeypatch):
 def test_an_epochs_time_covers_its_kernels(monkeypatch, batch):
     from contsup.train import trainer as trainer_module
 
-    trainer = Trainer(tiny_net(2), [batch] * 3, [batch], TrainConfig(epochs=1, batch_size=8, progress=False,
-                                                                      device="cpu"))
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False, device="cpu")
+    trainer = Trainer(LocalStep.of(tiny_net(2), cfg), Loaders([batch] * 3, [batch]), cfg)
     clock = Clock(monkeypatch, trainer_module)
     trainer.train_epoch()
     assert clock.events == ["sync", "clock", "sync", "clock"] and clock.devices == {torch.device("cpu")}

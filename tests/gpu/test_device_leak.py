@@ -24,7 +24,7 @@ from contsup.models import build_arch
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.optim import make_optimizer
 from contsup.train.steps import LocalStep
-from contsup.train.trainer import Trainer, evaluate_step
+from contsup.train.trainer import Loaders, Trainer, evaluate_step
 
 META = torch.device("meta")
 
@@ -90,7 +90,7 @@ def test_a_token_model_steps_on_the_device():
 def test_training_and_evaluation_run_whole_on_the_device(meta_host, settings):
     """`Trainer.fit`: the schedule, the epoch's statistics, the finiteness watch, evaluation, the step peak."""
     cfg = TrainConfig(epochs=2, batch_size=4, lr=0.1, progress=False, device="cpu")
-    trainer = Trainer(tiny_net(4, **settings), batches(), batches(1), cfg, device=META)
+    trainer = Trainer(LocalStep(tiny_net(4, **settings), META), Loaders(batches(), batches(1)), cfg)
     summary = trainer.fit()
     assert summary is not None and len(trainer.history) == 2
     assert trainer.history[-1]["test_images"] == 0  # the fake host read: zeros
@@ -104,11 +104,12 @@ def test_evaluation_stays_on_the_device(meta_host):
 
 def test_a_checkpoint_is_written_from_the_host_and_read_onto_the_device(meta_host, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.1, progress=False, device="cpu")
-    trainer = Trainer(tiny_net(4), batches(), batches(1), cfg, tmp_path / "run", device=META)
+    trainer = Trainer(LocalStep(tiny_net(4), META), Loaders(batches(), batches(1)), cfg, tmp_path / "run")
     trainer.fit()
     payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # on the CPU: written from the host
     assert payload["model"] and payload["optimizer"]["state"]
-    again = Trainer(tiny_net(4), batches(), batches(1), replace(cfg, epochs=2), tmp_path / "run", device=META)
+    again = Trainer(LocalStep(tiny_net(4), META), Loaders(batches(), batches(1)), replace(cfg, epochs=2),
+                    tmp_path / "run")
     again.resume(tmp_path / "run" / "checkpoint.pt")
     assert again.epoch == 1 and all(p.device == META for p in again.net.parameters())
     state = [v for s in again.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]

@@ -15,7 +15,7 @@ from contsup.method import local_step
 from contsup.models import resnet
 from contsup.train.checkpoint import load_checkpoint
 from contsup.train.steps import LocalStep
-from contsup.train.trainer import Trainer, evaluate
+from contsup.train.trainer import Loaders, Trainer, evaluate
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -60,7 +60,7 @@ def test_a_run_on_the_gpu_writes_a_checkpoint_that_reads_anywhere(tmp_path):
     train = DeviceLoader(data.train, data.info, 32, device, train=True)
     test = DeviceLoader(data.test, data.info, 32, device)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, progress=False, device="cuda", bf16=True, channels_last=True)
-    summary = Trainer(tiny_net(4), train, test, cfg, tmp_path / "run").fit()
+    summary = Trainer(LocalStep.of(tiny_net(4), cfg), Loaders(train, test), cfg, tmp_path / "run").fit()
     assert summary["device"].startswith("cuda:") and summary["step_peak_memory_bytes"] > 0
     payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert all(t.device.type == "cpu" for t in payload["model"].values())

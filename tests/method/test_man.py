@@ -146,7 +146,7 @@ def test_ema_copy_follows_the_next_unit_through_fit():
     })
     data = load_data(cfg)
     net = build_network(cfg, data.info.channels, data.info.num_classes, data.info.size)
-    trainer = make_trainer(cfg, data, net, torch.device("cpu"))
+    trainer = make_trainer(cfg, data, net)
     man = trainer.net.objectives[0].head
     expected = [p.detach().clone() for p in man.ema.parameters()]
     steps = []

@@ -14,7 +14,7 @@ from contsup.method import LocalNetwork, local_step
 from contsup.method.heads.man import MomentumHead
 from contsup.method.objective import Targets
 from contsup.models import build_arch, resnet
-from contsup.train import TrainConfig, Trainer
+from contsup.train import Loaders, LocalStep, TrainConfig, Trainer
 
 # ResNet-32, K = 16 (a cut after every unit but the last, MAN++'s partition): the `lo` of MAN++'s code
 # (JunhaoSu0/MAN_PlusPlus, networks/resnetInfoPro_MANPP.py), the stage of the unit after each of the 15 cuts,
@@ -154,6 +154,7 @@ def test_the_copy_follows_fit(tmp_path):
     x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,))
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     ema0, _ = ema_and_next(net, 0)
-    Trainer(net, loader, loader, TrainConfig(epochs=1, lr=0.05, warmup_epochs=0, device="cpu", progress=False)).fit()
+    cfg = TrainConfig(epochs=1, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
+    Trainer(LocalStep.of(net, cfg), Loaders(loader, loader), cfg).fit()
     ema1, nxt1 = ema_and_next(net, 0)
     assert all(not torch.equal(a, b) for a, b in zip(ema0, ema1, strict=True))  # only the hook moves the copy

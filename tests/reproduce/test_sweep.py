@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from tests.reproduce.tiny import TINY
 
 from contsup.errors import ContsupError
@@ -40,7 +39,7 @@ def test_interrupted_run_resumes(tiny_preset, tmp_path):
     (tmp_path / job.name).mkdir()
     (tmp_path / job.name / "settings.json").write_text(json.dumps(job.settings))
     data = load_data(job.config)
-    trainer = make_trainer(job.config, data, build_network(job.config, 3, 10, 32), torch.device("cpu"))
+    trainer = make_trainer(job.config, data, build_network(job.config, 3, 10, 32))
     trainer.fit(until=1)
     assert job_state(job) == "resume"
     (tmp_path / job.name / "summary.json").unlink()  # killed: no summary at all

@@ -13,7 +13,7 @@ from contsup.data import DeviceLoader, load_dataset
 from contsup.errors import ContsupError
 from contsup.method.network import LocalNetwork
 from contsup.models import Backbone, build_arch
-from contsup.train import Trainer
+from contsup.train import Loaders, LocalStep, Trainer
 from contsup.train.peak import step_peak
 
 
@@ -26,7 +26,7 @@ def api_trainer(out, batch=32, epochs=1):
     net = LocalNetwork(build_arch("resnet8", 3, 10, 32), config, torch.zeros(1, 3, 32, 32))
     cfg = TrainConfig(epochs=epochs, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
     train = DeviceLoader(data.train, data.info, batch, "cpu", train=True)
-    return Trainer(net, train, DeviceLoader(data.test, data.info, 128, "cpu"), cfg, out)
+    return Trainer(LocalStep.of(net, cfg), Loaders(train, DeviceLoader(data.test, data.info, 128, "cpu")), cfg, out)
 
 
 def test_a_folder_that_holds_a_run_is_refused_and_left_unchanged(tmp_path):
@@ -49,7 +49,7 @@ def test_resume_through_the_api_continues_the_run(tmp_path):
 def test_the_batch_size_is_the_loaders(tmp_path):
     trainer = api_trainer(tmp_path, batch=32)
     summary = trainer.fit()
-    assert trainer.cfg.batch_size == 32 and trainer.meta["run"]["train"]["batch_size"] == 32
+    assert trainer.config.batch_size == 32 and trainer.record["run"]["train"]["batch_size"] == 32
     assert summary["step_peak_memory_bytes"] == step_peak(trainer.net, 32, torch.device("cpu")).peak_bytes
 
 
@@ -70,7 +70,7 @@ def test_eval_refuses_a_network_of_ones_own_in_one_line(tmp_path, capsys):
     net = LocalNetwork(Backbone.from_units(units, 2, x[:1]), LocalConfig(modules=2, context="R1E", head="0c2f"), x[:1])
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     cfg = TrainConfig(epochs=1, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
-    Trainer(net, loader, loader, cfg, tmp_path / "own").fit()
+    Trainer(LocalStep.of(net, cfg), Loaders(loader, loader), cfg, tmp_path / "own").fit()
     capsys.readouterr()
     assert main(["runs", str(tmp_path / "own")]) == 0
     assert "R1E K=2" in capsys.readouterr().out
@@ -80,18 +80,18 @@ def test_eval_refuses_a_network_of_ones_own_in_one_line(tmp_path, capsys):
 
 
 def test_reconstruction_through_the_api(tmp_path):
-    """recon = "paper" builds from LocalConfig (with recon_dataset); without the images' pixels the Trainer
-    refuses in one line, and with a loader that can denormalise it trains."""
+    """recon = "paper" builds from LocalConfig (with recon_dataset); without the images' pixels its step is
+    refused in one line, and with the loader's denormalisation it trains."""
     data = load_dataset("synthetic", train_subset=64)
     cfg = TrainConfig(epochs=1, lr=0.05, warmup_epochs=0, device="cpu", progress=False)
     local = LocalConfig(modules=2, recon="paper", recon_dataset="cifar10")
     net = LocalNetwork(build_arch("resnet32", 3, 10, 32), local, torch.zeros(1, 3, 32, 32))
     assert net.plan.recon is not None and net.needs_pixels
-    x, y = data.train.images[:32].float(), data.train.labels[:32]
     with pytest.raises(ContsupError, match="pixels"):
-        Trainer(net, DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x, y)), cfg)
+        LocalStep.of(net, cfg)
     train = DeviceLoader(data.train, data.info, 32, "cpu", train=True)
-    summary = Trainer(net, train, DeviceLoader(data.test, data.info, 128, "cpu"), cfg, tmp_path).fit()
+    loaders = Loaders(train, DeviceLoader(data.test, data.info, 128, "cpu"))
+    summary = Trainer(LocalStep.of(net, cfg, train.denormalize), loaders, cfg, tmp_path).fit()
     assert summary["epochs"] == 1 and summary["params"]["decoders"] > 0
 
 
@@ -103,7 +103,7 @@ def small_api(out=None, loader_batch=16, images=32, classes=2, **train):
     net = LocalNetwork(Backbone.from_units(units, 2, x[:1]), LocalConfig(modules=2, context="R1E", head="0c2f"), x[:1])
     loader = DataLoader(TensorDataset(x, y), batch_size=loader_batch, drop_last=True)
     cfg = TrainConfig(**{"epochs": 1, "lr": 0.05, "warmup_epochs": 0, "device": "cpu", "progress": False, **train})
-    return Trainer(net, loader, loader, cfg, out)
+    return Trainer(LocalStep.of(net, cfg), Loaders(loader, loader), cfg, out)
 
 
 @pytest.mark.parametrize("settings,message", [

@@ -78,10 +78,10 @@ def test_non_finite_loss_stops_the_run(finished, capsys):
     cfg = replace(cfg, train=replace(cfg.train, epochs=2))
     data = load_data(cfg)
     net = build_network(cfg, data.info.channels, data.info.num_classes, data.info.size)
-    trainer = make_trainer(cfg, data, net, torch.device("cpu"))
+    trainer = make_trainer(cfg, data, net)
     trainer.resume(finished / "checkpoint.pt")
-    trainer.cfg = replace(cfg.train, lr=1e30, schedule="epoch")  # the full rate from its first step: diverges
-    trainer.schedule = make_schedule("epoch", 1e30, 2, len(trainer.train_loader))
+    trainer.config = replace(cfg.train, lr=1e30, schedule="epoch")  # the full rate from its first step: diverges
+    trainer.schedule = make_schedule("epoch", 1e30, 2, len(trainer.loaders.train))
     before = snapshot(finished)
     with pytest.raises(ContsupError, match=r"loss of module 1 stopped being finite at epoch 2, step \d+"):
         trainer.fit()

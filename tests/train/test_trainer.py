@@ -6,7 +6,7 @@ from tests.conftest import tiny_net
 
 from contsup.data import DeviceLoader, SyntheticOptions, load_dataset
 from contsup.errors import ContsupError
-from contsup.train import TrainConfig, Trainer, evaluate, load_checkpoint, save_checkpoint
+from contsup.train import Loaders, LocalStep, TrainConfig, Trainer, evaluate, load_checkpoint, save_checkpoint
 from contsup.train.peak import step_peak
 
 OPTS = SyntheticOptions(channels=3, size=16, num_classes=10, train=256, test=128, seed=0)
@@ -17,18 +17,19 @@ def make_trainer(mode="R1E", modules=4, epochs=3, out=None, local=None, subset_l
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, warmup_epochs=0, device="cpu", progress=False, **kw)
     train = DeviceLoader(data.train, data.info, cfg.batch_size, "cpu", train=True, seed=cfg.seed)
     test = DeviceLoader(data.test, data.info, 128, "cpu")
-    return Trainer(tiny_net(modules, mode, **(local or {})), train, test, cfg, out, subset_loader=subset_loader)
+    step = LocalStep.of(tiny_net(modules, mode, **(local or {})), cfg, train.denormalize)
+    return Trainer(step, Loaders(train, test, test_subset=subset_loader), cfg, out)
 
 
 @pytest.mark.parametrize("mode,modules", [("R0", 4), ("E", 4), ("R1", 4), ("R1E", 4), ("R2E", 3), ("R0", 1)])
 def test_training_lowers_loss(mode, modules):
     trainer = make_trainer(mode, modules, epochs=4)
-    x, y = next(iter(trainer.test_loader))
-    before = evaluate(trainer.net, trainer.test_loader)["loss"]
+    x, y = next(iter(trainer.loaders.test))
+    before = evaluate(trainer.net, trainer.loaders.test)["loss"]
     trainer.fit()
     first, last = trainer.history[0], trainer.history[-1]
     assert last["train_loss"] < first["train_loss"]
-    assert evaluate(trainer.net, trainer.test_loader)["loss"] < before
+    assert evaluate(trainer.net, trainer.loaders.test)["loss"] < before
     assert len(first["local_losses"]) == modules - 1
 
 
@@ -177,9 +178,9 @@ def test_evaluate_moves_batches_and_equals_the_trainer_in_channels_last():
     trainer = make_trainer("R1E", 3, epochs=1, channels_last=True)
     trainer.fit()
     assert trainer.net.blocks[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
-    inside = trainer.evaluate(trainer.test_loader)
+    inside = trainer.evaluate(trainer.loaders.test)
     Elsewhere.moved = []
-    batches = [(Elsewhere(x), Elsewhere(y)) for x, y in trainer.test_loader]
+    batches = [(Elsewhere(x), Elsewhere(y)) for x, y in trainer.loaders.test]
     outside = evaluate(trainer.net, batches, channels_last=True)
     assert outside == inside
     assert Elsewhere.moved == ["cpu"] * 2 * len(batches)

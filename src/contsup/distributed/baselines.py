@@ -37,7 +37,7 @@ from contsup.config import RunConfig
 from contsup.data import DeviceLoader
 from contsup.device import activate
 from contsup.distributed.costmodel import calibrate_units
-from contsup.distributed.launch import env_rank, pick_device
+from contsup.distributed.launch import env_rank, pick_device, rank_trainer
 from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage
 from contsup.distributed.syncbn import convert_sync_batchnorm
@@ -47,7 +47,7 @@ from contsup.method.local_step import autocast
 from contsup.method.losses import float32_loss
 from contsup.method.network import LocalNetwork, Plan, num_classes
 from contsup.models.chain import memory_format, to_format
-from contsup.run import build_network, check_steps, load_data, make_loaders, run_meta
+from contsup.run import build_network, check_steps, load_data
 from contsup.train.optim import param_names
 from contsup.train.trainer import Trainer
 
@@ -208,8 +208,8 @@ class ScheduleStep(PipelineStep):
         own = {id(p) for part in self.parts.values() for p in part.parameters()}
         return [(n, p) for n, p in self.net.named_parameters() if id(p) in own]
 
-    def loader(self, loader: DeviceLoader | None) -> Labels:
-        """The batches as this rank sees them (`Labels`)."""
+    def loader(self, loader: DeviceLoader | None, train: bool) -> Labels:
+        """The batches as this rank sees them (`Labels`), the same for training and evaluation."""
         return Labels(loader, self.topo.rank, self.groups.ctrl, self.device)
 
     def train(self, batch: tuple[torch.Tensor | None, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None,
@@ -290,8 +290,8 @@ class DDPStep(PipelineStep):
         """Every parameter (each rank holds the whole network)."""
         return self.net.named_parameters()
 
-    def loader(self, loader: DeviceLoader | None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """Every rank reads every batch."""
+    def loader(self, loader: DeviceLoader | None, train: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Every rank reads every batch, for training and evaluation alike."""
         assert loader is not None
         return loader
 
@@ -351,12 +351,4 @@ def build_baseline(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, P
                 f"{p.micro_batches} micro-batches, units per stage {','.join(str(len(r)) for r in ranges)}")
     if rank == 0:
         print(line, flush=True)
-    reads = p.parallel == "ddp" or rank == 0
-    loaders = make_loaders(cfg, data, device) if reads else dict.fromkeys(("train", "val", "test", "test_subset"))
-    meta = {**run_meta(cfg, data, net), "pipeline": {"stages": step.topo.stages, "replicas": step.topo.replicas}}
-    return Trainer(
-        net, step.loader(loaders["train"]), step.loader(loaders["test"]), cfg.train, cfg.out,
-        val_loader=step.loader(loaders["val"]) if data.val is not None else None,
-        subset_loader=step.loader(loaders["test_subset"]) if cfg.train.eval_subset else None,
-        meta=meta, step=step, steps_per_epoch=len(data.train) // cfg.train.batch_size,  # training drops the last
-    ), step
+    return rank_trainer(cfg, data, step, reads=p.parallel == "ddp" or rank == 0), step

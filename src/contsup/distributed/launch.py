@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from contsup.data import Dataset
 from contsup.device import activate
 from contsup.distributed.pipeline import Groups, PipelineStep
 from contsup.distributed.stage import Stage, measure_costs
@@ -40,10 +42,9 @@ from contsup.run import (
     make_loaders,
     plan_from_checkpoint,
     prepare_run,
-    run_meta,
 )
 from contsup.train.runfolder import CHECKPOINT, WRITES, continue_hint, open_run_folder
-from contsup.train.trainer import Trainer
+from contsup.train.trainer import Loaders, Trainer, run_record
 
 
 def env_rank() -> tuple[int, int, int]:
@@ -139,15 +140,22 @@ def build_rank(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, Pipel
               f"modules per stage {sizes}", flush=True)
     step = PipelineStep(net, stage, topo, Groups(ctrl, group), device, comm_device, pcfg.inflight, cfg.train.bf16,
                         cfg.train.channels_last)
-    loaders = make_loaders(cfg, data, device) if topo.first else {"train": None, "val": None, "test": None,
-                                                                               "test_subset": None}
-    meta = {**run_meta(cfg, data, net), "pipeline": {"stages": topo.stages, "replicas": topo.replicas}}
-    return Trainer(
-        net, step.loader(loaders["train"], train=True), step.loader(loaders["test"], train=False), cfg.train,
-        cfg.out, val_loader=step.loader(loaders["val"], train=False) if data.val is not None else None,
-        subset_loader=step.loader(loaders["test_subset"], train=False) if cfg.train.eval_subset else None,
-        meta=meta, step=step, steps_per_epoch=len(data.train) // cfg.train.batch_size,  # training drops the last
-    ), step
+    return rank_trainer(cfg, data, step, reads=topo.first), step
+
+
+def rank_trainer(cfg: RunConfig, data: Dataset, step: PipelineStep, reads: bool) -> Trainer:
+    """The one Trainer of a rank: its step on the step's view of the loaders (`step.loader`: the data where the
+    rank `reads` it, else what arrives), the run's record with the pipeline's shape."""
+    own = make_loaders(cfg, data, step.device) if reads else None
+
+    def view(name: str, train: bool = False) -> Iterable:
+        return step.loader(getattr(own, name) if own is not None else None, train)
+
+    loaders = Loaders(view("train", train=True), view("test"), view("val") if data.val is not None else None,
+                      view("test_subset") if cfg.train.eval_subset else None,
+                      steps_per_epoch=len(data.train) // cfg.train.batch_size)  # training drops the last
+    shape = {"stages": step.topo.stages, "replicas": step.topo.replicas}
+    return Trainer(step, loaders, cfg.train, cfg.out, record=run_record(cfg, data.info, step.net, pipeline=shape))
 
 
 def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:

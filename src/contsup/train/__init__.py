@@ -5,9 +5,9 @@ from contsup.device import resolve_device
 from contsup.train.checkpoint import load_checkpoint, save_checkpoint
 from contsup.train.schedule import lr_at
 from contsup.train.steps import LocalStep, Step
-from contsup.train.trainer import Trainer, evaluate
+from contsup.train.trainer import Loaders, Trainer, evaluate
 
 __all__ = [
-    "LocalStep", "Step", "TrainConfig", "Trainer", "evaluate", "load_checkpoint", "lr_at", "resolve_device",
+    "Loaders", "LocalStep", "Step", "TrainConfig", "Trainer", "evaluate", "load_checkpoint", "lr_at", "resolve_device",
     "save_checkpoint",
 ]

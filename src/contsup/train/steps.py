@@ -13,7 +13,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from contsup.device import activate, to_host_tree
+from contsup.config import TrainConfig
+from contsup.device import activate, resolve_device, to_host_tree
+from contsup.errors import ContsupError
 from contsup.method.local_step import autocast, modules_step
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Targets
@@ -90,6 +92,16 @@ class LocalStep:
         self.amp = autocast(device, bf16)
         self.pixels = pixels if self.net.needs_pixels else None
         self.micro_batches = micro_batches
+
+    @classmethod
+    def of(cls, net: LocalNetwork, config: TrainConfig, pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           micro_batches: int = 1) -> LocalStep:
+        """The training step of `net` as `config` sets it (its device, bf16, channels_last); with the
+        reconstruction term, `pixels` maps a normalised batch back to the image (`DeviceLoader.denormalize`)."""
+        if net.needs_pixels and pixels is None:
+            raise ContsupError("the reconstruction term needs the images' pixels in [0, 1]: pass pixels= (the "
+                               "inverse of your loader's normalisation, e.g. a DeviceLoader's denormalize)")
+        return cls(net, resolve_device(config.device), config.bf16, config.channels_last, pixels, micro_batches)
 
     def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """Every parameter of the network."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from contsup.checks import check_trainer
 from contsup.config import DataConfig, RunConfig, TrainConfig
-from contsup.device import resolve_device, synchronize, to_host
+from contsup.data.specs import DatasetInfo
+from contsup.device import synchronize, to_host
 from contsup.errors import ContsupError
 from contsup.files import atomic_write, write_json
 from contsup.memory import PeakMemory
@@ -98,61 +99,57 @@ def error_and_loss(counts: torch.Tensor) -> dict[str, float]:
             "top_class_share": float(counts[4:].max()) / total if len(counts) > 4 else 0.0}
 
 
+@dataclass
+class Loaders:
+    """The batches a run reads: training and test, and optionally validation and the test subset.
+
+    With `eval_subset`, `test_subset` holds those seeded test images (`contsup.run.make_loaders`): epochs
+    before the last evaluate on it, the last on `test`. `steps_per_epoch` is `len(train)` unless given (a
+    pipeline's later stages receive their batches and cannot count them).
+    """
+
+    train: Iterable
+    test: Iterable
+    val: Iterable | None = None
+    test_subset: Iterable | None = None
+    steps_per_epoch: int | None = None  # None: len(train)
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch is None:
+            self.steps_per_epoch = len(self.train)  # type: ignore[arg-type]
+
+
 class Trainer:
-    """Trains a LocalNetwork with local steps; checkpoints and metrics go to `out_dir`.
+    """Trains the network of a `Step` on `loaders` as `config` says; checkpoints and metrics go to `run_folder`.
 
-    Without `step`, every module trains in this process (`LocalStep`, on `device`, else `cfg.device`); a
-    pipeline rank passes its `PipelineStep` and the loaders of its stage. With the reconstruction term,
-    `pixels` (or the training loader's `denormalize`) maps a normalised batch back to the image in [0, 1].
-    With `cfg.eval_subset`, `subset_loader` holds those seeded test images (`contsup.run.make_loaders`);
-    epochs before the last evaluate on it, the last on `test_loader`.
+    The step says where the modules train: `LocalStep.of(net, config)` every module in this process, a
+    pipeline rank its `PipelineStep` (and the loaders of its stage). The batch size is the training loader's
+    (its `batch_size`), whatever `config` says.
 
-    A run folder `out_dir` is used as the command line uses it: one writer at a time (its lock is held
-    while `fit` runs), a folder that holds a run is continued only through `resume`, and the checkpoint
-    and summary record the run's settings (`meta`, else `api_meta`) so that `contsup eval` and `contsup
-    runs` read it. The batch size is the training loader's (its `batch_size`), whatever `cfg` says.
+    A run folder is used as the command line uses it: one writer at a time (its lock is held while `fit`
+    runs), a folder that holds a run is continued only through `resume`, and the checkpoint and summary
+    hold `record`, what the run was (`run_record`; by default the Python API's: the network, `config` and
+    the training loader's dataset) so that `contsup eval` and `contsup runs` read it.
     """
 
     LOG_EVERY = 20  # batches between progress-bar loss readings (each waits for the device); steps 1, 2, 4, 8, 16 too
     CURVE_POINTS = 8  # slices of each epoch whose mean losses the metrics row keeps (`curve`)
 
-    def __init__(
-        self,
-        net: LocalNetwork,
-        train_loader: Iterable,
-        test_loader: Iterable,
-        cfg: TrainConfig,
-        out_dir: str | Path | None = None,
-        val_loader: Iterable | None = None,
-        subset_loader: Iterable | None = None,
-        pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        meta: dict[str, Any] | None = None,
-        step: Step | None = None,
-        steps_per_epoch: int | None = None,
-        device: torch.device | None = None,
-    ) -> None:
-        batch = getattr(train_loader, "batch_size", None)
-        if step is None and isinstance(batch, int) and batch != cfg.batch_size:
-            cfg = replace(cfg, batch_size=batch)  # the loader's batch is what trains: the step peak and records say it
-        steps = steps_per_epoch if steps_per_epoch is not None else len(train_loader)  # type: ignore[arg-type]
-        check_trainer(cfg, steps, net.config)  # the command line's checks, for the Python API too
-        self.cfg = cfg
-        pixels = pixels or getattr(train_loader, "denormalize", None)
-        if net.needs_pixels and pixels is None and step is None:
-            raise ContsupError("the reconstruction term needs the images' pixels in [0, 1]: pass pixels= (the "
-                               "inverse of your loader's normalisation) or a loader with a denormalize method")
-        self.step: Step = step or LocalStep(net, device or resolve_device(cfg.device), cfg.bf16, cfg.channels_last,
-                                            pixels)
-        self.net, self.device = self.step.net, self.step.device
-        self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
-        if cfg.eval_subset and subset_loader is None:
-            raise ContsupError("eval_subset needs the loader of its test images (Trainer(subset_loader=...))")
-        self.subset_loader = subset_loader if cfg.eval_subset else None
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.meta = meta if meta is not None else api_meta(self.net, cfg, train_loader)
-        self.optimizer = make_optimizer(self.step.named_parameters(), cfg)
-        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.warmup_steps,
-                                      cfg.warmup_start_lr)
+    def __init__(self, step: Step, loaders: Loaders, config: TrainConfig, run_folder: str | Path | None = None,
+                 *, record: dict[str, Any] | None = None) -> None:
+        batch = getattr(loaders.train, "batch_size", None)
+        if isinstance(batch, int) and batch != config.batch_size:
+            config = replace(config, batch_size=batch)  # the loader's batch trains: the step peak and records say so
+        check_trainer(config, loaders.steps_per_epoch, step.net.config)  # the command line's checks, for the API too
+        if config.eval_subset and loaders.test_subset is None:
+            raise ContsupError("eval_subset needs the loader of its test images (Loaders(test_subset=...))")
+        self.step, self.loaders, self.config = step, loaders, config
+        self.net, self.device = step.net, step.device
+        self.run_folder = Path(run_folder) if run_folder is not None else None
+        self.record = record if record is not None else api_record(self.net, config, loaders.train)
+        self.optimizer = make_optimizer(step.named_parameters(), config)
+        self.schedule = make_schedule(config.schedule, config.lr, config.epochs, loaders.steps_per_epoch,
+                                      config.warmup_epochs, config.warmup_steps, config.warmup_start_lr)
         self.epoch = 0
         self.step_memory: PeakMemory | None = None
         self.rank_step_peaks: list[int] | None = None  # ranks of a pipeline or baseline: each one's step peak
@@ -172,28 +169,28 @@ class Trainer:
             "history": self.history,
             "train_time": self.train_time,
             "images": self.images,
-            "train_config": asdict(self.cfg),
-            "meta": self.meta,
+            "train_config": asdict(self.config),
+            "meta": self.record,
         }
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by a Trainer (one process or a pipeline)."""
         payload = self.step.read(Path(path))
-        check_checkpoint_fits(self.net, payload, self.cfg, path, "this Trainer's network")
+        check_checkpoint_fits(self.net, payload, self.config, path, "this Trainer's network")
         self.step.restore(payload, self.optimizer)
         self.epoch = payload["epoch"]
         self.history = payload["history"]
         self.train_time = payload["train_time"]
         self.images = payload["images"]
-        if self.out_dir is not None and self.step.main:
-            rewrite_metrics(self.out_dir, self.history)
+        if self.run_folder is not None and self.step.main:
+            rewrite_metrics(self.run_folder, self.history)
 
     # -- loop -------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
         """One epoch of local steps, the learning rate set by the schedule before each; metrics over every process."""
-        if hasattr(self.train_loader, "set_epoch"):
-            self.train_loader.set_epoch(self.epoch)
-        torch.manual_seed(self.cfg.seed * 1000 + self.epoch)
+        if hasattr(self.loaders.train, "set_epoch"):
+            self.loaders.train.set_epoch(self.epoch)
+        torch.manual_seed(self.config.seed * 1000 + self.epoch)
         self.net.train()
         k_total = self.net.num_modules
         mods = self.step.modules
@@ -201,8 +198,8 @@ class Trainer:
         stats = torch.zeros(k_total + 3, dtype=torch.float64, device=self.device)
         steps: list[torch.Tensor] = []  # each step's losses, for the means over the epoch's last quarter
         bar = tqdm(
-            self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-            disable=not (self.cfg.progress and self.step.main), dynamic_ncols=True,
+            self.loaders.train, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
+            disable=not (self.config.progress and self.step.main), dynamic_ncols=True,
         )
         watch = FiniteWatch(k_total, self.device)
         synchronize(self.device)  # host sync: the epoch's clock starts when the device is idle
@@ -211,8 +208,8 @@ class Trainer:
             self.schedule.apply(self.optimizer, self.epoch, i)
             self.optimizer.zero_grad(set_to_none=True)
             losses, logits, y = self.step.train(batch)
-            if self.cfg.clip_grad:
-                clip_module_grads(self.net, mods, self.cfg.clip_grad)
+            if self.config.clip_grad:
+                clip_module_grads(self.net, mods, self.config.clip_grad)
             self.optimizer.step()  # MAN's momentum copies follow it (a hook: contsup.method.heads.man)
             stats[mods.start:mods.stop] += losses.double()
             watch.update(mods, losses, i)
@@ -280,36 +277,36 @@ class Trainer:
 
     def evaluate(self, loader: Iterable, split: str = "test") -> dict[str, float]:
         """Error (%) and mean cross entropy of the inference pass over a loader, over every process."""
-        shown = self.cfg.progress and self.step.main
+        shown = self.config.progress and self.step.main
         return evaluate_step(self.step, loader, f"evaluating on the {split} set" if shown else None)
 
     def fit(self, until: int | None = None) -> dict[str, Any] | None:
-        """Train to `cfg.epochs` (or stop after epoch `until`), checkpointing every epoch and evaluating every
-        `cfg.eval_every` epochs and at the end (the last epoch of the run on the full test set).
+        """Train to `config.epochs` (or stop after epoch `until`), checkpointing every epoch and evaluating every
+        `config.eval_every` epochs and at the end (the last epoch of the run on the full test set).
 
         Then, in one process, measures the peak memory of one local step of this network at the run's
         batch size (on a copy, after the epochs so that the process peak excludes it; see `step_peak`),
         reported in the summary beside the process peak.
         Returns the summary on the main process, None on the other ranks of a pipeline.
         """
-        with hold_run_folder(self.out_dir if self.step.main else None, reentrant=True):
+        with hold_run_folder(self.run_folder if self.step.main else None, reentrant=True):
             return self._fit(until)
 
     def _fit(self, until: int | None) -> dict[str, Any] | None:
         """`fit` with the run folder's lock held (on the main process)."""
-        if self.out_dir is not None and self.step.main:
+        if self.run_folder is not None and self.step.main:
             self._check_new_run()
-            open_run_folder(self.out_dir)
+            open_run_folder(self.run_folder)
         board = self._tensorboard()
-        if self.cfg.progress and self.step.main:
+        if self.config.progress and self.step.main:
             tqdm.write(legend(self.net.num_modules))
         reset_peak(self.device)
-        stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
+        stop = self.config.epochs if until is None else min(until, self.config.epochs)
         while self.epoch < stop:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            if row["epoch"] % self.cfg.eval_every == 0 or row["epoch"] == stop:
-                if row["epoch"] == self.cfg.epochs:
-                    self._say(f"epoch {row['epoch']}/{self.cfg.epochs} trained; evaluating on the full test set")
+            if row["epoch"] % self.config.eval_every == 0 or row["epoch"] == stop:
+                if row["epoch"] == self.config.epochs:
+                    self._say(f"epoch {row['epoch']}/{self.config.epochs} trained; evaluating on the full test set")
                 self._evaluate_into(row)
             row["peak_memory_bytes"] = self._peak()
             check_row(row)  # before the checkpoint: the run folder keeps the last good epoch
@@ -321,20 +318,20 @@ class Trainer:
         if board is not None:
             board.close()
         if (self.step_memory is None and isinstance(self.step, LocalStep) and self.step.micro_batches == 1
-                and self.cfg.step_peak):  # step_peak measures a whole batch's step
-            self._say(f"measuring the peak memory of one training step at batch {self.cfg.batch_size} on a copy of "
+                and self.config.step_peak):  # step_peak measures a whole batch's step
+            self._say(f"measuring the peak memory of one training step at batch {self.config.batch_size} on a copy of "
                       "the network (--no-step-peak skips it)")
-            self.step_memory = step_peak(self.net, self.cfg.batch_size, self.device, self.step.bf16,
+            self.step_memory = step_peak(self.net, self.config.batch_size, self.device, self.step.bf16,
                                          self.step.format)
-        elif self.rank_step_peaks is None and hasattr(self.step, "step_peak") and self.cfg.step_peak:
-            self._say(f"measuring each rank's peak memory in one more training step at batch {self.cfg.batch_size} "
+        elif self.rank_step_peaks is None and hasattr(self.step, "step_peak") and self.config.step_peak:
+            self._say(f"measuring each rank's peak memory in one more training step at batch {self.config.batch_size} "
                       "(--no-step-peak skips it)")
             self._measure_rank_peaks()
         return self.summary() if self.step.main else None
 
     def _measure_rank_peaks(self) -> None:
         """Every rank's step peak (`PipelineStep.step_peak`), gathered on every rank (one all-reduce)."""
-        peak = self.step.step_peak(self.cfg.batch_size)  # type: ignore[attr-defined]
+        peak = self.step.step_peak(self.config.batch_size)  # type: ignore[attr-defined]
         world = self.step.topo.world  # type: ignore[attr-defined]
         mine = torch.zeros(world, dtype=torch.float64)
         mine[self.step.topo.rank] = peak.peak_bytes  # type: ignore[attr-defined]
@@ -348,18 +345,18 @@ class Trainer:
 
     def _check_new_run(self) -> None:
         """Refuse to start a run from epoch 0 in a folder that already holds one (`resume` continues it)."""
-        assert self.out_dir is not None
-        held = [name for name in RUN_FILES if os.path.lexists(self.out_dir / name)] if self.epoch == 0 else []
+        assert self.run_folder is not None
+        held = [name for name in RUN_FILES if os.path.lexists(self.run_folder / name)] if self.epoch == 0 else []
         if held:
-            raise ContsupError(f"{self.out_dir} already holds a run ({', '.join(held)}): continue it with "
-                               f"Trainer.resume('{self.out_dir / CHECKPOINT}'), or choose another out_dir")
+            raise ContsupError(f"{self.run_folder} already holds a run ({', '.join(held)}): continue it with "
+                               f"Trainer.resume('{self.run_folder / CHECKPOINT}'), or choose another run folder")
 
     def _evaluate_into(self, row: dict[str, Any]) -> None:
         """The epoch's validation and test errors into its row; the test subset before the run's last epoch."""
-        if self.val_loader is not None:
-            row["val_error"] = self.evaluate(self.val_loader, "validation")["error"]
-        subset = self.subset_loader is not None and row["epoch"] < self.cfg.epochs
-        test = self.evaluate(self.subset_loader if subset else self.test_loader)
+        if self.loaders.val is not None:
+            row["val_error"] = self.evaluate(self.loaders.val, "validation")["error"]
+        subset = self.config.eval_subset > 0 and row["epoch"] < self.config.epochs
+        test = self.evaluate(self.loaders.test_subset if subset else self.loaders.test)  # type: ignore[arg-type]
         row["test_error"], row["test_loss"], row["test_images"] = test["error"], test["loss"], test["images"]
         note = collapse_note(row["train_error"], test["error"], test["top_class_share"],
                              num_classes(self.net.objectives[-1]))
@@ -370,11 +367,11 @@ class Trainer:
 
     def _tensorboard(self) -> TensorBoardLog | None:
         """The TensorBoard writer of this run's folder, on the main process, when asked for."""
-        if not (self.cfg.tensorboard and self.step.main):
+        if not (self.config.tensorboard and self.step.main):
             return None
-        if self.out_dir is None:
-            raise ContsupError("TensorBoard logging needs a run folder (out_dir)")
-        return TensorBoardLog(self.out_dir / "tensorboard")
+        if self.run_folder is None:
+            raise ContsupError("TensorBoard logging needs a run folder (Trainer(run_folder=...))")
+        return TensorBoardLog(self.run_folder / "tensorboard")
 
     def _peak(self) -> float:
         """Peak memory of the largest process so far."""
@@ -385,13 +382,13 @@ class Trainer:
         payload = self.state()
         if payload is None:
             return
-        if self.out_dir is not None:
-            with writing(self.out_dir):
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(self.out_dir / CHECKPOINT, payload)
-                with open(self.out_dir / METRICS, "a") as f:
+        if self.run_folder is not None:
+            with writing(self.run_folder):
+                self.run_folder.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(self.run_folder / CHECKPOINT, payload)
+                with open(self.run_folder / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
-        tqdm.write(epoch_line(row, self.cfg.epochs, self.cfg.lr))
+        tqdm.write(epoch_line(row, self.config.epochs, self.config.lr))
 
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
@@ -401,20 +398,26 @@ class Trainer:
                           self.net.param_counts(), self.step_memory)
         if self.rank_step_peaks is not None:
             out["rank_step_peak_memory_bytes"] = self.rank_step_peaks
-        if self.out_dir is not None:
-            with writing(self.out_dir):
-                write_json(self.out_dir / SUMMARY, {**out, "meta": self.meta})
+        if self.run_folder is not None:
+            with writing(self.run_folder):
+                write_json(self.run_folder / SUMMARY, {**out, "meta": self.record})
         return out
 
 
-def api_meta(net: LocalNetwork, cfg: TrainConfig, loader: Iterable) -> dict[str, Any]:
-    """What a run started through the Python API records: its settings as a run configuration (the
-    backbone's name and the loader's dataset, `custom` when it has none), the dataset and the plan."""
+def run_record(run: RunConfig, info: DatasetInfo | None, net: LocalNetwork, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint and summary record of a run: its settings, the dataset's description (when known), the
+    network's resolved plan, and `extra` (a pipeline's shape; `api` for a run of the Python API)."""
+    return {"run": run.to_dict(), **({"dataset": asdict(info)} if info is not None else {}),
+            "plan": net.plan.to_dict(), **extra}
+
+
+def api_record(net: LocalNetwork, config: TrainConfig, loader: Iterable) -> dict[str, Any]:
+    """The record of a run started through the Python API: its settings as a run configuration (the
+    backbone's name and the loader's dataset, `custom` when it has none)."""
     info = getattr(loader, "info", None)
     run = RunConfig(data=DataConfig(name=getattr(info, "name", "custom")), arch=net.backbone_name,
-                    local=net.config, train=cfg)
-    return {"run": run.to_dict(), **({"dataset": asdict(info)} if info is not None else {}),
-            "plan": net.plan.to_dict(), "api": True}
+                    local=net.config, train=config)
+    return run_record(run, info, net, api=True)
 
 
 def run_summary(
