@@ -1,8 +1,10 @@
 """The package's import graph, read from the source: no cycle anywhere, and nothing in `contsup.method` above it.
 
-Every import at a module's top level counts, those under `TYPE_CHECKING` too (a cycle there is still a circle
-a reader walks); an import inside a function runs when it is called and is left out. `from a import b` depends
-on the module `a.b` when there is one, else on `a`.
+Every import counts: at a module's top level, under `TYPE_CHECKING` (a cycle there is still a circle a reader
+walks) and inside a function (it runs when the function is called; a lazy import that closes a circle only
+hides it). `from a import b` depends on the module `a.b` when there is one, else on `a`; importing `a.b.c`
+runs the package `a.b` first, so it depends on that package too (the root `contsup`, which gathers the public
+names, left out; a package's own modules import their siblings without it).
 """
 
 from __future__ import annotations
@@ -22,16 +24,10 @@ def module_name(path: Path, src: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def top_level(body: list[ast.stmt]) -> list[ast.stmt]:
-    """The statements of a module body, with those of its `if`, `try` and `with` blocks, not of its functions."""
-    out = []
-    for node in body:
-        out.append(node)
-        if isinstance(node, (ast.If, ast.Try, ast.With)):
-            inner = [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", []),
-                     *(s for h in getattr(node, "handlers", []) for s in h.body)]
-            out += top_level(inner)
-    return out
+def parents(name: str) -> list[str]:
+    """The packages that importing `name` runs first, below the root: contsup.a.b.c -> contsup.a, contsup.a.b."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
 
 
 def import_graph(root: Path = SRC / "contsup") -> dict[str, set[str]]:
@@ -41,7 +37,7 @@ def import_graph(root: Path = SRC / "contsup") -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
-        for node in top_level(ast.parse(path.read_text(), str(path)).body):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -52,6 +48,7 @@ def import_graph(root: Path = SRC / "contsup") -> dict[str, set[str]]:
                 for alias in node.names:
                     sub = f"{base}.{alias.name}"
                     deps.add(sub if sub in modules else base)
+        deps |= {p for d in deps for p in parents(d) if not (name + ".").startswith(p + ".")}
         graph[name] = {d for d in deps if d in modules and d != name}
     return graph
 
@@ -91,10 +88,13 @@ def test_the_method_imports_nothing_above_it():
 
 
 def test_the_walk_sees_cycles_and_upward_imports(tmp_path):
-    """The checks above can fail: a planted cycle and a planted upward import are both found."""
+    """The checks above can fail: a planted cycle, one closed by an import inside a function, one through a
+    package's `__init__`, and a planted upward import are all found."""
     pkg = tmp_path / "contsup"
     (pkg / "method").mkdir(parents=True)
-    for f in ("__init__.py", "checks.py", "method/__init__.py", "method/a.py", "method/b.py"):
+    (pkg / "train").mkdir()
+    for f in ("__init__.py", "checks.py", "method/__init__.py", "method/a.py", "method/b.py", "train/__init__.py",
+              "train/loop.py", "train/schedule.py"):
         (pkg / f).write_text("")
     (pkg / "method/a.py").write_text("from contsup.method import b\n")
     (pkg / "method/b.py").write_text("if TYPE_CHECKING:\n    from contsup.method.a import X\nfrom .. import checks\n")
@@ -102,3 +102,12 @@ def test_the_walk_sees_cycles_and_upward_imports(tmp_path):
     assert find_cycle(graph) in (["contsup.method.a", "contsup.method.b", "contsup.method.a"],
                                  ["contsup.method.b", "contsup.method.a", "contsup.method.b"])
     assert "contsup.checks" in graph["contsup.method.b"]
+    (pkg / "method/b.py").write_text("def f():\n    from contsup.method.a import X\n")  # lazy: still a circle
+    assert find_cycle(import_graph(pkg)) is not None
+    (pkg / "method/b.py").write_text("")
+    assert find_cycle(import_graph(pkg)) is None
+    # checks -> train.schedule runs train/__init__ -> train.loop -> checks: the circle of a partial module
+    (pkg / "train/__init__.py").write_text("from contsup.train.loop import fit\n")
+    (pkg / "train/loop.py").write_text("from contsup.checks import check\n")
+    (pkg / "checks.py").write_text("def check():\n    from contsup.train.schedule import lr\n")
+    assert find_cycle(import_graph(pkg)) == ["contsup.checks", "contsup.train", "contsup.train.loop", "contsup.checks"]

@@ -73,25 +73,6 @@ def _default(path: str) -> Any:
     return settings()[path].default
 
 
-def check_trainer(t: Any, steps_per_epoch: Any, local: Any, p: Any = None) -> None:
-    """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`), every setting
-    used (`check_used`, with the network's `local` settings and a run's pipeline settings `p`), epochs of at least
-    one step (a loader without a full batch trains nothing), the warm-up within the run and below the peak rate."""
-    check_train(t)
-    check_used(local, t, p)
-    check_int("steps per epoch (full batches of the training loader)", steps_per_epoch, 1, 10**9)
-    if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
-        raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
-                           f"got {t.warmup_steps}")
-    from contsup.train.schedule import make_schedule  # here: contsup.train imports this module
-
-    schedule = make_schedule(t.schedule, t.lr, t.epochs, steps_per_epoch, t.warmup_epochs, t.warmup_steps,
-                             t.warmup_start_lr)
-    if schedule.warmup_steps > 0 and t.warmup_start_lr > t.lr:  # checked where a run starts: stored runs stay readable
-        raise ContsupError(f"the warm-up would start at {t.warmup_start_lr:g}, {t.warmup_start_lr / t.lr:.3g}x the "
-                           f"peak rate lr {t.lr:g}; pass --warmup-start-lr below it, e.g. {t.lr / 100:.1e}")
-
-
 def check_pipeline(p: Any) -> None:
     """Every field of a PipelineConfig, whether or not the run is pipelined."""
     check_types(p)

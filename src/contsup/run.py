@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from contsup.checks import check_run, check_trainer, idle_settings
+from contsup.checks import check_run, idle_settings
 from contsup.config import DataConfig, LocalConfig, PipelineConfig, RunConfig, TrainConfig
 from contsup.data import Dataset, DeviceLoader, dataset_info, load_dataset, published_sizes
 from contsup.data.specs import DATASETS
@@ -31,7 +31,7 @@ from contsup.train.runfolder import (
     open_run_folder,
 )
 from contsup.train.steps import LocalStep
-from contsup.train.trainer import Loaders, Trainer, evaluate, run_record
+from contsup.train.trainer import Loaders, Trainer, check_trainer, evaluate, run_record
 
 __all__ = [
     "DataConfig", "LocalConfig", "PipelineConfig", "RunConfig", "TrainConfig", "build_network", "evaluate_checkpoint",

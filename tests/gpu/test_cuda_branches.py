@@ -17,7 +17,7 @@ from tests.gpu.conftest import no_cuda_moves
 from contsup.config import PipelineConfig, RunConfig, TrainConfig
 from contsup.device import activate, resolve_device
 from contsup.distributed.comm import wait_on_host
-from contsup.distributed.launch import pick_device
+from contsup.distributed.rank import pick_device
 from contsup.distributed.syncbn import SyncBatchNorm, sync_batchnorm
 from contsup.errors import ContsupError
 from contsup.memory import measure_peak

@@ -13,7 +13,7 @@ from tests.models import user_models
 
 from contsup.errors import ContsupError
 from contsup.method import LocalConfig, LocalNetwork, local_step
-from contsup.models import Backbone
+from contsup.models import Backbone, trace_backbone
 from contsup.profile.runner import ProfileConfig, profile_one
 
 MODELS = ["resnet50_like", "hf_vit", "sequential_cnn", "unet_classifier"]
@@ -43,7 +43,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_legal_cuts_are_the_block_boundaries(name):
-    backbone = Backbone.from_module(make(name), sample())
+    backbone = trace_backbone(make(name), sample())
     assert backbone.unit_labels[:-1] == LEGAL[name]
 
 
@@ -160,7 +160,7 @@ class Tied(torch.nn.Module):
 
 def test_no_cut_splits_tied_weights():
     """A module that runs on both sides of a point makes it no cut (its gradient would come from two modules)."""
-    backbone = Backbone.from_module(Tied(), torch.zeros(1, 1, 8, 8))
+    backbone = trace_backbone(Tied(), torch.zeros(1, 1, 8, 8))
     assert backbone.unit_labels == ["stem", "b", "c"]
     with pytest.raises(ContsupError, match="cut 'a' is not legal: the weights of 'shared' are used on both sides"):
         LocalNetwork(Tied(), LocalConfig(modules=2, cuts="a"), torch.zeros(1, 1, 8, 8))

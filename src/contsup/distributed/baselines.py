@@ -37,8 +37,8 @@ from contsup.config import RunConfig
 from contsup.data import DeviceLoader
 from contsup.device import activate
 from contsup.distributed.costmodel import calibrate_units
-from contsup.distributed.launch import env_rank, pick_device, rank_trainer
 from contsup.distributed.pipeline import Groups, PipelineStep
+from contsup.distributed.rank import env_rank, pick_device, rank_trainer
 from contsup.distributed.stage import Stage
 from contsup.distributed.syncbn import convert_sync_batchnorm
 from contsup.distributed.topology import STAGES_PER_RANK, Topology, from_sizes, partition, stage_owners

@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from contsup.data import Dataset
-from contsup.device import activate
+from contsup.distributed.baselines import build_baseline
 from contsup.distributed.pipeline import Groups, PipelineStep
+from contsup.distributed.rank import env_rank, pick_device, rank_trainer
 from contsup.distributed.stage import Stage, measure_costs
 from contsup.distributed.syncbn import sync_batchnorm
 from contsup.distributed.topology import Topology, from_sizes, partition
@@ -39,45 +38,11 @@ from contsup.run import (
     check_fit,
     check_steps,
     load_data,
-    make_loaders,
     plan_from_checkpoint,
     prepare_run,
 )
 from contsup.train.runfolder import CHECKPOINT, WRITES, continue_hint, open_run_folder
-from contsup.train.trainer import Loaders, Trainer, run_record
-
-
-def env_rank() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; a clear error outside torchrun."""
-    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
-        raise ContsupError(
-            f"--pipeline runs under torchrun ({', '.join(missing)} not set): "
-            "torchrun --nproc-per-node P -m contsup train ... --pipeline"
-        )
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def pick_device(cfg: RunConfig, backend: str, local_rank: int) -> tuple[str, torch.device, torch.device]:
-    """(backend, compute device, device that messages travel through) for this rank.
-
-    On CUDA every rank of a node gets its own GPU (`cuda:LOCAL_RANK`, made current): more ranks on a node
-    than GPUs, or one `cuda:N` named for all ranks, is refused in one line rather than shared silently.
-    """
-    name = cfg.train.device
-    cuda = torch.cuda.is_available() and (name == "auto" or name.startswith("cuda"))
-    if backend == "auto":
-        backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
-    if backend == "nccl" and not cuda:
-        raise ContsupError("--backend nccl needs CUDA devices")
-    if not cuda:
-        return backend, torch.device("cpu"), torch.device("cpu")
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if local_ranks > torch.cuda.device_count() or (":" in name and local_ranks > 1):
-        raise ContsupError(f"{local_ranks} ranks on this node and {torch.cuda.device_count()} CUDA device(s): "
-                           "a pipeline gives every rank its own GPU; start at most one rank per GPU with --device cuda")
-    device = activate(torch.device(name if ":" in name else f"cuda:{local_rank}"))
-    return backend, device, device if backend == "nccl" else torch.device("cpu")  # gloo: through host memory
+from contsup.train.trainer import Trainer
 
 
 def assign_modules(net: LocalNetwork, cfg: RunConfig, topo: Topology, ctrl: dist.ProcessGroup,
@@ -143,21 +108,6 @@ def build_rank(cfg: RunConfig, plan: Plan | None = None) -> tuple[Trainer, Pipel
     return rank_trainer(cfg, data, step, reads=topo.first), step
 
 
-def rank_trainer(cfg: RunConfig, data: Dataset, step: PipelineStep, reads: bool) -> Trainer:
-    """The one Trainer of a rank: its step on the step's view of the loaders (`step.loader`: the data where the
-    rank `reads` it, else what arrives), the run's record with the pipeline's shape."""
-    own = make_loaders(cfg, data, step.device) if reads else None
-
-    def view(name: str, train: bool = False) -> Iterable:
-        return step.loader(getattr(own, name) if own is not None else None, train)
-
-    loaders = Loaders(view("train", train=True), view("test"), view("val") if data.val is not None else None,
-                      view("test_subset") if cfg.train.eval_subset else None,
-                      steps_per_epoch=len(data.train) // cfg.train.batch_size)  # training drops the last
-    shape = {"stages": step.topo.stages, "replicas": step.topo.replicas}
-    return Trainer(step, loaders, cfg.train, cfg.out, record=run_record(cfg, data.info, step.net, pipeline=shape))
-
-
 def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
     """Run this rank's part of a pipelined training job; rank 0 returns the summary, others None.
 
@@ -171,8 +121,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False) -> dict[str, Any] | None:
         plan = plan_from_checkpoint(payload, cfg.out or "", cfg) if payload is not None else None
         if cfg.pipeline.parallel == "local":
             trainer, step = build_rank(cfg, plan)
-        else:  # an end-to-end baseline (it builds on this module's helpers, so it is imported here)
-            from contsup.distributed.baselines import build_baseline
+        else:  # an end-to-end baseline
             trainer, step = build_baseline(cfg, plan)
         if payload is not None:
             check_fit(cfg, trainer.net, payload)

@@ -36,7 +36,7 @@ from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.method.settings import check_local
 from contsup.models.chain import Backbone, Shape, class_token_mixed, has_class_token, probe_shapes
 from contsup.models.checkpointing import CheckpointedSequential
-from contsup.models.traced import TracedBackbone
+from contsup.models.traced import TracedBackbone, trace_backbone
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
 
@@ -83,7 +83,7 @@ class LocalNetwork(nn.Module):
     """K gradient-isolated modules; `forward` is the plain inference pass h -> h^c -> ... -> logits.
 
     `backbone` is a chain (`Backbone`) or any model as written, traced and cut at its block boundaries
-    (`Backbone.from_module`; there `config.cuts` names module paths). `plan` fixes the cuts and reconstruction
+    (`trace_backbone`; there `config.cuts` names module paths). `plan` fixes the cuts and reconstruction
     weights (as stored in a checkpoint) instead of resolving them from the settings; `dataset` names the data
     for `recon = paper` when `recon_dataset` is not set. `cut_names` says where the cuts fell.
     """
@@ -93,7 +93,7 @@ class LocalNetwork(nn.Module):
         super().__init__()
         check_local(config)
         if not isinstance(backbone, Backbone):
-            backbone = Backbone.from_module(backbone, sample)
+            backbone = trace_backbone(backbone, sample)
         if isinstance(backbone, TracedBackbone):
             backbone.check_modules(config.modules)
         self.config = config

@@ -19,18 +19,8 @@ from contsup.registry import Registry
 
 # name -> (in_channels, num_classes, image_size) -> Backbone. A family is one file that registers its builders
 # (`@BACKBONES.register(name)`; `image_size` is the side of the square input, 32 by default) and is imported
-# in `contsup/models/__init__.py`.
+# in `contsup/models/__init__.py`, whose `build_arch` builds by name.
 BACKBONES: Registry[Callable[[int, int, int], Backbone]] = Registry("architecture")
-
-
-def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 32) -> Backbone:
-    """Build a registered backbone by name (see `BACKBONES`), or the user's `package.module:function` (the
-    model it returns, traced: contsup.models.reference), for square inputs of side `image_size`."""
-    if ":" in name:
-        from contsup.models.reference import build_reference  # reference.py builds on this file
-
-        return build_reference(name, in_channels, num_classes, image_size)
-    return BACKBONES[name.lower()](in_channels, num_classes, image_size)
 
 
 class Classifier(nn.Module):
@@ -161,13 +151,6 @@ class Backbone(nn.Module):
         units = list(units)
         shapes = probe_shapes(units, sample)
         return cls(units, Classifier(shapes[-1].channels, num_classes))
-
-    @classmethod
-    def from_module(cls, model: nn.Module, sample: torch.Tensor) -> Backbone:
-        """Any model as written, traced and cut at its block boundaries (contsup.models.traced, docs/models.md)."""
-        from contsup.models.traced import trace_backbone  # traced.py builds on this file
-
-        return trace_backbone(model, sample)
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Like `torchrun script.py`, this runs the user's code: `package.module` is imported (from the current folder
 first, as `python -m` does, then the installed packages) and `function` is called to make the model, with
 `num_classes=`, `in_channels=` and `image_size=` where it takes them. It may return any nn.Module (traced and
-cut by `Backbone.from_module`) or a `Backbone`. The reference must be dotted Python identifiers, checked
+cut by `contsup.models.traced.trace_backbone`) or a `Backbone`. The reference must be dotted Python identifiers, checked
 before anything is imported.
 
 A checkpoint records the reference as its `arch`. contsup imports a reference read from a file only when the
@@ -24,6 +24,7 @@ from torch import nn
 
 from contsup.errors import ContsupError
 from contsup.models.chain import Backbone
+from contsup.models.traced import trace_backbone
 
 REFERENCE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
 _allowed: set[str] = set()  # references the user named in this process (`allow`)
@@ -73,7 +74,7 @@ def build_reference(ref: str, in_channels: int, num_classes: int, image_size: in
     model = fn(**{k: v for k, v in offered.items() if k in params})
     if not isinstance(model, nn.Module):
         raise ContsupError(f"--arch {ref}: {fn_name}() returned {type(model).__name__}, not an nn.Module")
-    backbone = model if isinstance(model, Backbone) else Backbone.from_module(
+    backbone = model if isinstance(model, Backbone) else trace_backbone(
         model, torch.zeros(1, in_channels, image_size, image_size))
     linears = [m for m in backbone.classifier.modules() if isinstance(m, nn.Linear)]
     if linears and linears[-1].out_features != num_classes:

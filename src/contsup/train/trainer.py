@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from contsup.checks import check_trainer
+from contsup.checks import check_train, check_used
 from contsup.config import DataConfig, RunConfig, TrainConfig
 from contsup.data.specs import DatasetInfo
 from contsup.device import synchronize, to_host
-from contsup.errors import ContsupError
+from contsup.errors import ContsupError, check_int
 from contsup.files import atomic_write, write_json
 from contsup.memory import PeakMemory
 from contsup.method.local_step import clip_module_grads
@@ -402,6 +402,23 @@ class Trainer:
             with writing(self.run_folder):
                 write_json(self.run_folder / SUMMARY, {**out, "meta": self.record})
         return out
+
+
+def check_trainer(t: Any, steps_per_epoch: Any, local: Any, p: Any = None) -> None:
+    """What a Trainer runs, from the command line or the Python API: its recipe (`check_train`), every setting
+    used (`check_used`, with the network's `local` settings and a run's pipeline settings `p`), epochs of at least
+    one step (a loader without a full batch trains nothing), the warm-up within the run and below the peak rate."""
+    check_train(t)
+    check_used(local, t, p)
+    check_int("steps per epoch (full batches of the training loader)", steps_per_epoch, 1, 10**9)
+    if t.warmup_steps is not None and t.warmup_steps > t.epochs * steps_per_epoch:
+        raise ContsupError(f"warmup_steps must be at most the run's {t.epochs * steps_per_epoch} steps, "
+                           f"got {t.warmup_steps}")
+    schedule = make_schedule(t.schedule, t.lr, t.epochs, steps_per_epoch, t.warmup_epochs, t.warmup_steps,
+                             t.warmup_start_lr)
+    if schedule.warmup_steps > 0 and t.warmup_start_lr > t.lr:  # checked where a run starts: stored runs stay readable
+        raise ContsupError(f"the warm-up would start at {t.warmup_start_lr:g}, {t.warmup_start_lr / t.lr:.3g}x the "
+                           f"peak rate lr {t.lr:g}; pass --warmup-start-lr below it, e.g. {t.lr / 100:.1e}")
 
 
 def run_record(run: RunConfig, info: DatasetInfo | None, net: LocalNetwork, **extra: Any) -> dict[str, Any]:
