@@ -77,9 +77,9 @@ def _walk(net: LocalNetwork, x: torch.Tensor, wanted: set[int], batch_size: int)
             u += 1
             h = _batched(unit, h, batch_size)
             hc = h
-            if i == len(block) - 1 and k < net.num_modules - 1:  # a cut: supply context, record s_{k+1}
-                hc = _supply(net, k, h, sources, batch_size) if has_context(net, k) else h
-                net.keep_source(k + 1, hc, sources)
+            if i == len(block) - 1 and k < net.num_modules - 1:  # a cut: module k+1's input, as the network makes it
+                s = _module_input(net, k + 1, h, sources, batch_size)
+                hc = s if has_context(net, k) else h  # no context: s_{k+1} is h's value, and h^c is h itself
             if u in wanted:
                 yield CutFeatures(u, unit_label(net.unit_names[u]), h, hc)
             if u == last:
@@ -98,12 +98,12 @@ def _batched(unit: torch.nn.Module, h: torch.Tensor, batch_size: int) -> torch.T
     return torch.cat([unit(h[i:i + batch_size]) for i in range(0, h.shape[0], batch_size)])
 
 
-def _supply(
+def _module_input(
     net: LocalNetwork, k: int, h: torch.Tensor, sources: dict[int, torch.Tensor], batch_size: int
 ) -> torch.Tensor:
-    """h_k^c for all of `h`, sliced like `_batched`."""
-    out = []
-    for i in range(0, h.shape[0], batch_size):
-        sl = slice(i, i + batch_size)
-        out.append(net.context[k](h[sl], {j: s[sl] for j, s in sources.items()}))
-    return torch.cat(out)
+    """Module k's input s_k for all of `h` (= h_{k-1}), the network's own `module_input` on slices like
+    `_batched`'s; s_k is recorded in `sources` and the sources no later cut reads are dropped."""
+    s = torch.cat([net.module_input(k, h[i:i + batch_size], {j: t[i:i + batch_size] for j, t in sources.items()})
+                   for i in range(0, h.shape[0], batch_size)])
+    net.keep_source(k, s, sources)
+    return s
