@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from contsup.config import check_types, settings
+from contsup.config import check_types, head_settings, settings
 from contsup.data.specs import DATASETS
 from contsup.device import check_device_name
 from contsup.errors import ContsupError, check_float, check_int, check_type
@@ -138,11 +138,11 @@ def check_local_sizes(local: Any) -> None:
                            f"{blocks} blocks (at most {MAX_AUGLOCAL_BLOCKS}); lower --aux-depth or --modules")
 
 
-# What an end-to-end network (K = 1: one module, no cut) never reads: its heads, context and cuts.
-IDLE_AT_K1 = ("local.head", "local.loss", "local.width", "local.widen", "local.aux_depth", "local.aux_pyramid",
-              "local.man_momentum", "local.man_ema_start", "local.man_scale", "local.head_patches", "local.cut_table",
-              "local.cuts", "local.recon", "local.recon_dataset", "local.recon_patches", "local.recon_schedule",
-              "local.image_encoder", "local.lean_context", "local.local_init", "local.context_scale", "local.cascade",
+# What an end-to-end network (K = 1: one module, no cut) never reads: its heads (every `head_setting`), context
+# and cuts.
+IDLE_AT_K1 = (*(f"local.{key}" for key in head_settings()), "local.loss", "local.cut_table", "local.cuts",
+              "local.recon", "local.recon_dataset", "local.recon_patches", "local.recon_schedule",
+              "local.image_encoder", "local.lean_context", "local.local_init", "local.context_scale",
               "train.context_lr_scale")
 
 

@@ -35,6 +35,12 @@ def named(default: Any, key: str, *aliases: str) -> Any:
     return field(default=default, metadata={"key": key, "aliases": aliases})
 
 
+def head_setting(default: Any) -> Any:
+    """A setting of the local heads and what wraps them (MAN, PFF, HPFF's cascade): reproduce's tables tell runs
+    apart by it, an E2E run (no heads) holds its default, and `contsup profile` has its flag (`head_settings`)."""
+    return field(default=default, metadata={"head": True})
+
+
 def type_name(hint: Any) -> str:
     """A type hint as a user reads it: int, a float, true or false, one of 'a', 'b', ..."""
     if typing.get_origin(hint) is Literal:
@@ -110,23 +116,23 @@ class LocalConfig(Section):
 
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
-    head: str = "1c2f"  # local head: <a>c<b>f (on tokens: token), auglocal, clstoken, meantoken, blocktoken, token
-    aux_depth: int = 2  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
-    aux_pyramid: float = 0.5  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
-    man_momentum: float = 0.0  # MAN: > 0 puts momentum copies of the next unit before each head (0.995: MAN's)
-    man_ema_start: Literal["paper", "random"] = "paper"  # MAN: EMA copy starts as the next unit, or random (code's)
-    man_scale: bool = False  # MAN++: a learnable s per cut weighs the copies, s LB(h) + (2 - s) EMA(h), s from 1
-    head_patches: int = 1  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
+    head: str = head_setting("1c2f")  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken or token
+    aux_depth: int = head_setting(2)  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
+    aux_pyramid: float = head_setting(0.5)  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
+    man_momentum: float = head_setting(0.0)  # MAN: > 0 puts EMA copies of the next unit before each head (0.995: MAN's)
+    man_ema_start: Literal["paper", "random"] = head_setting("paper")  # MAN: the copy starts as the next unit or random
+    man_scale: bool = head_setting(False)  # MAN++: a learnable s per cut, s LB(h) + (2 - s) EMA(h), s from 1
+    head_patches: int = head_setting(1)  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
     loss: str = "softmax"  # local loss: softmax or contrast
-    width: int = 128  # hidden width W of the local heads
-    widen: float = 1.0  # multiplies the heads' widths
+    width: int = head_setting(128)  # hidden width W of the local heads
+    widen: float = head_setting(1.0)  # multiplies the heads' widths
     cut_table: str = "auto"  # auto, equal-units, balanced (rules) or a paper table (equal, balanced-cifar10, ...)
     cuts: str | None = None  # explicit cuts: unit indices 3,7,11, stage.block pairs 1.2,2.1; or a cut_table name
     recon: str | None = None  # InfoPro reconstruction term: none, paper (the paper's weights) or ixx1,ixy1,ixx2,ixy2
     recon_dataset: str | None = None  # with recon = paper: take the paper's weights for this dataset instead
     recon_patches: int = 1  # HPFF's patched decoders: n x n decoders, one per patch of h_k and the image (1: off)
     recon_schedule: Literal["cut", "stage", "hpff"] = "cut"  # recon weights by cut k/(K-2), by stage, or k/(K-1)
-    cascade: float = 0.0  # HPFF's cascade: weight wy of each second path through the module before (0: off)
+    cascade: float = head_setting(0.0)  # HPFF's cascade: weight wy of a second path through the module before (0: off)
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
     checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
@@ -244,6 +250,11 @@ def build(cls: type, d: Mapping[str, Any], where: str, prefix: str = "") -> Any:
 
 
 SECTIONS = frozenset({"data", "local", "train", "pipeline"})  # RunConfig's tables of settings
+
+
+def head_settings() -> tuple[str, ...]:
+    """The keys of the heads' and head wrappers' settings (`head_setting`), in schema order."""
+    return tuple(f.metadata.get("key", f.name) for f in fields(LocalConfig) if f.metadata.get("head"))
 
 
 # -- settings by name ----------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 import csv
 import json
+import typing
 
 import pytest
 
 from contsup.cli import main
+from contsup.cli.profile import HEAD_FLAGS
 
 
 def test_profile_writes_table_csv_json_and_plot(capsys, tmp_path):
@@ -82,3 +84,25 @@ def test_profile_plot_has_plain_tick_labels(capsys, tmp_path, monkeypatch):
               for t in axis.get_ticklabels() + axis.get_ticklabels(minor=True) if t.get_text()]
     assert "1" in labels and "4" in labels
     assert not [t for t in labels if "^" in t or "times" in t or "\u00d7" in t], labels
+
+
+@pytest.mark.parametrize("path", HEAD_FLAGS)
+def test_profile_takes_every_head_setting_as_train_does(path):
+    """Each head setting of the schema is a `contsup profile` flag, and reaches the profiled networks' settings."""
+    from contsup.cli import build_parser
+    from contsup.cli.profile import config_from_args
+    from contsup.config import settings
+
+    s = settings()[path]
+    flag = "--" + s.key.replace("_", "-")
+    if s.type is bool:
+        given, value = [flag if not s.default else f"--no-{s.key.replace('_', '-')}"], not s.default
+    elif typing.get_origin(s.type) is typing.Literal:
+        value = next(c for c in typing.get_args(s.type) if c != s.default)
+        given = [flag, value]
+    else:
+        value = s.default + 1
+        given = [flag, str(value)]
+    cfg = config_from_args(build_parser().parse_args(["profile", *given]))
+    assert cfg.local[s.key] == value
+    assert s.key not in config_from_args(build_parser().parse_args(["profile"])).local  # the schema's default

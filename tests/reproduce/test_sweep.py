@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from tests.reproduce.tiny import TINY
 
 from contsup.errors import ContsupError
@@ -126,8 +127,7 @@ def test_an_older_sweeps_e2e_row_still_resumes(tmp_path):
     folder = tmp_path / "sweep" / job.name
     folder.mkdir(parents=True)
     (folder / "settings.json").write_text(json.dumps({**job.settings, "local_init": "kaiming"}))
-    trainer = make_trainer(job.config, load_data(job.config), build_network(job.config, 3, 10, 32),
-                           torch.device("cpu"))
+    trainer = make_trainer(job.config, load_data(job.config), build_network(job.config, 3, 10, 32))
     trainer.fit(until=1)
     payload = torch.load(folder / "checkpoint.pt", weights_only=True)
     payload["meta"]["run"]["local"]["local_init"] = "kaiming"  # as the older sweep stored it

@@ -8,6 +8,8 @@ import os
 import torch
 
 from contsup.checks import MAX_SEED, check_int
+from contsup.cli.train import add_settings
+from contsup.config import head_settings, settings
 from contsup.distributed.costmodel import calibrate, format_predictions
 from contsup.errors import ContsupError
 from contsup.files import check_out_dir
@@ -29,6 +31,8 @@ from contsup.profile.runner import (
 
 MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
 MAX_STEPS = 10_000  # timed or untimed steps per configuration
+# The heads' and head wrappers' settings but the head itself (--head, above): each a flag as in `contsup train`
+HEAD_FLAGS = [s.path for s in settings().values() if s.key in head_settings() and s.key != "head"]
 
 
 def int_list(text: str) -> list[int]:
@@ -83,8 +87,8 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
         checkpoint_segments=segments_list(args.checkpoint_segments), optimizer=args.optimizer,
-        local={"image_encoder": args.image_encoder, "lean_context": args.lean_context, "aux_depth": args.aux_depth,
-               "man_momentum": args.man_momentum, "head_patches": args.head_patches, "cascade": args.cascade},
+        local={"image_encoder": args.image_encoder, "lean_context": args.lean_context,
+               **{path.removeprefix("local."): v for path, v in vars(args).items() if path in HEAD_FLAGS}},
     )
 
 
@@ -93,7 +97,7 @@ def cmd_parallel_model(cfg: ProfileConfig, args: argparse.Namespace) -> int:
     stages = int_list(args.stages)
     if not stages or min(stages) < 1 or args.micro_batches < 0:
         raise ContsupError("--stages takes positive counts, e.g. 2,4,8,16; --micro-batches >= 0")
-    if args.cascade:
+    if cfg.local.get("cascade"):
         raise ContsupError("--parallel-model times isolated modules on stages; HPFF's cascade runs in one process")
     k, context = cfg.modules[-1], cfg.contexts[0]
     device = torch.device("cpu")
@@ -150,13 +154,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
     p.add_argument("--head", default="1c2f", help=f"local head: {HEADS.describe()}")
-    p.add_argument("--aux-depth", type=int, default=2, help="AugLocal heads: blocks per head")
-    p.add_argument("--man-momentum", type=float, default=0.0,
-                   help="MAN: momentum of the EMA copy of the next unit in front of each head (0: off)")
-    p.add_argument("--head-patches", type=int, default=1, help="PFF: the head averages over n x n patches")
-    p.add_argument("--cascade", type=float, default=0.0,
-                   help="HPFF's cascade: weight wy of each module's second path through the module before (0: off; "
-                        "K = 1 rows stay end-to-end)")
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
@@ -174,6 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the random batch")
     p.add_argument("--out", default=None, help="folder for profile.csv, profile.json and profile.png")
+    add_settings(p, HEAD_FLAGS)  # the heads' own settings, as `contsup train` takes them
     g = p.add_argument_group("parallel model (docs/parallel.md)")
     g.add_argument("--parallel-model", action="store_true",
                    help="calibrate the cost model of GPipe, 1F1B, the local pipeline and DDP on this machine "

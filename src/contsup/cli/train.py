@@ -8,7 +8,7 @@ import json
 import os
 import tomllib
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from contsup.config import RunConfig, flatten, nest, resolve, settings, to_toml
@@ -46,10 +46,13 @@ CLI_HELP = {"arch": f"backbone: one of {BACKBONES.describe()}; or package.module
                           "maps; a cut that outputs tokens takes clstoken (meantoken without a class token)"}
 
 
-def add_settings(p: argparse.ArgumentParser) -> None:
-    """One flag per setting of the schema (`contsup.config`), grouped by section, defaults in the help."""
+def add_settings(p: argparse.ArgumentParser, paths: Collection[str] | None = None) -> None:
+    """One flag per setting of the schema (`contsup.config`), or of the settings at `paths`, grouped by section,
+    defaults in the help; a flag not given leaves its setting out of the parsed arguments."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for s in settings().values():
+        if paths is not None and s.path not in paths:
+            continue
         section = s.path.split(".")[0] if "." in s.path else "run"
         g = groups.setdefault(section, p.add_argument_group(f"{section} settings ({section}.*)"
                                                             if section != "run" else "run settings"))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from contsup.config import head_settings
 from contsup.errors import ContsupError
 from contsup.reproduce.presets import Job
 from contsup.reproduce.records import read_summary
@@ -16,8 +17,8 @@ from contsup.tables import markdown_table, pyplot, save_figure, write_csv
 from contsup.train.runfolder import SUMMARY
 
 # Settings shown as columns (seed is averaged over); the others are listed once above the table.
-KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", "head", "aux_depth", "man_momentum", "head_patches",
-               "cascade", "cut_table", "recon", "checkpoint_segments", "optimizer"]
+KEY_COLUMNS = ["arch", "dataset", "modules", "context", "loss", *head_settings(), "cut_table", "recon",
+               "checkpoint_segments", "optimizer"]
 # The budget every run of a sweep shares, written next to its table.
 BUDGET = ["dataset", "train_subset", "val_split", "epochs", "batch_size", "lr", "schedule", "warmup_epochs",
           "warmup_steps", "local_init", "context_scale", "context_lr_scale", "clip_grad"]
