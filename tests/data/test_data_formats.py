@@ -130,3 +130,25 @@ def test_stl10_size_mismatch(tmp_path):
     (tmp_path / "y.bin").write_bytes(bytes([1]))
     with pytest.raises(ContsupError, match="corrupt"):
         load_stl10_bin(tmp_path / "x.bin", tmp_path / "y.bin")
+
+
+def test_a_dataset_in_a_known_format_is_one_spec(tmp_path, monkeypatch, rng):
+    """A new dataset whose files are in a format contsup reads (here idx) is its `DatasetSpec` alone: it loads,
+    and `contsup data list` counts its images from the files."""
+    import contsup.data
+    from contsup.data import specs
+    from contsup.data.sources import split_sizes
+
+    info = specs.DatasetInfo("tiny-digits", 1, 8, 3, (0.5,), (0.5,), 1, "constant", False)
+    names = ("train-images.gz", "train-labels.gz", "test-images.gz", "test-labels.gz")
+    spec = specs.DatasetSpec(info, tuple(specs.RemoteFile(f"file:///nowhere/{n}", n, "0" * 32) for n in names),
+                             format="idx", train_size=5, test_size=2, homepage="")
+    for (images, labels), n in zip((names[:2], names[2:]), (5, 2), strict=True):
+        write_idx(tmp_path / images, rng.integers(0, 256, (n, 8, 8)))
+        write_idx(tmp_path / labels, rng.integers(0, 3, (n,)))
+    monkeypatch.setitem(specs.SPECS, "tiny-digits", spec)
+    monkeypatch.setattr(contsup.data, "DATASETS", [*contsup.data.DATASETS, "tiny-digits"])
+    data = load_dataset("tiny-digits", root=tmp_path, download=False)
+    assert (len(data.train), len(data.test)) == (5, 2) and data.info == info
+    assert data.train.images.shape[1:] == (1, 8, 8)
+    assert split_sizes("tiny-digits", tmp_path) == (5, 2)

@@ -1,4 +1,4 @@
-"""Parsers of the official formats: idx (.gz), CIFAR pickle tar.gz, SVHN .mat, STL-10 .bin."""
+"""Parsers of the official formats (idx (.gz), CIFAR pickle tar.gz, SVHN .mat, STL-10 .bin), by name in `FORMATS`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import posixpath
 import struct
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from contsup.data.specs import DatasetInfo
 from contsup.data.split import Split, split_from_numpy
 from contsup.errors import ContsupError
+from contsup.registry import Registry
 
 # Everything that a damaged or truncated file can make the readers below raise.
 _READ_ERRORS = (
@@ -207,3 +210,35 @@ def load_stl10_bin(x_path: str | Path, y_path: str | Path, size: int = 96) -> Sp
         raise corrupt(y_path, "labels outside 1..10")
     images = x.reshape(-1, 3, size, size).transpose(0, 1, 3, 2)  # stored column-major
     return split_from_numpy(np.ascontiguousarray(images), y - 1)
+
+
+# format name -> (the dataset's files in the order its spec lists them, its info) -> (train, test). A dataset
+# names its format (`DatasetSpec.format`); one in a new format registers its reader here.
+FORMATS: Registry[Callable[[list[Path], DatasetInfo], tuple[Split, Split]]] = Registry("dataset format")
+
+
+@FORMATS.register("idx")
+def read_idx_files(paths: list[Path], info: DatasetInfo) -> tuple[Split, Split]:
+    """idx files (MNIST's format): training images and labels, then test images and labels."""
+    tr_x, tr_y, te_x, te_y = paths
+    return (load_idx_pair(tr_x, tr_y, info.size, info.num_classes),
+            load_idx_pair(te_x, te_y, info.size, info.num_classes))
+
+
+@FORMATS.register("cifar-tar")
+def read_cifar_tar(paths: list[Path], info: DatasetInfo) -> tuple[Split, Split]:
+    """The CIFAR-10/100 python tar.gz, both splits."""
+    return load_cifar_tar(paths[0], info.num_classes)
+
+
+@FORMATS.register("svhn-mat")
+def read_svhn_mats(paths: list[Path], info: DatasetInfo) -> tuple[Split, Split]:
+    """SVHN's training and test .mat files."""
+    return load_svhn_mat(paths[0]), load_svhn_mat(paths[1])
+
+
+@FORMATS.register("stl10-bin")
+def read_stl10_bins(paths: list[Path], info: DatasetInfo) -> tuple[Split, Split]:
+    """STL-10's binaries extracted from its archive: train_X, train_y, test_X, test_y."""
+    tr_x, tr_y, te_x, te_y = paths
+    return load_stl10_bin(tr_x, tr_y, info.size), load_stl10_bin(te_x, te_y, info.size)

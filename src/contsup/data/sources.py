@@ -7,11 +7,9 @@ from pathlib import Path
 
 from contsup.data import formats
 from contsup.data.download import candidate_dirs, copy_member, download, download_dir, md5sum
-from contsup.data.specs import DATASETS, SPECS, STL10_MEMBERS, DatasetSpec
+from contsup.data.specs import DATASETS, SPECS, DatasetSpec
 from contsup.data.split import Split
 from contsup.errors import ContsupError
-
-_STL_SUBDIR = "stl10_binary"
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -29,10 +27,15 @@ def _file(folder: Path, filename: str) -> Path | None:
     return None
 
 
-def _stl_dir(folder: Path) -> Path | None:
-    """The folder holding the extracted STL-10 members, if complete."""
-    for cand in (folder / _STL_SUBDIR, folder):
-        if all((cand / m).is_file() for m in STL10_MEMBERS):
+def _extracted(spec: DatasetSpec, folder: Path) -> Path:
+    """Where the members of the dataset's archive are extracted to: the archive's name without `.tar.gz`."""
+    return folder / spec.files[0].filename.removesuffix(".tar.gz")
+
+
+def _members_dir(spec: DatasetSpec, folder: Path) -> Path | None:
+    """The folder holding the extracted members of the dataset's archive (STL-10's), if complete."""
+    for cand in (_extracted(spec, folder), folder):
+        if spec.members and all((cand / m).is_file() for m in spec.members):
             return cand
     return None
 
@@ -44,7 +47,7 @@ def is_present(spec: DatasetSpec, folder: Path) -> bool:
 
 def missing_files(spec: DatasetSpec, folder: Path) -> list[str]:
     """The dataset's files that `folder` lacks (empty when it holds a usable copy)."""
-    if spec.info.name == "stl10" and _stl_dir(folder) is not None:
+    if _members_dir(spec, folder) is not None:
         return []
     return [f.filename for f in spec.files if _file(folder, f.filename) is None]
 
@@ -98,11 +101,11 @@ def presence(name: str, root: str | Path | None = None, download_allowed: bool =
     return f"{name}: MISSING (looked in {looked}); {then}"
 
 
-def _extract_stl10(archive: Path, folder: Path) -> Path:
-    """Extract the labelled STL-10 members from the archive into `folder/stl10_binary`."""
-    out = folder / _STL_SUBDIR
+def _extract(spec: DatasetSpec, folder: Path) -> Path:
+    """Extract the members the dataset reads from its archive in `folder` (STL-10: the labelled ones)."""
+    archive, out = folder / spec.files[0].filename, _extracted(spec, folder)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = set(STL10_MEMBERS)
+    wanted = set(spec.members)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
@@ -134,10 +137,9 @@ def fetch(name: str, root: str | Path | None = None, progress: bool = True) -> P
                     if d.is_dir() and not any(d.iterdir()):
                         d.rmdir()
                 raise ContsupError(f"{err}; {_unreachable_message(spec, root)}") from err
-    if name == "stl10":
-        archive = folder / spec.files[0].filename
-        _extract_stl10(archive, folder)
-        archive.unlink()  # 2.6 GB, mostly the unlabeled split we never read
+    if spec.members:
+        _extract(spec, folder)
+        (folder / spec.files[0].filename).unlink()  # STL-10: 2.6 GB, mostly the unlabeled split never read
     return folder
 
 
@@ -146,8 +148,8 @@ def verify(name: str, folder: Path) -> list[str]:
     spec = get_spec(name)
     notes: list[str] = []
     mismatched = False
-    if name == "stl10" and _stl_dir(folder) is not None:
-        notes.append("extracted STL-10 binaries (archive md5 checked at download)")
+    if _members_dir(spec, folder) is not None:
+        notes.append(f"extracted {name} files (archive md5 checked at download)")
         mismatched = True
     else:
         for f in spec.files:
@@ -171,28 +173,19 @@ def verify(name: str, folder: Path) -> list[str]:
 def parse(name: str, folder: Path) -> tuple[Split, Split]:
     """Parse the dataset found in `folder` into (train, test)."""
     spec = get_spec(name)
-    if name == "stl10":
-        sub = _stl_dir(folder) or _extract_stl10(folder / spec.files[0].filename, folder)
-        train = formats.load_stl10_bin(sub / "train_X.bin", sub / "train_y.bin")
-        return train, formats.load_stl10_bin(sub / "test_X.bin", sub / "test_y.bin")
-    paths = [_file(folder, f.filename) for f in spec.files]
-    if any(p is None for p in paths):
+    if spec.members:
+        sub = _members_dir(spec, folder) or _extract(spec, folder)
+        return formats.FORMATS[spec.format]([sub / m for m in spec.members], spec.info)
+    paths = [p for f in spec.files if (p := _file(folder, f.filename)) is not None]
+    if len(paths) < len(spec.files):
         raise ContsupError(f"{name}: incomplete copy in {folder}")
-    if name == "fashion-mnist":
-        tr_x, tr_y, te_x, te_y = paths
-        size, classes = spec.info.size, spec.info.num_classes
-        return formats.load_idx_pair(tr_x, tr_y, size, classes), formats.load_idx_pair(te_x, te_y, size, classes)
-    if name in ("cifar10", "cifar100"):
-        return formats.load_cifar_tar(paths[0], spec.info.num_classes)
-    if name == "svhn":
-        return formats.load_svhn_mat(paths[0]), formats.load_svhn_mat(paths[1])
-    raise ContsupError(f"no parser for {name}")
+    return formats.FORMATS[spec.format](paths, spec.info)
 
 
 def split_sizes(name: str, folder: Path) -> tuple[int, int]:
     """(train, test) sizes of a present copy, from idx headers or the known sizes (cheap)."""
     spec = get_spec(name)
-    if name == "fashion-mnist":
+    if spec.format == "idx":  # the counts stand in the files' headers
         tr = _file(folder, spec.files[0].filename)
         te = _file(folder, spec.files[2].filename)
         return formats.idx_count(tr), formats.idx_count(te)

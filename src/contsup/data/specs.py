@@ -32,14 +32,16 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A downloadable dataset: its info, official files and known split sizes."""
+    """A downloadable dataset: its info, official files, their format and known split sizes."""
 
     info: DatasetInfo
     files: tuple[RemoteFile, ...]
+    format: str  # the reader of its files (`contsup.data.formats.FORMATS`)
     train_size: int
     test_size: int
     homepage: str
     system_dirs: tuple[str, ...] = ()  # read-only copies installed by the OS (searched last)
+    members: tuple[str, ...] = ()  # files extracted from its one archive and read (else its files are read)
 
 
 _FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -60,6 +62,7 @@ FASHION_MNIST = DatasetSpec(
             ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
         )
     ),
+    format="idx",
     train_size=60000,
     test_size=10000,
     homepage="https://github.com/zalandoresearch/fashion-mnist",
@@ -77,6 +80,7 @@ CIFAR10 = DatasetSpec(
             "c58f30108f718f92721af3b95e74349a",
         ),
     ),
+    format="cifar-tar",
     train_size=50000,
     test_size=10000,
     homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
@@ -91,6 +95,7 @@ CIFAR100 = DatasetSpec(
             "eb9058c3a382ffc7106e4002c42a8d85",
         ),
     ),
+    format="cifar-tar",
     train_size=50000,
     test_size=10000,
     homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
@@ -112,6 +117,7 @@ SVHN = DatasetSpec(
             "eb5a983be6a315427106f1b164d9cef3",
         ),
     ),
+    format="svhn-mat",
     train_size=73257,
     test_size=26032,
     homepage="http://ufldl.stanford.edu/housenumbers/",
@@ -128,16 +134,15 @@ STL10 = DatasetSpec(
             "91f7769df0f17e558f3565bffb0c7dfb",
         ),
     ),
+    format="stl10-bin",
     train_size=5000,
     test_size=8000,
     homepage="https://cs.stanford.edu/~acoates/stl10/",
+    members=("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"),  # not the 2.4 GB unlabeled_X.bin
 )
 
-# Members of the STL-10 archive that we extract (the 2.4 GB unlabeled_X.bin is skipped).
-STL10_MEMBERS = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")
+# Every downloadable dataset by name: a new one is a spec above, listed here (and a reader in formats.py when
+# its file format is new).
+SPECS: dict[str, DatasetSpec] = {s.info.name: s for s in (FASHION_MNIST, CIFAR10, CIFAR100, SVHN, STL10)}
 
-SPECS: dict[str, DatasetSpec] = {
-    s.info.name: s for s in (FASHION_MNIST, CIFAR10, CIFAR100, SVHN, STL10)
-}
-
-DATASETS: list[str] = ["fashion-mnist", "cifar10", "cifar100", "svhn", "stl10", "synthetic"]
+DATASETS: list[str] = [*SPECS, "synthetic"]
