@@ -195,3 +195,12 @@ def test_a_cut_rule_given_as_cuts_names_the_setting_that_takes_it():
     backbone = Backbone.from_units(units, 2, torch.zeros(1, 3, 8, 8))
     with pytest.raises(ContsupError, match=r"cut_table takes: LocalConfig\(cut_table='balanced'\)"):
         LocalNetwork(backbone, LocalConfig(modules=2, head="0c2f", cuts=" balanced"), torch.zeros(1, 3, 8, 8))
+
+
+def test_a_training_loader_without_a_length_needs_its_steps():
+    """An epoch of a loader without `len` (a generator) is refused in one line unless its steps are given."""
+    batches = [(torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,)))] * 2
+    with pytest.raises(ContsupError, match="no length: give Loaders\\(steps_per_epoch"):
+        Loaders(iter(batches), batches)
+    assert Loaders(iter(batches), batches, steps_per_epoch=2).steps_per_epoch == 2
+    assert Loaders(batches, batches).steps_per_epoch == 2

@@ -116,6 +116,9 @@ class Loaders:
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch is None:
+            if not hasattr(self.train, "__len__"):
+                raise ContsupError("the training loader has no length: give Loaders(steps_per_epoch=...), the "
+                                   "batches it yields an epoch")
             self.steps_per_epoch = len(self.train)  # type: ignore[arg-type]
 
 
