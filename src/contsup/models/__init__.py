@@ -16,6 +16,6 @@ def build_arch(name: str, in_channels: int, num_classes: int, image_size: int = 
 
 
 __all__ = [
-    "BACKBONES", "Backbone", "Classifier", "Shape", "TokenClassifier", "build_arch", "build_reference", "probe_shapes",
+    "BACKBONES", "Backbone", "Classifier", "Shape", "TokenClassifier", "build_arch", "probe_shapes",
     "resnet", "resnet_imagenet", "trace_backbone", "vit",
 ]
