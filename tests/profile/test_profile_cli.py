@@ -106,3 +106,18 @@ def test_profile_takes_every_head_setting_as_train_does(path):
     cfg = config_from_args(build_parser().parse_args(["profile", *given]))
     assert cfg.local[s.key] == value
     assert s.key not in config_from_args(build_parser().parse_args(["profile"])).local  # the schema's default
+
+
+def test_a_recorded_profile_command_reads_back_its_head_settings():
+    """profile.json records the parsed flags by setting key, and benchmarks/rebound.py rebuilds its networks from
+    that record: the head settings of a record (one written before they were derived from the schema too) reach
+    the profiled networks' settings."""
+    import argparse
+
+    from contsup.cli import build_parser
+    from contsup.cli.profile import config_from_args
+
+    defaults = vars(build_parser().parse_args(["profile"]))
+    recorded = {"aux_depth": 3, "man_momentum": 0.5, "head_patches": 2, "cascade": 0.0}  # as profile.json holds
+    local = config_from_args(argparse.Namespace(**(defaults | recorded))).local
+    assert {k: local[k] for k in recorded} == recorded

@@ -46,26 +46,28 @@ CLI_HELP = {"arch": f"backbone: one of {BACKBONES.describe()}; or package.module
                           "maps; a cut that outputs tokens takes clstoken (meantoken without a class token)"}
 
 
-def add_settings(p: argparse.ArgumentParser, paths: Collection[str] | None = None) -> None:
+def add_settings(p: argparse.ArgumentParser, paths: Collection[str] | None = None, keyed: bool = False) -> None:
     """One flag per setting of the schema (`contsup.config`), or of the settings at `paths`, grouped by section,
-    defaults in the help; a flag not given leaves its setting out of the parsed arguments."""
+    defaults in the help; a flag not given leaves its setting out of the parsed arguments, which name each
+    setting by its dotted path (by its key with `keyed`, as `contsup profile` records them)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for s in settings().values():
         if paths is not None and s.path not in paths:
             continue
+        dest = s.key if keyed else s.path
         section = s.path.split(".")[0] if "." in s.path else "run"
         g = groups.setdefault(section, p.add_argument_group(f"{section} settings ({section}.*)"
                                                             if section != "run" else "run settings"))
         flags = [f"-{n}" if len(n) == 1 else f"--{n.replace('_', '-')}" for n in (s.key, *s.aliases)]
         help_text = f"{CLI_HELP.get(s.path, s.help)} (default: {CLI_DEFAULTS.get(s.path, s.default)})"
         if s.type is bool:
-            g.add_argument(*flags, dest=s.path, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            g.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
         elif typing.get_origin(s.type) is typing.Literal:
-            g.add_argument(*flags, dest=s.path, choices=typing.get_args(s.type), default=argparse.SUPPRESS,
+            g.add_argument(*flags, dest=dest, choices=typing.get_args(s.type), default=argparse.SUPPRESS,
                            help=help_text)
         else:
-            g.add_argument(*flags, dest=s.path, type=_scalar(s.type), default=argparse.SUPPRESS,
+            g.add_argument(*flags, dest=dest, type=_scalar(s.type), default=argparse.SUPPRESS,
                            metavar=s.key.upper(), help=help_text)
 
 
