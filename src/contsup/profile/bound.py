@@ -25,14 +25,13 @@ compares with `LowerBound.total`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from contsup.memory import SavedTensorCounter
-from contsup.method.cuts.balance import BATCH, memory_model
+from contsup.method.cuts.balance import BATCH, memory_model, saved_per_sample
 from contsup.method.network import LocalNetwork
 from contsup.method.objective import Objective, Targets
 
@@ -60,16 +59,6 @@ def largest_module(sizes: Sequence[float]) -> tuple[int, float]:
     return k, sizes[k]
 
 
-def _saved(net: nn.Module, run: Callable[[], object], *ignore: torch.Tensor) -> float:
-    """Per-sample bytes saved for backward while `run()` runs (`net`'s parameters and `ignore` left out)."""
-    counter = SavedTensorCounter(exclude=net)
-    counter.ignore(*ignore)
-    with counter():
-        out = run()
-    del out
-    return counter.total / BATCH
-
-
 def module_bytes(net: LocalNetwork, end_bytes: Sequence[float]) -> list[float]:
     """Each module's saved bytes per sample (module docstring): its units on a fresh input, its head, its encoders.
 
@@ -80,7 +69,7 @@ def module_bytes(net: LocalNetwork, end_bytes: Sequence[float]) -> list[float]:
         units = nn.Sequential(*block).train()  # plain: the bound is the step without recomputation
         first = sum(len(b) for b in net.blocks[:k])
         s = torch.randn(net.source_shapes[k].batch(BATCH))
-        size = _saved(net, lambda u=units, s=s: u(s))  # s_k counts where a unit saves it (x at k = 0 too)
+        size = saved_per_sample(net, lambda u=units, s=s: u(s))  # s_k counts where a unit saves it (x at k = 0 too)
         if k > 0:
             ctx = net.context[k - 1].train()
             h, x = torch.randn(s.shape), torch.randn(net.source_shapes[0].batch(BATCH))
@@ -88,7 +77,7 @@ def module_bytes(net: LocalNetwork, end_bytes: Sequence[float]) -> list[float]:
             sources[0] = x
             held = [t for j, t in sources.items() if j > 0 and net.last_use[j] >= k]  # in the network's dict
             size += sum(t.numel() * t.element_size() for t in held) / BATCH
-            size += _saved(net, lambda c=ctx, h=h, src=sources: c(h, src), h, x, *held)
+            size += saved_per_sample(net, lambda c=ctx, h=h, src=sources: c(h, src), h, x, *held)
         sizes.append(size + end_bytes[first + len(block) - 1])
     return sizes
 

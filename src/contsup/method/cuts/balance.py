@@ -37,7 +37,7 @@ from contsup.models.chain import Shape
 BATCH = 2
 
 
-def _counted(module: nn.Module, run: Callable[[], object], *inputs: torch.Tensor) -> float:
+def saved_per_sample(module: nn.Module, run: Callable[[], object], *inputs: torch.Tensor) -> float:
     """Per-sample bytes saved for backward while `run()` runs, the inputs and module parameters left out."""
     counter = SavedTensorCounter(exclude=module)
     counter.ignore(*inputs)
@@ -83,7 +83,7 @@ def memory_model(
         h = torch.randn(s.batch(BATCH))
         if j == n - 1:
             cls = copy.deepcopy(classifier).train()
-            end_bytes.append(_counted(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
+            end_bytes.append(saved_per_sample(cls, lambda m=cls, h=h: F.cross_entropy(m(h), y), h))
         elif ends is not None and j not in ends:
             end_bytes.append(0.0)
         else:
@@ -92,7 +92,7 @@ def memory_model(
             except ContsupError:  # no head of this kind can sit here (a class token that carries nothing yet)
                 end_bytes.append(math.inf)  # so the balanced rule never cuts here
                 continue
-            end_bytes.append(_counted(local, lambda m=local, h=h: m(h, targets)[0], h))
+            end_bytes.append(saved_per_sample(local, lambda m=local, h=h: m(h, targets)[0], h))
     start_bytes.append(0.0)
     bound = max(s.numel() for s in [x_shape, *shapes])
     for s in shapes[:-1]:
@@ -104,5 +104,6 @@ def memory_model(
         h = torch.randn(s.batch(BATCH))
         sources = {0: x, **{j: torch.randn_like(h) for j in range(1, mode.window + 1)}}
         held = sum(t.numel() * t.element_size() for j, t in sources.items() if j > 0) / BATCH
-        start_bytes.append(held + _counted(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values()))
+        start = saved_per_sample(ctx, lambda m=ctx, h=h, src=sources: m(h, src), h, *sources.values())
+        start_bytes.append(held + start)
     return unit_bytes, end_bytes, start_bytes
