@@ -107,7 +107,7 @@ def figure(results: Path) -> None:
                         label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(RUNGS), [str(e) for e in RUNGS])
-    ax.set_xlabel("epochs (156 steps each)")
+    ax.set_xlabel("epochs (78 steps of 128 images each)")
     ax.set_ylabel("final test error % (mean ± std over seeds)")
     ax.set_title("ResNet-32 K = 16, Fashion-MNIST 10k: error against budget")
     ax.legend()
