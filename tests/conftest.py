@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 
 import pytest
 import torch
@@ -14,6 +15,13 @@ from contsup.method.heads import HeadSite, LocalHead
 from contsup.models import Shape, resnet
 
 torch.set_num_threads(1)  # one thread: two oversubscribe a busy 2-core machine (CI) and run 10-100x slower
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run as from a terminal: a test process started in the background (`make test &`) inherits an ignored SIGINT,
+    and so would every process a Ctrl-C test starts; a caught handler is reset to the default by exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def tiny_net(modules: int = 4, context: str = "R1E", in_ch: int = 3, size: int = 16, **kw) -> LocalNetwork:
