@@ -96,11 +96,12 @@ def main() -> None:
     parser.add_argument("--head", default="1c2f")
     parser.add_argument("--checkpoint-segments", default="0")
     parser.add_argument("--channels-last", action="store_true", help="the network and batch in channels_last")
+    parser.add_argument("--lean-norm", action="store_true", help="BatchNorm's lean backward (LocalConfig.lean_norm)")
     parser.add_argument("--top", type=int, default=4, help="ops listed per group")
     args = parser.parse_args()
     segments = args.checkpoint_segments if args.checkpoint_segments == "sqrt" else int(args.checkpoint_segments)
     cfg = ProfileConfig(arch=args.arch, batch_size=args.batch_size, cut_table=args.cuts, head=args.head,
-                        input_shape=tuple(int(v) for v in args.input.split(",")))
+                        input_shape=tuple(int(v) for v in args.input.split(",")), local={"lean_norm": args.lean_norm})
     context = E2E if args.modules == 1 else args.context
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     net = build(cfg, args.modules, context, torch.device("cpu"), segments).train().to(memory_format=fmt)
@@ -123,7 +124,8 @@ def main() -> None:
         counts[group, op] += 1
     bound = lower_bound(net, args.batch_size)
     print(f"{args.arch} K={args.modules} {context} cuts {list(net.cuts)} checkpoint segments {segments}, "
-          f"batch {args.batch_size}, input {args.input}, {fmt}; torch {torch.__version__}, "
+          f"batch {args.batch_size}, input {args.input}, {fmt}{', lean norm' if args.lean_norm else ''}; "
+          f"torch {torch.__version__}, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"step peak {peak / MIB:.1f} MiB above the step's start; the bound's activations "
           f"(module {bound.module} and its head, saved for backward) {bound.activations / MIB:.1f} MiB")

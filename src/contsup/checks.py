@@ -201,5 +201,7 @@ def check_run(cfg: Any) -> None:
     check_local(cfg.local)
     check_train(cfg.train)
     check_pipeline(cfg.pipeline)
+    if cfg.local.lean_norm and cfg.train.bf16:
+        raise ContsupError("lean_norm computes BatchNorm's gradients in float32: drop --bf16 or --lean-norm")
     if cfg.out == "":
         raise ContsupError("out must name a folder, got ''")

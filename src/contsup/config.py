@@ -135,6 +135,7 @@ class LocalConfig(Section):
     cascade: float = head_setting(0.0)  # HPFF's cascade: weight wy of a second path through the module before (0: off)
     image_encoder: Literal["paper", "pooled"] = "paper"  # paper (at the image's resolution) or pooled (cheaper)
     lean_context: bool = True  # context encoders keep only their input for backward and recompute (same function)
+    lean_norm: bool = False  # BatchNorm's backward without the CPU kernel's full-size temporary (same function)
     checkpoint_segments: int | Literal["sqrt"] = 0  # recompute each module's units in N segments (0: off; sqrt)
     local_init: Literal["torch", "kaiming"] = "torch"  # heads and encoders: PyTorch defaults or the reference's
     context_scale: float = 1.0  # initial weight of each context encoder's last BatchNorm (1.0: as in the paper)

@@ -110,3 +110,26 @@ def test_lean_backward_holds_the_earlier_layers_apart_from_the_chunks():
     grad = torch.randn_like(out)
     _, peak = measure_peak(lambda: out.backward(grad), torch.device("cpu"))
     assert peak.peak_bytes <= 6 * grad.numel() * grad.element_size()
+
+
+
+def test_lean_encoder_recomputes_with_the_lean_batchnorm(monkeypatch):
+    """With lean_norm the encoder's recomputation in backward runs the lean BatchNorm too (its forward ran the same
+    kernel either way); with PyTorch's BatchNorm it does not."""
+    from contsup.method.context import lean as lean_module
+    from contsup.models.norm import make_lean
+
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return lean_batch_norm(*args, **kw)
+
+    lean_batch_norm = lean_module.lean_batch_norm
+    monkeypatch.setattr(lean_module, "lean_batch_norm", counted)
+    for lean_norm in (False, True):
+        enc = ResidualEncoder(6, Shape((20, 4, 4)), lean=True).train()
+        if lean_norm:
+            make_lean(enc)
+        enc(torch.randn(5, 6, 8, 8, requires_grad=True)).sum().backward()
+        assert len(calls) == lean_norm

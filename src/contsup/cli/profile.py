@@ -89,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         device=args.device, channels_last=args.channels_last, seed=args.seed,
         checkpoint_segments=segments_list(args.checkpoint_segments), optimizer=args.optimizer,
         local={"image_encoder": args.image_encoder, "lean_context": args.lean_context,
+               "lean_norm": args.lean_norm,
                **{key: getattr(args, key) for key in HEAD_KEYS if hasattr(args, key)}},
     )
 
@@ -160,6 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="paper (default) or pooled (pool the image first: cheaper, not the paper's function)")
     p.add_argument("--no-lean-context", dest="lean_context", action="store_false",
                    help="straightforward context encoders (default: lean, recompute in backward)")
+    p.add_argument("--lean-norm", action="store_true",
+                   help="BatchNorm's backward without the CPU kernel's full-size temporary (same function)")
     p.add_argument("--checkpoint-segments", default="0",
                    help="comma-separated gradient checkpointing of each module's units: 0 (off), N segments or sqrt; "
                         "each configuration is profiled with each")

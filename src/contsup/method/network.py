@@ -36,6 +36,7 @@ from contsup.method.recon import Decoder, ReconWeights, parse_recon
 from contsup.method.settings import check_local
 from contsup.models.chain import Backbone, Shape, class_token_mixed, has_class_token, probe_shapes
 from contsup.models.checkpointing import CheckpointedSequential
+from contsup.models.norm import make_lean
 from contsup.models.traced import TracedBackbone, trace_backbone
 
 Sources = dict[int, torch.Tensor]  # module inputs s_j by j (s_0 = x) that later cuts still read
@@ -143,6 +144,8 @@ class LocalNetwork(nn.Module):
             for k, s in enumerate(self.source_shapes[1:])
         )
         init_local_modules(self.group_modules("heads"), self.context, config.local_init, config.context_scale)
+        if config.lean_norm and not make_lean(self):
+            raise ContsupError("lean_norm makes nn.BatchNorm2d lean, and this network has none")
         self.last_use = {j: -1 for j in range(len(self.source_shapes))}
         for ctx in self.context:
             for j in ctx.source_ids + ([0] if ctx.image is not None else []):

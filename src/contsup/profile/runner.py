@@ -152,6 +152,8 @@ def profile_one(cfg: ProfileConfig, modules: int, context: str, segments: int | 
     labels = [net.config.image_encoder] if net.mode.image and net.config.image_encoder != "paper" else []
     if not net.config.lean_context and (net.mode.image or net.mode.window):
         labels.append("straightforward")
+    if net.config.lean_norm:
+        labels.append("lean norm")
     if segments:
         labels.append(f"ckpt {segments}")
     if labels:

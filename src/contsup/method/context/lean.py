@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contsup.models.norm import LeanBatchNorm2d, count_batch, lean_batch_norm
+
 
 class ConvStack(Protocol):
     """What the lean forward reads of an encoder (`conv.ConvEncoder`): its layers, its pool and where it runs."""
@@ -43,12 +45,6 @@ class ConvStack(Protocol):
         ...
 
 
-def _bn_factor(bn: nn.BatchNorm2d) -> float:
-    """Count one training batch and return the running-average factor, as nn.BatchNorm2d.forward does."""
-    bn.num_batches_tracked.add_(1)
-    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-
-
 def _conv_bn_relu(
     h: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, params: list[torch.Tensor], chunk: slice,
     factor: float | None,
@@ -60,7 +56,9 @@ def _conv_bn_relu(
     """
     w, b, gamma, beta = params
     a = F.conv2d(h, w[chunk], b[chunk], conv.stride, conv.padding, conv.dilation, conv.groups)
-    if bn.training and factor is None:
+    if bn.training and factor is None and type(bn) is LeanBatchNorm2d:
+        y = lean_batch_norm(a, gamma[chunk], beta[chunk], bn.eps)
+    elif bn.training and factor is None:
         y = F.batch_norm(a, None, None, gamma[chunk], beta[chunk], True, 0.0, bn.eps)
     else:
         y = F.batch_norm(a, bn.running_mean[chunk], bn.running_var[chunk], gamma[chunk], beta[chunk],
@@ -101,7 +99,7 @@ class _LeanEncode(torch.autograd.Function):
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device)) \
             if torch.amp.is_autocast_available(device) else None
         ctx.save_for_backward(x, *params)
-        factors = [_bn_factor(bn) if bn.training else None for _, bn in enc.layers()]
+        factors = [count_batch(bn) if bn.training else None for _, bn in enc.layers()]
         h = _front(enc, x, list(params), factors)
         outs = [_last(enc, h, list(params), c, factors[-1]) for c in _chunks(enc, h)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
@@ -128,8 +126,8 @@ class _LeanEncode(torch.autograd.Function):
 
 
 def lean_applies(enc: ConvStack) -> bool:
-    """Whether every BN of the encoder is a plain nn.BatchNorm2d (a synchronised BN runs straightforwardly)."""
-    return all(type(bn) is nn.BatchNorm2d for _, bn in enc.layers())
+    """Whether every BN of the encoder is a plain or lean BatchNorm2d (a synchronised BN runs straightforwardly)."""
+    return all(type(bn) in (nn.BatchNorm2d, LeanBatchNorm2d) for _, bn in enc.layers())
 
 
 def lean_encode(enc: ConvStack, x: torch.Tensor) -> torch.Tensor:
