@@ -6,7 +6,7 @@
 # at batch 128 on a quiet machine:
 #   bash benchmarks/resnet110_limit.sh docs/results/profile/resnet110
 # Then `PYTHONPATH=src python benchmarks/peak_breakdown.py --arch resnet110 -K 16 --context R1E` says what the
-# peak holds (-K 55 --channels-last for the finer cuts).
+# peak holds (-K 55 --channels-last for the finer cuts, --lean-norm for BatchNorm's lean backward).
 set -euo pipefail
 out=${1:-runs/profile/resnet110}
 common=(--arch resnet110 -K 1,16 --contexts R0,R1E --cuts balanced --input 3x32x32 --device cpu --threads 1
@@ -19,3 +19,6 @@ contsup profile "${common[@]}" --batch-size 128 --warmup 1 --steps 3 --out "$out
 # finer cuts (one block a stage-1 module, "ResNet-110 at finer cuts"): K = 32 and 55 R1E, channels_last
 contsup profile --arch resnet110 -K 32,55 --contexts R1E --cuts balanced --input 3x32x32 --device cpu --threads 1 \
     --channels-last --batch-size 1024 --warmup 0 --steps 1 --out "$out/batch-1024-fine-cuts"
+# the same with BatchNorm's lean backward (`--lean-norm`, "ResNet-110 at finer cuts"), E2E beside them
+contsup profile --arch resnet110 -K 1,32,55 --contexts R1E --cuts balanced --input 3x32x32 --device cpu --threads 1 \
+    --channels-last --lean-norm --batch-size 1024 --warmup 0 --steps 1 --out "$out/batch-1024-lean-norm"

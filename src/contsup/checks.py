@@ -172,6 +172,8 @@ def idle_settings(local: Any, t: Any, p: Any = None) -> dict[str, str]:
     if p is not None and p.parallel in ("local", "ddp"):  # DDP refuses stage_units itself: it has no stages
         mark(("pipeline.micro_batches", *(("pipeline.stage_units",) if p.parallel == "local" else ())),
              f"the schedules' (gpipe, 1f1b, interleaved, zbv); parallel {p.parallel} does not read it")
+    if p is not None and (p.replicas > 1 or p.parallel == "ddp"):
+        mark(("local.lean_norm",), "BatchNorm is synchronised across ranks (distributed/syncbn.py), not made lean")
     if t.eval_every >= t.epochs:  # the subset serves the epochs before the last, evaluated every eval_every
         mark(("train.eval_subset",), f"the last epoch is the only one evaluated, on the full test set: epochs "
                                      f"{t.epochs}, eval_every {t.eval_every}")

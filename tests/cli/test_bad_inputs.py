@@ -165,6 +165,8 @@ def test_output_named_as_a_file_refused_before_work(argv, tmp_path, capsys):
     (["--micro-batches", "1000000000"], "micro_batches must be"),
     (["--micro-batches", "2"], "micro_batches (the schedules' (gpipe, 1f1b, interleaved, zbv); parallel local"),
     (["--warmup-steps", "1000000000", "--schedule", "step"], "warmup_steps must be at most"),
+    (["--lean-norm", "--bf16"], "drop --bf16 or --lean-norm"),
+    (["--lean-norm", "--parallel", "ddp", "--ranks", "2"], "lean_norm (BatchNorm is synchronised across ranks"),
 ])
 @pytest.mark.parametrize("mode", [[], ["--dry-run"]])
 def test_settings_unbounded_or_doing_nothing(flags, message, mode, tmp_path, capsys):
