@@ -9,6 +9,7 @@ checkpoint cannot hold a value that the command line would refuse (docs/security
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
 from contsup.config import check_types, head_settings, settings
@@ -157,10 +158,9 @@ def idle_settings(local: Any, t: Any, p: Any = None) -> dict[str, str]:
 
     if local.modules == 1:
         mark(IDLE_AT_K1, "end-to-end at K = 1: no local head, context or cut")
-    if "auglocal" not in local.head:
-        mark(("local.aux_depth", "local.aux_pyramid"), f"no AugLocal head: head {local.head}")
-    if local.man_momentum == 0:
-        mark(("local.man_ema_start", "local.man_scale"), "MAN is off: man_momentum = 0")
+    for f in fields(local):  # the head settings only some heads read (`head_setting(read_if=...)`)
+        if f.metadata.get("read_if") and not f.metadata["read_if"][1](local):
+            mark((f"local.{f.name}",), f.metadata["read_if"][0].format(**vars(local)))
     if recon_off(local.recon):
         mark(("local.recon_dataset", "local.recon_schedule", "local.recon_patches"), "no reconstruction: recon none")
     elif local.recon.lower() != "paper":

@@ -35,10 +35,17 @@ def named(default: Any, key: str, *aliases: str) -> Any:
     return field(default=default, metadata={"key": key, "aliases": aliases})
 
 
-def head_setting(default: Any) -> Any:
+# When a head setting is read (`head_setting(read_if=...)`): why it is idle otherwise, whether a LocalConfig reads it.
+ReadIf = tuple[str, typing.Callable[[Any], bool]]
+AUG: ReadIf = ("no AugLocal head: head {head}", lambda local: "auglocal" in local.head)
+MAN: ReadIf = ("MAN is off: man_momentum = 0", lambda local: local.man_momentum != 0)
+
+
+def head_setting(default: Any, read_if: ReadIf | None = None) -> Any:
     """A setting of the local heads and what wraps them (MAN, PFF, HPFF's cascade): reproduce's tables tell runs
-    apart by it, an E2E run (no heads) holds its default, and `contsup profile` has its flag (`head_settings`)."""
-    return field(default=default, metadata={"head": True})
+    apart by it, an E2E run (no heads) holds its default, and `contsup profile` has its flag (`head_settings`).
+    With `read_if`, a run that changes it where it is not read is refused (`checks.idle_settings`)."""
+    return field(default=default, metadata={"head": True, "read_if": read_if})
 
 
 def type_name(hint: Any) -> str:
@@ -117,11 +124,11 @@ class LocalConfig(Section):
     modules: int = named(4, "modules", "K")  # number of gradient-isolated modules K (1: end-to-end)
     context: str = "R1E"  # context mode: R0 (plain greedy local learning), E, Rn or RnE
     head: str = head_setting("1c2f")  # local head: <a>c<b>f, auglocal, clstoken, meantoken, blocktoken or token
-    aux_depth: int = head_setting(2)  # auglocal: residual blocks d of each head (copies of later units; docs/heads.md)
-    aux_pyramid: float = head_setting(0.5)  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
+    aux_depth: int = head_setting(2, AUG)  # auglocal: blocks d of each head (copies of later units; docs/heads.md)
+    aux_pyramid: float = head_setting(0.5, AUG)  # auglocal: pyramid coefficient tau (0: every head d blocks deep)
     man_momentum: float = head_setting(0.0)  # MAN: > 0 puts EMA copies of the next unit before each head (0.995: MAN's)
-    man_ema_start: Literal["paper", "random"] = head_setting("paper")  # MAN: the copy starts as the next unit or random
-    man_scale: bool = head_setting(False)  # MAN++: a learnable s per cut, s LB(h) + (2 - s) EMA(h), s from 1
+    man_ema_start: Literal["paper", "random"] = head_setting("paper", MAN)  # MAN: copy starts as next unit or random
+    man_scale: bool = head_setting(False, MAN)  # MAN++: a learnable s per cut, s LB(h) + (2 - s) EMA(h), s from 1
     head_patches: int = head_setting(1)  # PFF: run each head on n x n patches of h_k and average its outputs (1: off)
     loss: str = "softmax"  # local loss: softmax or contrast
     width: int = head_setting(128)  # hidden width W of the local heads
