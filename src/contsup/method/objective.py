@@ -90,13 +90,15 @@ class ReconObjective(Objective):
             raise ContsupError("the reconstruction term needs the un-normalised image (pixels in [0, 1]); "
                                "give the Trainer `pixels=` or a loader with a `denormalize` method")
         man = self.task.head
+        h = man.copies(h) if isinstance(man, MomentumHead) else h
+        # Each reader gets a view of h, a node of its own: module tracking (the FLOP counts) then ends each one's
+        # backward at its own input, not once both are done, which counted ops of one under the other too.
         if isinstance(man, MomentumHead):
-            h = man.copies(h)
-            out = man.head(h)
+            out = man.head(h.view_as(h))
             task = float32_loss(self.task.loss.fn, out, targets.y)
         else:
-            task, out = self.task(h, targets)
-        return self.lambda_x * self.decoder.loss(h, targets.pixels) + self.lambda_y * task, out
+            task, out = self.task(h.view_as(h), targets)
+        return self.lambda_x * self.decoder.loss(h.view_as(h), targets.pixels) + self.lambda_y * task, out
 
 
 class NoObjective(Objective):

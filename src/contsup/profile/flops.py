@@ -3,8 +3,11 @@
 Counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward and
 backward; elementwise ops, BN and pooling count as zero there). The counter names every module that
 is called directly by its class; `local_step` calls each module, head, decoder and context directly,
-so the top-level names tell the groups apart. What no group claims (e.g. the contrastive loss's
-similarity matrix) is reported as `other`.
+so the top-level names tell the groups apart, and a part called inside them (MAN's copies beside the
+decoder) counts with its group. What no group claims (e.g. the contrastive loss's similarity matrix) is
+reported as `other`. The counter ends a module's backward once its inputs' gradients are complete, so two
+modules that read the same tensor would each count the other's backward: each reads a view of its own
+(`ReconObjective`, `MomentumHead.copies`, `CutContext`; tests/profile/test_flops.py).
 """
 
 from __future__ import annotations
@@ -49,12 +52,19 @@ def count_flops(net: LocalNetwork, fn: Callable[[], Any]) -> tuple[Any, dict[str
     counter = FlopCounterMode(display=False)
     with counter:
         out = fn()
-    counts = counter.get_flop_counts()
+    counts = counter.get_flop_counts()  # per module name, every level: a name's count holds its children's
     names = group_names(net)
+
+    def group(name: str) -> str | None:  # a name's own group, or that of the nearest enclosing one
+        parts = name.split(".")
+        return next((names[p] for p in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if p in names), None)
+
     flops = dict.fromkeys(GROUPS, 0)
     for name, ops in counts.items():
-        if name in names:
-            flops[names[name]] += sum(ops.values())
+        enclosing = (".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1))
+        # counted once, at the outermost counted name inside a group (MAN's copies and head are called as parts)
+        if group(name) is not None and not any(a in counts and group(a) is not None for a in enclosing):
+            flops[group(name)] += sum(ops.values())
     total = counter.get_total_flops()
     flops["other"] = total - sum(flops.values())
     flops["total"] = total

@@ -76,9 +76,9 @@ class MomentumHead(nn.Module):
 
     def copies(self, h: torch.Tensor) -> torch.Tensor:
         """a = LB(h) + EMA(h), or s LB(h) + (2 - s) EMA(h) with MAN++'s scale: what the head reads."""
-        if self.scale is None:
-            return self.lb(h) + self.ema(h)
-        return self.scale * self.lb(h) + (2 - self.scale) * self.ema(h)
+        # a view of h for each copy, a node of its own: module tracking (FLOP counts) ends each one's backward there
+        lb, ema = self.lb(h.view_as(h)), self.ema(h.view_as(h))
+        return lb + ema if self.scale is None else self.scale * lb + (2 - self.scale) * ema
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Head output for the cut's output h."""
