@@ -32,6 +32,29 @@ def tiny_net(modules: int = 4, context: str = "R1E", in_ch: int = 3, size: int =
     return LocalNetwork(backbone, config, torch.zeros(1, in_ch, size, size))
 
 
+def assert_same_training(plain: LocalNetwork, other: LocalNetwork, batch: tuple[torch.Tensor, torch.Tensor],
+                         rtol: float = 1e-5, atol: float = 1e-5, steps: int = 3) -> None:
+    """Two networks of the same function train alike: SGD steps on one batch give the same losses, logits and
+    gradients each step, and the same buffers and state_dict keys after."""
+    x, y = batch
+    nets = (plain, other)
+    opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9) for n in nets]
+    for _ in range(steps):
+        outs = []
+        for net, opt in zip(nets, opts, strict=True):
+            opt.zero_grad()
+            outs.append(local_step(net, x, y))
+        torch.testing.assert_close(outs[1].losses, outs[0].losses, rtol=rtol, atol=atol)
+        torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=rtol, atol=atol)
+        for (n, p), q in zip(plain.named_parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=n)
+        for opt in opts:
+            opt.step()
+    for (n, a), b in zip(plain.named_buffers(), other.buffers(), strict=True):
+        torch.testing.assert_close(b.float(), a.float(), rtol=rtol, atol=atol, msg=n)
+    assert plain.state_dict().keys() == other.state_dict().keys()
+
+
 def plain_head(channels: int, kind: str = "1c2f", out_dim: int = 10) -> LocalHead:
     """The paper's `<a>c<b>f` head on feature maps of `channels` channels (their size does not change it)."""
     return LocalHead(Shape((channels, 8, 8)), int(kind[0]), int(kind[2]), out_dim)

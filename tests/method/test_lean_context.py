@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from tests.conftest import tiny_net
+from tests.conftest import assert_same_training, tiny_net
 
 from contsup.method import local_step
 from contsup.method.context import ImageEncoder, ResidualEncoder
@@ -54,27 +54,11 @@ def test_lean_encoder_equals_straightforward(name, max_elements, fmt):
 
 @pytest.mark.parametrize("context", ["E", "R1", pytest.param("R1E", marks=pytest.mark.quick)])
 def test_lean_network_steps_equal_straightforward(context, batch):
-    x, y = batch
     plain, lean = tiny_net(4, context, lean_context=False), tiny_net(4, context)
     # The last cut's encoder of this ResNet-20 runs in several channel chunks (16x16 images).
     enc = lean.context[-1].residual[0] if context == "R1" else lean.context[-1].image
     assert 0 < enc.max_elements < enc.net[-3].out_channels * 16 * 16
-    nets = (plain, lean)
-    opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9) for n in nets]
-    for _ in range(3):
-        outs = []
-        for net, opt in zip(nets, opts, strict=True):
-            opt.zero_grad()
-            outs.append(local_step(net, x, y))
-        assert close(outs[0].losses, outs[1].losses)
-        assert close(outs[0].logits, outs[1].logits)
-        for (n, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
-            assert close(p.grad, q.grad), n
-        for opt in opts:
-            opt.step()
-    for (n, a), b in zip(plain.named_buffers(), lean.buffers(), strict=True):
-        assert close(a.float(), b.float()), n
-    assert plain.state_dict().keys() == lean.state_dict().keys()
+    assert_same_training(plain, lean, batch, rtol=TOL, atol=TOL)
 
 
 def test_lean_recompute_keeps_the_forward_autocast(batch):

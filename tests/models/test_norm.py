@@ -3,13 +3,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import tiny_net
+from tests.conftest import assert_same_training, tiny_net
 
 from contsup.checks import check_run
 from contsup.config import RunConfig
 from contsup.errors import ContsupError
 from contsup.memory import measure_peak
-from contsup.method import local_step
 from contsup.models.norm import LeanBatchNorm2d, make_lean
 from contsup.models.vit import vit
 
@@ -102,22 +101,9 @@ def test_make_lean_keeps_the_modules_and_their_state():
 def test_lean_norm_network_steps_equal_pytorchs(context, batch):
     """Every BatchNorm of the network (blocks, heads, encoders, the encoders' recomputation) made lean: the same
     losses and gradients over three steps."""
-    x, y = batch
     plain, lean = tiny_net(4, context), tiny_net(4, context, lean_norm=True)
     assert not any(type(m) is torch.nn.BatchNorm2d for m in lean.modules())
-    nets = (plain, lean)
-    opts = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9) for n in nets]
-    for _ in range(3):
-        outs = []
-        for net, opt in zip(nets, opts, strict=True):
-            opt.zero_grad()
-            outs.append(local_step(net, x, y))
-        torch.testing.assert_close(outs[1].losses, outs[0].losses, rtol=1e-5, atol=1e-5)
-        for (n, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=n)
-        for opt in opts:
-            opt.step()
-    assert plain.state_dict().keys() == lean.state_dict().keys()
+    assert_same_training(plain, lean, batch, rtol=1e-4)
 
 
 def test_lean_norm_refused_without_batchnorm_or_with_bf16():
