@@ -9,6 +9,16 @@ def test_progress_fields_and_their_legend():
     assert "last" not in legend(1)
 
 
+def test_local_mean_leaves_out_modules_without_a_head():
+    """Under HPFF's cascade module 0 has no head (its loss is a constant 0): the local mean is the heads'."""
+    assert postfix([0.0, 2.0, 4.0, 0.5], trains=[False, True, True, True]) == {"last": "0.500", "local": "3.000"}
+    assert postfix([0.0], last=False, trains=[False]) == {}  # a stage holding module 0 alone
+    row = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "local_losses": [0.0, 2.0], "train_loss_end": 0.5,
+           "local_losses_end": [0.0, 2.0], "train_error": 30.0, "test_error": 25.0, "images_per_s": 100.0}
+    assert "loss last 0.500 local 2.000 " in epoch_line(row, 3, trains=[False, True, True])
+    assert "loss last 0.500 local 1.000 " in epoch_line(row, 3)
+
+
 def test_epoch_line_labels_the_tail_means():
     row = {"epoch": 1, "lr": 0.1, "train_loss": 9.0, "local_losses": [3.0], "train_loss_end": 0.5,
            "local_losses_end": [0.75], "train_error": 30.0, "test_error": 25.0, "images_per_s": 100.0}

@@ -18,13 +18,22 @@ def legend(modules: int) -> str:
             f"{heads}, both on the current batch")
 
 
-def postfix(losses: list[float], last: bool = True) -> dict[str, str]:
-    """The progress bar's fields for one step's losses of this process's modules (`last`: with the output's)."""
-    if not last:
-        return {"local": f"{sum(losses) / len(losses):.3f}"}
-    if len(losses) == 1:
+def mean_local(losses: list[float], trains: list[bool] | None = None) -> str | None:
+    """The mean of the local losses of modules that train a head of their own (`trains`; all when None); None
+    when there is none (module 0 under HPFF's cascade has no head: its loss is a constant 0)."""
+    kept = losses if trains is None else [x for x, t in zip(losses, trains, strict=True) if t]
+    return f"{sum(kept) / len(kept):.3f}" if kept else None
+
+
+def postfix(losses: list[float], last: bool = True, trains: list[bool] | None = None) -> dict[str, str]:
+    """The progress bar's fields for one step's losses of this process's modules (`last`: with the output's;
+    `trains`: which of them train a head of their own, as `mean_local`)."""
+    if last and len(losses) == 1:
         return {"loss": f"{losses[0]:.3f}"}
-    return {"last": f"{losses[-1]:.3f}", "local": f"{sum(losses[:-1]) / (len(losses) - 1):.3f}"}
+    local = losses[:-1] if last else losses
+    fields = {"last": f"{losses[-1]:.3f}"} if last else {}
+    mean = mean_local(local, trains[:len(local)] if trains is not None else None)
+    return {**fields, **({"local": mean} if mean is not None else {})}
 
 
 def rate(lr: float) -> str:
@@ -32,13 +41,13 @@ def rate(lr: float) -> str:
     return "0" if lr == 0 else f"{lr:.3g}" if abs(lr) >= 0.01 else f"{lr:.1e}"
 
 
-def epoch_line(row: dict[str, Any], epochs: int, peak: float | None = None) -> str:
-    """The line printed after each epoch (with the schedule's `peak` rate); losses: means over its last quarter."""
-    end = [*row["local_losses_end"], row["train_loss_end"]]
-    if len(end) == 1:
-        losses = f"loss {end[0]:.3f}"
-    else:
-        losses = f"loss last {end[-1]:.3f} local {sum(end[:-1]) / (len(end) - 1):.3f}"
+def epoch_line(row: dict[str, Any], epochs: int, peak: float | None = None, trains: list[bool] | None = None) -> str:
+    """The line printed after each epoch (with the schedule's `peak` rate); losses: means over its last quarter
+    (`trains` as in `mean_local`)."""
+    local = row["local_losses_end"]
+    mean = mean_local(local, trains[:len(local)] if trains is not None else None)
+    losses = f"loss last {row['train_loss_end']:.3f}" if local else f"loss {row['train_loss_end']:.3f}"
+    losses += f" local {mean}" if local and mean is not None else ""
     lr, lr_end = rate(row["lr"]), rate(row.get("lr_end", row["lr"]))
     lr = f"lr {lr}" if lr == lr_end else f"lr {lr}->{lr_end}"  # per-step schedule: at the first and last step
     lr += f" (peak {rate(peak)})" if peak is not None else ""

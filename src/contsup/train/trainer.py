@@ -197,6 +197,7 @@ class Trainer:
         self.net.train()
         k_total = self.net.num_modules
         mods = self.step.modules
+        trains = [o.trains for o in self.net.objectives]  # module 0 under HPFF's cascade has no head of its own
         # [loss sum per module..., correct, seen, batches]; each process fills its own modules' entries.
         stats = torch.zeros(k_total + 3, dtype=torch.float64, device=self.device)
         steps: list[torch.Tensor] = []  # each step's losses, for the means over the epoch's last quarter
@@ -222,7 +223,8 @@ class Trainer:
                 stats[k_total + 1] += y.numel()
                 stats[k_total + 2] += 1
             if not bar.disable and self.log_now(i + 1):
-                bar.set_postfix(postfix(to_host(losses).tolist(), mods.stop == k_total))  # host read, LOG_EVERY
+                host = to_host(losses).tolist()  # host read, every LOG_EVERY steps
+                bar.set_postfix(postfix(host, mods.stop == k_total, trains[mods.start:mods.stop]))
         self.step.end_phase()
         synchronize(self.device)  # host sync: the epoch's time covers its queued kernels
         stats, tail = self.step.reduce(to_host(stats)), self.step.reduce(self._tail_sums(steps))
@@ -391,7 +393,7 @@ class Trainer:
                 save_checkpoint(self.run_folder / CHECKPOINT, payload)
                 with open(self.run_folder / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
-        tqdm.write(epoch_line(row, self.config.epochs, self.config.lr))
+        tqdm.write(epoch_line(row, self.config.epochs, self.config.lr, [o.trains for o in self.net.objectives]))
 
     def summary(self) -> dict[str, Any]:
         """Final-epoch test error (and the best epoch, labelled), time, speed, memory, parameters."""
