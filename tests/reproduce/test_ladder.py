@@ -49,18 +49,19 @@ def test_driver_runs_the_unmeasured_rungs_minimum_answer_first(tmp_path):
 
 
 def test_man_preset_chooses_the_momentum_of_man_as_published(tmp_path):
-    """Seed 0 of every momentum with and without MAN++'s scale, and the same InfoPro run without the copies
-    (the control) with 3 seeds; every run MAN's published head, reconstruction and schedule."""
+    """Seed 0 of every momentum with and without MAN++'s scale, the chosen one with 3 seeds, and the same InfoPro
+    run without the copies (the control) with 3 seeds; every run MAN's published head, reconstruction and
+    schedule."""
     todo = jobs(load_preset("man"), "cpu", tmp_path)
     assert sorted((j.settings["man_momentum"], j.settings["man_scale"], j.settings["seed"]) for j in todo) == [
-        (0.0, False, 0), (0.0, False, 1), (0.0, False, 2),
-        *((m, s, 0) for m in (0.9, 0.95, 0.98, 0.995) for s in (False, True))]
+        (0.0, False, 0), (0.0, False, 1), (0.0, False, 2), (0.9, False, 0), (0.9, True, 0), (0.95, False, 0),
+        (0.95, True, 0), (0.95, True, 1), (0.95, True, 2), *((m, s, 0) for m in (0.98, 0.995) for s in (False, True))]
     for job in todo:
         local = job.config.local
         assert (local.head, local.recon, local.recon_schedule, local.modules, local.context) == (
             "2c2f", "5,0.5,0,0", "stage", 16, "R0")
         assert job.config.train.epochs == 2
-    assert len({j.name for j in todo}) == 11 and all("recon-5_0.5_0_0-by-stage" in j.name for j in todo)
+    assert len({j.name for j in todo}) == len(todo) == 13 and all("recon-5_0.5_0_0-by-stage" in j.name for j in todo)
 
 
 def test_figure_reads_each_rung_from_its_csvs(tmp_path):
