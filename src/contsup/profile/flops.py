@@ -55,16 +55,18 @@ def count_flops(net: LocalNetwork, fn: Callable[[], Any]) -> tuple[Any, dict[str
     counts = counter.get_flop_counts()  # per module name, every level: a name's count holds its children's
     names = group_names(net)
 
-    def group(name: str) -> str | None:  # a name's own group, or that of the nearest enclosing one
-        parts = name.split(".")
-        return next((names[p] for p in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if p in names), None)
+    def group(name: str) -> str | None:
+        """A counted name's group: its own, or that of the nearest enclosing name the step calls."""
+        while name not in names and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return names.get(name)
 
     flops = dict.fromkeys(GROUPS, 0)
-    for name, ops in counts.items():
-        enclosing = (".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1))
-        # counted once, at the outermost counted name inside a group (MAN's copies and head are called as parts)
-        if group(name) is not None and not any(a in counts and group(a) is not None for a in enclosing):
-            flops[group(name)] += sum(ops.values())
+    taken: list[str] = []  # counted once, at the outermost called module inside a group (MAN's parts are called)
+    for name in sorted(counts, key=lambda n: n.count(".")):  # outer names first
+        if group(name) is not None and not any(name.startswith(t + ".") for t in taken):
+            taken.append(name)
+            flops[group(name)] += sum(counts[name].values())
     total = counter.get_total_flops()
     flops["other"] = total - sum(flops.values())
     flops["total"] = total
