@@ -24,7 +24,7 @@ from torch import nn
 CHUNKS = 8  # the sums' temporaries are a 1/CHUNKS slice of the map
 
 
-def count_batch(bn: nn.modules.batchnorm._BatchNorm) -> float:
+def count_batch(bn: nn.BatchNorm2d) -> float:
     """Count one training batch and return the running-average factor, as nn.BatchNorm2d.forward does."""
     bn.num_batches_tracked.add_(1)
     return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
@@ -36,16 +36,16 @@ def batch_norm_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor |
     shape = [1, -1] + [1] * (x.dim() - 2)  # a per-channel vector broadcast over the map
     dims = [0, *range(2, x.dim())]
     n = x.numel() // x.shape[1]
-    centred = mean.view(shape)
+    mu = mean.view(shape)
     dot = torch.zeros_like(mean)  # sum over the batch of g * (x - mean), per channel
     size = math.ceil(x.shape[0] / CHUNKS)
     for xc, gc in zip(x.split(size), g.split(size), strict=True):
-        dot += (xc - centred).mul_(gc).sum(dims)
+        dot += (xc - mu).mul_(gc).sum(dims)
     sum_g = g.sum(dims)
     dx = None
     if needs[0]:
         scale = invstd if weight is None else invstd * weight
-        dx = torch.sub(x, centred)  # the gradient's own buffer, in x's memory format
+        dx = torch.sub(x, mu)  # the gradient's own buffer, in x's memory format
         dx.mul_((dot * invstd * invstd / -n).view(shape)).add_(g).sub_((sum_g / n).view(shape))
         dx.mul_(scale.view(shape))
     return dx, dot * invstd if needs[1] else None, sum_g if needs[2] else None
