@@ -27,7 +27,8 @@ from typing import Any
 from docregion import write_region
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "parallel.md"
-TARGETS = "15,12,10"  # validation errors (%) whose time-to-accuracy the table reports
+# validation errors (%) whose time-to-accuracy the tables report, per backbone (a plain list: every backbone)
+TARGETS = "resnet32=22,20,18;vit-mini-p7=60,50,40"
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")  # torch's pipeline schedules: micro-batches
 # Settings that place the work or set its length, not what a step computes: left out when runs are matched.
 PLACEMENT = {"pipeline": ("ranks", "threads", "parallel", "micro_batches", "stage_units", "stage_sizes", "inflight",
@@ -57,7 +58,7 @@ def way(run: dict[str, Any]) -> str:
     """The row a run belongs to: backbone, method, split of the work, processes x threads."""
     local, pipe = run["local"], run["pipeline"]
     method = "E2E" if local["modules"] == 1 else f"K={local['modules']} {local['context']}" + (
-        f" {local['head']}" if local["head"] != "1c2f" else "")
+        f" {local['head']}" if local["head"] != "1c2f" else "") + (f" cut {local['cuts']}" if local["cuts"] else "")
     split = pipe["parallel"] + (f" M={pipe['micro_batches']}" if pipe["parallel"] in SCHEDULES else "")
     threads = pipe["threads"] or "default"
     return f"{run['arch']} | {method} | {split} | {pipe['ranks']} x {threads}"
@@ -213,6 +214,25 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def parse_targets(text: str) -> dict[str, list[float]]:
+    """`arch=e1,e2;arch=...` (or one plain list, key "": every backbone) -> validation errors to time, by backbone."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        arch, _, errors = part.rpartition("=")
+        out[arch.strip()] = [float(e) for e in errors.split(",")]
+    return out
+
+
+def tables(rows: list[dict[str, Any]], targets: dict[str, list[float]]) -> str:
+    """One table a backbone, each with its own targets (those of "" where the backbone has none)."""
+    arches = sorted({w["way"].split(" | ")[0] for w in rows})
+    missing = [a for a in arches if a not in targets and "" not in targets]
+    if missing:
+        raise SystemExit(f"--targets names no validation errors for {', '.join(missing)}")
+    return "\n\n".join(table([w for w in rows if w["way"].split(" | ")[0] == a], targets.get(a, targets.get("")))
+                        for a in arches)
+
+
 def main() -> None:
     """Compose, print the table (and the check), write them and the figure (into docs/ unless --out)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,7 +240,8 @@ def main() -> None:
     p.add_argument("--throughput", required=True, help="the folder `contsup reproduce parallel_throughput` wrote")
     p.add_argument("--check", nargs="*", default=[], help="run folders of real, quiet runs of a way to compare")
     p.add_argument("--out", default=None, help="write parallel.md and parallel.png here instead of docs/")
-    p.add_argument("--targets", default=TARGETS, help=f"validation errors (%%) to time (default {TARGETS})")
+    p.add_argument("--targets", default=TARGETS, help="validation errors (%%) to time: a list for every backbone, "
+                   f"or arch=list;arch=list (default {TARGETS})")
     args = p.parse_args()
     curves, throughput = read_runs(Path(args.curves)), read_runs(Path(args.throughput))
     if not curves or not throughput:
@@ -236,7 +257,7 @@ def main() -> None:
         "throughput runs (`bash benchmarks/parallel_throughput.sh`; load average "
         + (load.read_text().strip() if load.is_file() else "not recorded") + ").",
         "",
-        table(rows, [float(t) for t in args.targets.split(",")]),
+        tables(rows, parse_targets(args.targets)),
         "",
         f"![validation error against composed training wall time]({png.name})",
     ]

@@ -32,7 +32,7 @@ def test_parallel_presets_run_each_computation_once_and_time_every_way(tmp_path,
     runs = {j.name: json.loads(json.dumps(j.config.to_dict())) for j in [*curves, *clocks]}
     computed = {j.name: bench.computation(runs[j.name]) for j in [*curves, *clocks]}
     per_seed = [computed[j.name] for j in curves if j.config.train.seed == 0]
-    assert len(per_seed) == len(set(per_seed)) == 9  # no two curve runs compute the same thing
+    assert len(per_seed) == len(set(per_seed)) == 10  # no two curve runs compute the same thing
     assert all(j.config.pipeline.ranks == 1 for j in curves)
     for j in clocks:  # every way timed has its curve, on 2 cores
         assert computed[j.name] in per_seed, j.name
@@ -41,6 +41,9 @@ def test_parallel_presets_run_each_computation_once_and_time_every_way(tmp_path,
             for j in clocks}
     assert ("resnet32", 16, "local", 2) in ways and ("resnet32", 1, "zbv", 2) in ways
     assert ("vit-mini-p7", 1, "ddp", 2) in ways and ("vit-mini-p7", 4, "local", 1) in ways
+    balanced = [j for j in clocks if j.config.local.cuts]  # K = 2 R0 cut by time, on ranks and in one process
+    assert [(j.config.local.cuts, j.config.pipeline.ranks) for j in balanced] == [("1.4", 2), ("1.4", 1)]
+    assert "K=2 R0 cut 1.4 | local | 2 x 1" in bench.way(runs[balanced[0].name])
 
 
 def fake_run(folder: Path, cfg: RunConfig, times: list[float], val: list[float], ranks: int = 1) -> None:
@@ -97,6 +100,25 @@ def test_time_to_accuracy_is_the_curve_on_the_way_s_clock(tmp_path, bench):
     assert checked[2:] == ["| resnet8 | E2E | local | 1 x 2 | 1 | 1 | 11.0 | 10.0 | 1.100 | 21.00 | 20.00 |",
                            "| resnet8 | E2E | local | 1 x 2 | 1 | 2 | 20.0 | 18.0 | 1.111 | 11.00 | 11.00 |",
                            "| resnet8 | E2E | local | 1 x 2 | 1 | 3 | 28.0 | 26.0 | 1.077 | 8.00 | 8.00 |"]
+
+
+def test_each_backbone_has_its_own_targets(tmp_path, bench):
+    assert bench.parse_targets("resnet32=22,20;vit-mini-p7=60") == {"resnet32": [22.0, 20.0], "vit-mini-p7": [60.0]}
+    assert bench.parse_targets("15,12") == {"": [15.0, 12.0]}
+    c, t = tmp_path / "curves", tmp_path / "clock"
+    fake_run(c / "e2e", config(), [50, 50, 50], [30, 14, 9])
+    fake_run(c / "vit", config("vit-mini-p8"), [70, 70, 70], [25, 13, 12])
+    fake_run(t / "e2e", config(threads=2, epochs=2), [10, 8], [90, 90])
+    fake_run(t / "vit", config("vit-mini-p8", threads=2, epochs=2), [7, 3], [90, 90])
+    rows = bench.ways(bench.read_runs(c), bench.read_runs(t))
+    text = bench.tables(rows, {"resnet8": [14.0], "vit-mini-p8": [20.0, 12.0]})
+    resnet, vit = text.split("\n\n")
+    assert resnet.splitlines()[0].endswith("| time to 14 % (s) |") and resnet.splitlines()[2].endswith("| 18.0 |")
+    assert vit.splitlines()[0].endswith("| time to 20 % (s) | time to 12 % (s) |")
+    assert vit.splitlines()[2].endswith("| 10.0 | 13.0 |")  # 20 % at epoch 2 (7 + 3), 12 % at epoch 3 (7 + 2 x 3)
+    assert bench.tables(rows, {"": [14.0]}).count("time to 14 %") == 2  # a plain list: every backbone
+    with pytest.raises(SystemExit, match="vit-mini-p8"):
+        bench.tables(rows, {"resnet8": [14.0]})
 
 
 TINY = """
