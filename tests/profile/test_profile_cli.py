@@ -52,10 +52,19 @@ def test_checkpointed_rows_and_the_lower_bound(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [["--input", "3x16"], ["-K", "a,b"], ["--batch-size", "0"],
-                                 ["--checkpoint-segments", "half"]])
+                                 ["--checkpoint-segments", "half"], ["-K", "1,2,4", "--cuts", "1.0"],
+                                 ["--cuts", "equal-unit"]])
 def test_bad_flags_are_one_line_errors(capsys, bad):
     assert main(["profile", "--device", "cpu", *bad]) == 2
     assert capsys.readouterr().err.startswith("contsup: error:")
+
+
+def test_explicit_cuts_as_train_takes_them(capsys):
+    args = ["profile", "--arch", "resnet8", "-K", "1,2", "--contexts", "R0", "--batch-size", "8", "--input", "3x8x8",
+            "--warmup", "0", "--steps", "1", "--device", "cpu"]
+    for cuts, where in (("2.0", "2.0"), ("0", "0.0"), ("equal-units", "1.0")):  # stage.block, unit index, table
+        assert main([*args, "--cuts", cuts]) == 0
+        assert f"cuts after {where}" in capsys.readouterr().out
 
 
 def test_end_to_end_vit_with_adamw_state(capsys, tmp_path):

@@ -85,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         arch=args.arch if ":" in args.arch else args.arch.lower(),  # the user's package.module:function as typed
         modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
-        cut_table=args.cuts, head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
+        cut_table=args.cuts if args.cuts in TABLES else "auto", cuts=None if args.cuts in TABLES else args.cuts,
+        head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,
         device=args.device, channels_last=args.channels_last, seed=args.seed,
         checkpoint_segments=segments_list(args.checkpoint_segments), optimizer=args.optimizer,
         local={"image_encoder": args.image_encoder, "lean_context": args.lean_context,
@@ -154,7 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW")
     p.add_argument("--classes", type=int, default=10, help="number of classes")
-    p.add_argument("--cuts", default="auto", choices=TABLES, help="cut table")
+    p.add_argument("--cuts", default="auto", help=f"cut table ({', '.join(TABLES)}) or explicit cuts for one K: "
+                   "unit indices 3,7,11 or stage.block pairs 1.4,2.1")
     p.add_argument("--head", default="1c2f", help=f"local head: {HEADS.describe()}")
     p.add_argument("--loss", default="softmax", choices=LOSSES.names(), help="local loss")
     p.add_argument("--image-encoder", default="paper", choices=IMAGE_ENCODERS,

@@ -41,6 +41,7 @@ class ProfileConfig:
     input_shape: tuple[int, int, int] = (3, 32, 32)
     num_classes: int = 10
     cut_table: str = "auto"
+    cuts: str | None = None  # explicit cuts (unit indices 3,7 or stage.block 1.4) for the one K > 1 profiled
     head: str = "1c2f"
     loss: str = "softmax"
     warmup: int = 2  # untimed steps first (optimizer state, allocator warm-up)
@@ -102,7 +103,7 @@ def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device,
     settings = {k: v for k, v in cfg.local.items() if not (k == "cascade" and modules == 1)}  # K = 1: end to end
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
-        cut_table=cfg.cut_table, checkpoint_segments=segments, **settings,
+        cut_table=cfg.cut_table, cuts=cfg.cuts if modules > 1 else None, checkpoint_segments=segments, **settings,
     )
     return LocalNetwork(backbone, local, torch.zeros(1, *cfg.input_shape)).to(device)
 
