@@ -65,6 +65,8 @@ def test_explicit_cuts_as_train_takes_them(capsys):
     for cuts, where in (("2.0", "2.0"), ("0", "0.0"), ("equal-units", "1.0")):  # stage.block, unit index, table
         assert main([*args, "--cuts", cuts]) == 0
         assert f"cuts after {where}" in capsys.readouterr().out
+    args[2] = "resnet32"  # a paper table has no K = 1 entry: end to end has no cut
+    assert main([*args, "--cuts", "equal"]) == 0 and "cuts after 2.1" in capsys.readouterr().out
 
 
 def test_end_to_end_vit_with_adamw_state(capsys, tmp_path):

@@ -103,7 +103,8 @@ def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device,
     settings = {k: v for k, v in cfg.local.items() if not (k == "cascade" and modules == 1)}  # K = 1: end to end
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
-        cut_table=cfg.cut_table, cuts=cfg.cuts if modules > 1 else None, checkpoint_segments=segments, **settings,
+        cut_table=cfg.cut_table if modules > 1 else "auto", cuts=cfg.cuts if modules > 1 else None,  # K = 1: no cut
+        checkpoint_segments=segments, **settings,
     )
     return LocalNetwork(backbone, local, torch.zeros(1, *cfg.input_shape)).to(device)
 
