@@ -144,12 +144,18 @@ def usage(thr: dict[str, Any]) -> tuple[str, str, str]:
             " / ".join(f"{1 - r['busy_s'] / r['wall_s']:.2f}" for r in ranks))
 
 
+def rate_of_1f1b(rows: list[dict[str, Any]], arch: str) -> float | None:
+    """images/s of the backbone's 1F1B on 2 ranks x 1 thread (the issue's reference); None: not timed."""
+    return next((w["thr"]["summary"]["images_per_s"] for w in rows
+                 if w["way"].startswith(f"{arch} | E2E | 1f1b ") and w["way"].endswith(" | 2 x 1")), None)
+
+
 def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
     """The markdown table: one row a way; errors and times to them over the seeds of its curve."""
-    head = ("| backbone | method | split | processes x threads | images/s | s / epoch, first / later "
+    head = ("| backbone | method | split | processes x threads | images/s | / 1F1B | s / epoch, first / later "
             "| step peak per rank (MiB) | process peak per rank (MiB) | idle per rank | curve seeds | val error (%) "
             "| test error (%) | " + " | ".join(f"time to {t:g} % (s)" for t in targets) + " |")
-    lines = [head, "|" + "---|" * (12 + len(targets))]
+    lines = [head, "|" + "---|" * (13 + len(targets))]
     for w in rows:
         step, peak, idle = usage(w["thr"])
         curves = w["curves"]
@@ -160,7 +166,9 @@ def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
             reached = [s for s in (time_to(c, t) for c in w["composed"]) if s is not None]
             cell = mean_sd(reached, "{:.1f}")
             tta.append(cell if len(reached) == len(curves) else f"{cell} ({len(reached)}/{len(curves)} seeds)")
-        lines.append(f"| {w['way']} | {w['thr']['summary']['images_per_s']:.1f} | {w['first']:.1f} / {w['later']:.1f} "
+        rate, ref = w["thr"]["summary"]["images_per_s"], rate_of_1f1b(rows, w["way"].split(" | ")[0])
+        lines.append(f"| {w['way']} | {rate:.1f} | {'—' if ref is None else f'{rate / ref:.2f}'} "
+                     f"| {w['first']:.1f} / {w['later']:.1f} "
                      f"| {step} | {peak} | {idle} | {len(curves)} | {val} | {test} | " + " | ".join(tta) + " |")
     return "\n".join(lines)
 

@@ -94,6 +94,7 @@ def test_time_to_accuracy_is_the_curve_on_the_way_s_clock(tmp_path, bench):
     line = next(x for x in text.splitlines() if x.startswith("| resnet8 | E2E | 1f1b M=2 | 2 x 1 |"))
     assert line.split(" | ")[-3:] == ["30.0", "30.0", "— (0/1 seeds) |"]
     assert "| — / — | 1 / 2 | 0.25 / 0.25 | 1 |" in line  # each rank's peaks and idle (ranks.json); one curve seed
+    assert "| 100.0 | 1.00 | 20.0 / 5.0 |" in line  # images/s, over 1F1B's on 2 ranks (itself), the clock
 
     fake_run(tmp_path / "real", config(threads=2, seed=1), [11, 9, 8], [21, 11, 8])
     checked = bench.check([bench.read_run(tmp_path / "real")], list(rows.values())).splitlines()
@@ -167,7 +168,7 @@ def test_tiny_sweeps_give_the_table_and_the_figure(tmp_path):
     assert "| E2E | 1f1b M=2 | 2 x 1 |" in out and "| K=2 R1E | local | 1 x 1 |" in out
     for row in rows:  # each way found its one-seed curve; every run reaches 100 % at its first epoch's end
         cells = row.strip(" |").split(" | ")
-        assert cells[9] == "1" and float(cells[-2]) > 0 and cells[-1] == "— (0/1 seeds)"
+        assert cells[10] == "1" and float(cells[-2]) > 0 and cells[-1] == "— (0/1 seeds)"
     checked = [line.split(" | ") for line in check.splitlines() if line.startswith("| resnet8")]
     assert [(c[5], c[8]) for c in checked] == [("1", "1.000"), ("2", "1.000")]  # epoch, measured / composed
     assert (tmp_path / "doc" / "parallel.png").stat().st_size > 0
