@@ -146,8 +146,11 @@ def usage(thr: dict[str, Any]) -> tuple[str, str, str]:
 
 def rate_of_1f1b(rows: list[dict[str, Any]], arch: str) -> float | None:
     """images/s of the backbone's 1F1B on 2 ranks x 1 thread (the issue's reference); None: not timed."""
-    return next((w["thr"]["summary"]["images_per_s"] for w in rows
-                 if w["way"].startswith(f"{arch} | E2E | 1f1b ") and w["way"].endswith(" | 2 x 1")), None)
+    rates = [w["thr"]["summary"]["images_per_s"] for w in rows
+             if w["way"].startswith(f"{arch} | E2E | 1f1b ") and w["way"].endswith(" | 2 x 1")]
+    if len(rates) > 1:
+        raise SystemExit(f"{arch}: {len(rates)} 1F1B runs on 2 x 1 (several micro-batch counts?): no one reference")
+    return rates[0] if rates else None
 
 
 def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
@@ -224,10 +227,15 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 
 def parse_targets(text: str) -> dict[str, list[float]]:
     """`arch=e1,e2;arch=...` (or one plain list, key "": every backbone) -> validation errors to time, by backbone."""
-    out = {}
+    out: dict[str, list[float]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        arch, _, errors = part.rpartition("=")
-        out[arch.strip()] = [float(e) for e in errors.split(",")]
+        arch, _, errors = (x.strip() for x in part.rpartition("="))
+        try:
+            out[arch] = [float(e) for e in errors.split(",")] if arch not in out else []
+        except ValueError:
+            out[arch] = []
+        if not out[arch]:
+            raise SystemExit(f"--targets: cannot read {part!r} (arch=e1,e2,... once a backbone, or one list)")
     return out
 
 

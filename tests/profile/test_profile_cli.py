@@ -53,7 +53,7 @@ def test_checkpointed_rows_and_the_lower_bound(capsys, tmp_path):
 
 @pytest.mark.parametrize("bad", [["--input", "3x16"], ["-K", "a,b"], ["--batch-size", "0"],
                                  ["--checkpoint-segments", "half"], ["-K", "1,2,4", "--cuts", "1.0"],
-                                 ["--cuts", "equal-unit"]])
+                                 ["--cuts", "equal-unit"], ["-K", "3", "--cuts", "1.0"]])
 def test_bad_flags_are_one_line_errors(capsys, bad):
     assert main(["profile", "--device", "cpu", *bad]) == 2
     assert capsys.readouterr().err.startswith("contsup: error:")

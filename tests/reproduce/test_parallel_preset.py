@@ -46,13 +46,14 @@ def test_parallel_presets_run_each_computation_once_and_time_every_way(tmp_path,
     assert "K=2 R0 cut 1.4 | local | 2 x 1" in bench.way(runs[balanced[0].name])
 
 
-def fake_run(folder: Path, cfg: RunConfig, times: list[float], val: list[float], ranks: int = 1) -> None:
-    """A finished run folder with the given epoch training seconds and validation errors."""
+def fake_run(folder: Path, cfg: RunConfig, times: list[float], val: list[float], ranks: int = 1,
+             rate: float = 100.0) -> None:
+    """A finished run folder with the given epoch training seconds, validation errors and images/s."""
     folder.mkdir(parents=True)
     rows = [{"epoch": e + 1, "epoch_time": t, "val_error": v, "test_error": v + 1} for e, (t, v) in
             enumerate(zip(times, val, strict=True))]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"final_test_error": val[-1] + 1, "final_val_error": val[-1], "images_per_s": 100.0,
+    summary = {"final_test_error": val[-1] + 1, "final_val_error": val[-1], "images_per_s": rate,
                "peak_memory_bytes": 2**30, "meta": {"run": cfg.to_dict()}}
     (folder / "summary.json").write_text(json.dumps(summary))
     if ranks > 1:
@@ -75,7 +76,7 @@ def test_time_to_accuracy_is_the_curve_on_the_way_s_clock(tmp_path, bench):
     fake_run(c / "micro-s0", config(parallel="1f1b", seed=0), [60, 60, 60], [40, 20, 11])  # BatchNorm per micro-batch
     fake_run(c / "vit-s0", config("vit-mini-p8", seed=0), [70, 70, 70], [25, 13, 12])
     fake_run(c / "local-s0", config(modules=2, seed=0), [80, 80, 80], [16, 15, 14])
-    fake_run(t / "one", config(threads=2, epochs=2), [10, 8], [90, 90])
+    fake_run(t / "one", config(threads=2, epochs=2), [10, 8], [90, 90], rate=150.0)
     fake_run(t / "ddp", config(parallel="ddp", ranks=2, epochs=2), [12, 9], [90, 90], ranks=2)
     fake_run(t / "1f1b", config(parallel="1f1b", ranks=2, epochs=2), [20, 5], [90, 90], ranks=2)
     fake_run(t / "vit-gpipe", config("vit-mini-p8", parallel="gpipe", ranks=2, epochs=3), [7, 3, 5], [90] * 3, ranks=2)
@@ -91,6 +92,8 @@ def test_time_to_accuracy_is_the_curve_on_the_way_s_clock(tmp_path, bench):
     text = bench.table(list(rows.values()), [15.0, 12.0, 10.0])
     line = next(x for x in text.splitlines() if x.startswith("| resnet8 | E2E | local | 1 x 2 |"))
     assert line.split(" | ")[-3:] == ["18.0 ± 0.0", "22.0 ± 5.7", "26.0 ± 0.0 |"]  # 12 %: 26 (seed 0) and 18 (seed 1)
+    assert "| 150.0 | 1.50 | 10.0 / 8.0 |" in line  # its images/s over its backbone's 1F1B on 2 ranks (100)
+    assert "| 100.0 | — | 7.0 / 4.0 |" in text  # the ViT's GPipe: no 1F1B of its backbone timed
     line = next(x for x in text.splitlines() if x.startswith("| resnet8 | E2E | 1f1b M=2 | 2 x 1 |"))
     assert line.split(" | ")[-3:] == ["30.0", "30.0", "— (0/1 seeds) |"]
     assert "| — / — | 1 / 2 | 0.25 / 0.25 | 1 |" in line  # each rank's peaks and idle (ranks.json); one curve seed
@@ -120,6 +123,12 @@ def test_each_backbone_has_its_own_targets(tmp_path, bench):
     assert bench.tables(rows, {"": [14.0]}).count("time to 14 %") == 2  # a plain list: every backbone
     with pytest.raises(SystemExit, match="vit-mini-p8"):
         bench.tables(rows, {"resnet8": [14.0]})
+    twice = [{"way": f"resnet8 | E2E | 1f1b M={m} | 2 x 1", "thr": {"summary": {"images_per_s": 1.0}}} for m in (2, 4)]
+    with pytest.raises(SystemExit, match="no one reference"):
+        bench.rate_of_1f1b(twice, "resnet8")
+    for bad in ("resnet32=", "resnet32=22,,20", "resnet32=22;resnet32=20", "x"):
+        with pytest.raises(SystemExit, match="--targets"):
+            bench.parse_targets(bad)
 
 
 TINY = """

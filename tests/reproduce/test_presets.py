@@ -100,12 +100,12 @@ def test_e2e_is_one_configuration_and_only_filters():
 
 def test_explicit_cuts_name_their_run_folders(tmp_path):
     preset = tmp_path / "cuts.toml"
-    preset.write_text('[base]\narch = "resnet32"\nmodules = 3\n[[grid]]\ncuts = ["1.4,2.0", "3,7"]\n'
+    preset.write_text('[base]\narch = "resnet32"\nmodules = 3\n[[grid]]\ncuts = ["1.4, 2.0", "3,7"]\n'
                       '[recipe.cpu]\nepochs = 1\n')
     todo = jobs(load_preset(preset), "cpu", tmp_path)
     assert [j.name for j in todo] == ["resnet32-fashion-mnist-K3-R1E-cuts1.4_2.0-s0",
                                     "resnet32-fashion-mnist-K3-R1E-cuts3_7-s0"]
-    assert [j.config.local.cuts for j in todo] == ["1.4,2.0", "3,7"]
+    assert [j.config.local.cuts for j in todo] == ["1.4, 2.0", "3,7"]
 
 
 def test_bad_presets_and_filters_raise(tmp_path):

@@ -81,9 +81,15 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     check_int("seed", args.seed, 0, MAX_SEED)
     if args.classes < 2:
         raise ContsupError(f"--classes must be >= 2, got {args.classes}")
+    modules = int_list(args.modules)
+    if args.cuts not in TABLES:  # explicit cuts: checked before anything is built
+        local = [k for k in modules if k > 1]
+        if len(local) != 1 or len(args.cuts.split(",")) != local[0] - 1:
+            raise ContsupError(f"explicit --cuts {args.cuts!r} fit one K > 1 with K - 1 cuts (-K {args.modules}); "
+                               f"or name a cut table: {', '.join(TABLES)}")
     return ProfileConfig(
         arch=args.arch if ":" in args.arch else args.arch.lower(),  # the user's package.module:function as typed
-        modules=int_list(args.modules), contexts=[c.strip() for c in args.contexts.split(",")],
+        modules=modules, contexts=[c.strip() for c in args.contexts.split(",")],
         batch_size=args.batch_size, input_shape=input_shape(args.input), num_classes=args.classes,
         cut_table=args.cuts if args.cuts in TABLES else "auto", cuts=None if args.cuts in TABLES else args.cuts,
         head=args.head, loss=args.loss, warmup=args.warmup, steps=args.steps,

@@ -249,7 +249,7 @@ def run_name(s: Mapping[str, Any]) -> str:
     if s["image_encoder"] != d["image_encoder"]:
         parts.append(f"enc-{s['image_encoder']}")
     if s["cuts"] is not None:
-        parts.append("cuts" + s["cuts"].replace(",", "_"))  # 1.4 -> cuts1.4; 1.2,2.1 -> cuts1.2_2.1
+        parts.append("cuts" + s["cuts"].replace(" ", "").replace(",", "_"))  # 1.4 -> cuts1.4; 1.2, 2.1 -> cuts1.2_2.1
     elif s["cut_table"] not in ("auto", "equal"):
         parts.append(s["cut_table"])
     if s["head"] == "auglocal" and (s["aux_depth"], s["aux_pyramid"]) != (d["aux_depth"], d["aux_pyramid"]):
