@@ -231,11 +231,12 @@ def parse_targets(text: str) -> dict[str, list[float]]:
     for part in filter(None, (p.strip() for p in text.split(";"))):
         arch, _, errors = (x.strip() for x in part.rpartition("="))
         try:
-            out[arch] = [float(e) for e in errors.split(",")] if arch not in out else []
+            values = [float(e) for e in errors.split(",")]  # float("") raises too: no empty entry
         except ValueError:
-            out[arch] = []
-        if not out[arch]:
+            values = []
+        if not values or arch in out:
             raise SystemExit(f"--targets: cannot read {part!r} (arch=e1,e2,... once a backbone, or one list)")
+        out[arch] = values
     return out
 
 
