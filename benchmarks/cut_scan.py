@@ -4,7 +4,7 @@ torch's pipeline schedules balance their stages by measured time (`--stage-units
 local pipeline with one module a rank cannot move modules between ranks, so the cut itself must balance them.
 For every candidate cut this times each module's local step (context supply, block, head, backward; the cost
 model's `calibrate_modules`, one thread, one random batch) and prints the steps and the slower one: a 2-rank
-pipeline runs at about the batch over the slower step. docs/parallel.md, "Balancing the local pipeline".
+pipeline runs at about the batch over the slower step. docs/parallel.md, "Balancing the local pipeline's stages".
 
     PYTHONPATH=src python benchmarks/cut_scan.py --arch resnet32 --context R0        # on a quiet machine
 """
