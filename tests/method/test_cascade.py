@@ -215,7 +215,10 @@ def test_the_hpff_preset_names_the_cascade_in_its_run_folders(tmp_path):
 
     names = sorted(j.name for j in jobs(load_preset("hpff"), "cpu", tmp_path, seeds=[0]))
     assert names == ["resnet32-fashion-mnist-K16-R0-2c2f-cascade0.999-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0",
-                     "resnet32-fashion-mnist-K16-R0-2c2f-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0"]
+                     "resnet32-fashion-mnist-K16-R0-2c2f-recon-5_0.5_0_0-by-hpff-patches2-n10000-s0",
+                     "resnet32-fashion-mnist-K16-R0-auglocal-cascade0.999-n10000-s0"]
+    isolated = {j.name for j in jobs(load_preset("heads"), "cpu", tmp_path, seeds=[0])}
+    assert "resnet32-fashion-mnist-K16-R0-auglocal-n10000-s0" in isolated  # the composition's control, by name
 
 
 def test_flop_groups_of_the_second_path():
