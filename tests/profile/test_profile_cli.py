@@ -132,3 +132,18 @@ def test_a_recorded_profile_command_reads_back_its_head_settings():
     recorded = {"aux_depth": 3, "man_momentum": 0.5, "head_patches": 2, "cascade": 0.0}  # as profile.json holds
     local = config_from_args(argparse.Namespace(**(defaults | recorded))).local
     assert {k: local[k] for k in recorded} == recorded
+
+
+def test_profile_takes_the_reconstruction_settings(tmp_path):
+    """HPFF as released can be profiled: --recon, --recon-schedule and --recon-patches reach the K > 1 networks
+    (decoders counted), and the K = 1 row is plain end to end."""
+    out = tmp_path / "prof"
+    args = ["profile", "--arch", "resnet20", "-K", "1,4", "--contexts", "R0", "--head", "2c2f", "--recon", "5,0.5,0,0",
+            "--recon-schedule", "hpff", "--recon-patches", "2", "--cascade", "0.999", "--batch-size", "4",
+            "--input", "3x8x8", "--warmup", "0", "--steps", "1", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    rows = {r["modules"]: r for r in csv.DictReader(open(out / "profile.csv"))}
+    assert int(rows["4"]["params_decoders"]) > 0 and int(rows["4"]["flops_decoders"]) > 0
+    assert int(rows["1"]["params_decoders"]) == 0 == int(rows["1"]["params_heads"])
+    recorded = json.loads((out / "profile.json").read_text())["meta"]["config"]
+    assert (recorded["recon"], recorded["recon_schedule"], recorded["recon_patches"]) == ("5,0.5,0,0", "hpff", 2)

@@ -33,7 +33,9 @@ MAX_CHANNELS, MAX_SIDE = 64, 4096  # input sizes profile accepts
 MAX_STEPS = 10_000  # timed or untimed steps per configuration
 # The heads' and head wrappers' settings but the head itself (--head, above): each a flag as in `contsup train`
 HEAD_FLAGS = [s.path for s in settings().values() if s.key in head_settings() and s.key != "head"]
-HEAD_KEYS = [settings()[path].key for path in HEAD_FLAGS]  # what the parsed arguments (and profile.json) name
+# InfoPro's reconstruction term and its variants (MAN's and HPFF's weight rules, HPFF's patched decoders)
+RECON_FLAGS = ["local.recon", "local.recon_dataset", "local.recon_schedule", "local.recon_patches"]
+LOCAL_KEYS = [settings()[path].key for path in HEAD_FLAGS + RECON_FLAGS]  # as parsed (and named in profile.json)
 
 
 def int_list(text: str) -> list[int]:
@@ -97,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         checkpoint_segments=segments_list(args.checkpoint_segments), optimizer=args.optimizer,
         local={"image_encoder": args.image_encoder, "lean_context": args.lean_context,
                "lean_norm": args.lean_norm,
-               **{key: getattr(args, key) for key in HEAD_KEYS if hasattr(args, key)}},
+               **{key: getattr(args, key) for key in LOCAL_KEYS if hasattr(args, key)}},
     )
 
 
@@ -183,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the random batch")
     p.add_argument("--out", default=None, help="folder for profile.csv, profile.json and profile.png")
-    add_settings(p, HEAD_FLAGS, keyed=True)  # the heads' own settings, as `contsup train` takes them
+    add_settings(p, HEAD_FLAGS + RECON_FLAGS, keyed=True)  # the heads' and decoders' settings, as `contsup train`
     g = p.add_argument_group("parallel model (docs/parallel.md)")
     g.add_argument("--parallel-model", action="store_true",
                    help="calibrate the cost model of GPipe, 1F1B, the local pipeline and DDP on this machine "

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from contsup.checks import IDLE_AT_K1
 from contsup.config import LocalConfig, TrainConfig
 from contsup.device import activate, resolve_device, synchronize
 from contsup.errors import ContsupError
@@ -100,7 +101,8 @@ def build(cfg: ProfileConfig, modules: int, context: str, device: torch.device,
     """The network for one configuration, on the device."""
     torch.manual_seed(cfg.seed)
     backbone = build_arch(cfg.arch, cfg.input_shape[0], cfg.num_classes, cfg.input_shape[-1])
-    settings = {k: v for k, v in cfg.local.items() if not (k == "cascade" and modules == 1)}  # K = 1: end to end
+    # K = 1 is end to end: the settings of heads, decoders, context and cuts are left out (`IDLE_AT_K1`)
+    settings = {k: v for k, v in cfg.local.items() if modules > 1 or f"local.{k}" not in IDLE_AT_K1}
     local = LocalConfig(
         modules=modules, context="R0" if context == E2E else context, head=cfg.head, loss=cfg.loss,
         cut_table=cfg.cut_table if modules > 1 else "auto", cuts=cfg.cuts if modules > 1 else None,  # K = 1: no cut
