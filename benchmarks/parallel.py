@@ -159,6 +159,7 @@ def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
             "| step peak per rank (MiB) | process peak per rank (MiB) | idle per rank | curve seeds | val error (%) "
             "| test error (%) | " + " | ".join(f"time to {t:g} % (s)" for t in targets) + " |")
     lines = [head, "|" + "---|" * (13 + len(targets))]
+    refs = {arch: rate_of_1f1b(rows, arch) for arch in dict.fromkeys(w["way"].split(" | ")[0] for w in rows)}
     for w in rows:
         step, peak, idle = usage(w["thr"])
         curves = w["curves"]
@@ -169,7 +170,7 @@ def table(rows: list[dict[str, Any]], targets: list[float]) -> str:
             reached = [s for s in (time_to(c, t) for c in w["composed"]) if s is not None]
             cell = mean_sd(reached, "{:.1f}")
             tta.append(cell if len(reached) == len(curves) else f"{cell} ({len(reached)}/{len(curves)} seeds)")
-        rate, ref = w["thr"]["summary"]["images_per_s"], rate_of_1f1b(rows, w["way"].split(" | ")[0])
+        rate, ref = w["thr"]["summary"]["images_per_s"], refs[w["way"].split(" | ")[0]]
         lines.append(f"| {w['way']} | {rate:.1f} | {'—' if ref is None else f'{rate / ref:.2f}'} "
                      f"| {w['first']:.1f} / {w['later']:.1f} "
                      f"| {step} | {peak} | {idle} | {len(curves)} | {val} | {test} | " + " | ".join(tta) + " |")
